@@ -1,0 +1,98 @@
+#include "buffers.h"
+
+#include <pybind11/complex.h>
+
+#include <complex>
+
+namespace fusedloss::bindings {
+
+namespace {
+
+template <typename T>
+bool holds(const py::array& array) {
+  return array.dtype().equal(py::dtype::of<T>());
+}
+
+bool holds_float16(const py::array& array) { return array.dtype().equal(py::dtype("float16")); }
+
+bool has_dtype(const py::array& array, DType dtype, bool complex_input) {
+  switch (dtype) {
+    case DType::Float32:
+      return complex_input ? holds<std::complex<float>>(array) : holds<float>(array);
+    case DType::Float64:
+      return complex_input ? holds<std::complex<double>>(array) : holds<double>(array);
+    case DType::Float16:
+      return !complex_input && holds_float16(array);
+    case DType::BFloat16:
+      return !complex_input && holds<uint16_t>(array);
+  }
+  return false;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16 (as uint16)";
+  }
+  return "?";
+}
+
+}  // namespace
+
+DType storage_dtype(const py::array& array, bool bfloat16, const char* name) {
+  if (bfloat16) {
+    if (holds<uint16_t>(array)) return DType::BFloat16;
+  } else if (holds<float>(array) || holds<std::complex<float>>(array)) {
+    return DType::Float32;
+  } else if (holds<double>(array) || holds<std::complex<double>>(array)) {
+    return DType::Float64;
+  } else if (holds_float16(array)) {
+    return DType::Float16;
+  }
+  throw py::type_error(std::string(name) + ": unsupported dtype " +
+                       std::string(py::str(array.dtype())));
+}
+
+DType accumulation_dtype(DType storage) {
+  return storage == DType::Float64 ? DType::Float64 : DType::Float32;
+}
+
+void require_buffer(const py::array& array, DType dtype, const std::vector<int64_t>& shape,
+                    const char* name, bool complex_input) {
+  if (!has_dtype(array, dtype, complex_input)) {
+    throw py::type_error(std::string(name) + ": expected " + (complex_input ? "complex " : "") +
+                         dtype_name(dtype) + " elements, got " +
+                         std::string(py::str(array.dtype())));
+  }
+  require_layout(array, shape, name);
+}
+
+void require_layout(const py::array& array, const std::vector<int64_t>& shape, const char* name) {
+  if (!(array.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + ": must be C-contiguous");
+  }
+  int64_t expected = 1;
+  for (int64_t extent : shape) expected *= extent;
+  if (static_cast<int64_t>(array.size()) != expected) {
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) +
+                          " elements, got " + std::to_string(array.size()));
+  }
+}
+
+void require_output(const py::array& array, DType dtype, const std::vector<int64_t>& shape,
+                    const char* name, bool complex_input) {
+  require_buffer(array, dtype, shape, name, complex_input);
+  if (!array.writeable()) throw py::value_error(std::string(name) + ": array is read-only");
+}
+
+Reduction to_reduction(int reduction) {
+  if (reduction < 0 || reduction > 2) {
+    throw py::value_error("reduction: expected 0 (none), 1 (mean) or 2 (sum), got " +
+                          std::to_string(reduction));
+  }
+  return static_cast<Reduction>(reduction);
+}
+
+}  // namespace fusedloss::bindings

@@ -1,0 +1,50 @@
+// Buffer checks shared by the loss bindings.
+//
+// The Python layer (_api.py) already validated everything a user can get
+// wrong and produced the user-facing messages; these checks are the last line
+// of defence so that a mistaken caller of the private _core module gets an
+// exception instead of a kernel reading memory it was not given.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fusedloss/kernels.h"
+
+namespace fusedloss::bindings {
+
+namespace py = pybind11;
+
+// The storage dtype of `array`; bf16 arrives as uint16 with bfloat16=true.
+DType storage_dtype(const py::array& array, bool bfloat16, const char* name);
+
+// float32 or float64: the dtype weights, grad_output and losses use.
+DType accumulation_dtype(DType storage);
+
+// Raises unless `array` is C-contiguous, holds `dtype` elements (complex
+// doubles the element count check via `complex_input`) and has `shape`.
+void require_buffer(const py::array& array, DType dtype, const std::vector<int64_t>& shape,
+                    const char* name, bool complex_input = false);
+
+// Raises unless `array` is C-contiguous with the element count of `shape`.
+void require_layout(const py::array& array, const std::vector<int64_t>& shape, const char* name);
+
+// As require_buffer, and the array must be writeable.
+void require_output(const py::array& array, DType dtype, const std::vector<int64_t>& shape,
+                    const char* name, bool complex_input = false);
+
+Reduction to_reduction(int reduction);
+
+// nullptr for None, else the array's data pointer (after the caller's checks).
+inline const void* data_or_null(const py::object& obj) {
+  return obj.is_none() ? nullptr : py::reinterpret_borrow<py::array>(obj).data();
+}
+inline void* mutable_data_or_null(const py::object& obj) {
+  return obj.is_none() ? nullptr : py::reinterpret_borrow<py::array>(obj).mutable_data();
+}
+
+}  // namespace fusedloss::bindings

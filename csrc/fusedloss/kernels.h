@@ -1,0 +1,91 @@
+// The contract between the compiled kernels and everything above them.
+//
+// Kernels see raw pointers into contiguous buffers, sizes and a thread count.
+// They know nothing of Python, NumPy or torch. Every ISA build
+// (kernels_baseline.cpp, kernels_avx2.cpp, kernels_avx512.cpp) fills one
+// KernelTable; dispatch.cpp picks the table once for the running CPU.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedloss {
+
+// Element types a buffer may hold. Half types are storage only: every
+// computation on them runs in float.
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+enum class Reduction : int { None = 0, Mean = 1, Sum = 2 };
+
+// Softmax cross-entropy over a contiguous input viewed as outer x classes x inner
+// ((N, C) input: outer = N, inner = 1; (N, C, d1..dk): inner = d1*...*dk;
+// (C,): outer = 1, inner = 1).
+//
+// Pointers typed `const void*` / `void*` hold elements of `dtype` (the storage
+// type S). Pointers typed as "accum" hold the accumulation type A: double for
+// Float64, float for every other dtype.
+struct CrossEntropyProblem {
+  DType dtype;
+  const void* input;            // S[outer * classes * inner]
+  int64_t outer;
+  int64_t classes;
+  int64_t inner;
+  // Exactly one of the two targets is set.
+  const int64_t* target_index;  // int64[outer * inner]: class indices, or nullptr
+  const void* target_prob;      // S[outer * classes * inner]: probabilities, or nullptr
+  const void* weight;           // A[classes], or nullptr (all ones)
+  int64_t ignore_index;         // index targets only
+  double label_smoothing;       // in [0, 1]
+  Reduction reduction;
+  // Forward outputs.
+  void* loss;                   // A[outer * inner]: per-element loss; only read for Reduction::None, may be nullptr
+  // Gradient of sum(grad_output * loss) w.r.t. input. nullptr: forward only.
+  // May equal `input` (in-place gradient): each element is read before it is written.
+  void* grad_input;             // S[outer * classes * inner], or nullptr
+  const void* grad_output;      // A[outer * inner] for Reduction::None, or nullptr
+  double grad_output_scalar;    // the upstream gradient when grad_output is nullptr
+};
+
+struct CrossEntropyResult {
+  // Reduced loss (already divided by the denominator for Mean; NaN for a mean
+  // over nothing). 0 for Reduction::None.
+  double loss;
+  // -1 when all index targets are valid. Otherwise the flat position of the
+  // first target that is neither in [0, classes) nor ignore_index; then
+  // nothing was written to loss or grad_input.
+  int64_t bad_target_position;
+};
+
+// Elementwise regression losses over n contiguous elements.
+// For L1 with complex input, `complex_input` is true, `dtype` is the real part
+// type (Float32/Float64) and `input`/`target`/`grad_input` hold 2*n reals
+// (interleaved re, im); loss and grad_output stay real (A[n]).
+struct RegressionProblem {
+  DType dtype;
+  bool complex_input;
+  const void* input;         // S[n] (complex: S[2n])
+  const void* target;        // S[n] (complex: S[2n])
+  int64_t n;
+  Reduction reduction;
+  void* loss;                // A[n] per-element loss for Reduction::None, or nullptr
+  void* grad_input;          // S[n] (complex: S[2n]), or nullptr; may equal input
+  const void* grad_output;   // A[n] for Reduction::None, or nullptr
+  double grad_output_scalar; // used when grad_output is nullptr
+};
+
+// Returns the reduced loss (0 for Reduction::None; NaN for a mean over nothing).
+using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
+using RegressionFn = double (*)(const RegressionProblem&, int threads);
+
+struct KernelTable {
+  const char* name;  // "baseline", "avx2", "avx512"
+  CrossEntropyFn cross_entropy;
+  RegressionFn mse;
+  RegressionFn l1;
+};
+
+// One per ISA build; each lives in its own translation unit and namespace.
+const KernelTable& baseline_kernels();
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+
+}  // namespace fusedloss

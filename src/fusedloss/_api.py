@@ -1,0 +1,280 @@
+"""The NumPy-level API: torch.nn.functional semantics over NumPy arrays.
+
+Each public function validates and normalises its arguments (``_validate``),
+makes one call into the compiled kernels (``_core``), and shapes the result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from . import _validate as v
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_and_grad",
+    "mse_loss",
+    "mse_loss_and_grad",
+    "l1_loss",
+    "l1_loss_and_grad",
+    "get_num_threads",
+    "set_num_threads",
+    "cpu_capability",
+]
+
+_INT64 = np.dtype(np.int64)
+
+
+def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.ndarray:
+    v.same_shape(target, loss_shape, "target", "class indices: the input's shape without dim C")
+    if target.dtype is _INT64 and target.flags.c_contiguous:
+        return target
+    if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
+        raise IndexError("target: class index above 2**63 - 1 is out of range")
+    return np.ascontiguousarray(target, dtype=np.int64)
+
+
+def _cross_entropy(
+    input: Any,
+    target: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    want_grad: bool,
+    grad_output: Any = None,
+    out: Any = None,
+    inplace: Any = False,
+) -> tuple[Any, np.ndarray | None]:
+    original = v.array(input, "input")
+    x = v.float_array(original, "input")
+    shape = x.shape
+    if len(shape) == 0:
+        raise ValueError("input: expected shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+    if len(shape) == 1:
+        classes = shape[0]
+        loss_shape: tuple[int, ...] = ()
+        view = (1, classes, 1)
+    else:
+        classes = shape[1]
+        loss_shape = shape[:1] + shape[2:]
+        view = (shape[0], classes, math.prod(shape[2:]))
+    red = v.reduction_code(reduction)
+    smoothing = v.label_smoothing_value(label_smoothing) if label_smoothing else 0.0
+    ignore = v.integer_value(ignore_index, "ignore_index")
+    accum = v.accumulation_dtype(x.dtype)
+
+    t = v.array(target, "target")
+    kind = t.dtype.kind
+    if kind in "iu":
+        t = _class_index_target(t, loss_shape)
+        t_view = t.reshape(view[0], view[2])
+    elif kind == "f":
+        v.same_shape(t, shape, "target", "class probabilities: the input's shape")
+        t = np.ascontiguousarray(t, dtype=x.dtype)
+        t_view = t.reshape(view)
+    else:
+        raise TypeError(
+            "target: expected integer class indices or floating class probabilities, "
+            f"got dtype {t.dtype}"
+        )
+    if classes == 0 and view[0] * view[2] > 0:
+        raise ValueError("input: the class dimension is empty")
+
+    w = None
+    if weight is not None:
+        w = v.array(weight, "weight")
+        if w.dtype.kind not in "fiu":
+            raise TypeError(f"weight: expected a floating array, got dtype {w.dtype}")
+        v.same_shape(w, (classes,), "weight", "one weight per class")
+        w = np.ascontiguousarray(w, dtype=accum)
+
+    loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
+    grad_buf = copy_back = go = None
+    go_scalar = 1.0
+    if want_grad:
+        go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
+        grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
+        if out is not None:
+            v.check_no_overlap(grad_buf, {"input": x, "target": t, "weight": w, "grad_output": go})
+
+    total = _core.cross_entropy(
+        x.reshape(view),
+        t_view,
+        w,
+        ignore,
+        smoothing,
+        red,
+        None if loss_buf is None else loss_buf.reshape(view[0], view[2]),
+        None if grad_buf is None else grad_buf.reshape(view),
+        None if go is None else go.reshape(view[0], view[2]),
+        go_scalar,
+    )
+    loss = _shape_loss(total, loss_buf, x.dtype)
+    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+
+def _shape_loss(total: float, loss_buf: np.ndarray | None, dtype: np.dtype) -> Any:
+    result_dtype = v.real_dtype(dtype)
+    if loss_buf is None:
+        return result_dtype.type(total)
+    return loss_buf if loss_buf.dtype == result_dtype else loss_buf.astype(result_dtype)
+
+
+def _finish_grad(
+    grad_buf: np.ndarray | None,
+    copy_back: np.ndarray | None,
+    original: np.ndarray,
+    out: Any,
+    inplace: Any,
+) -> np.ndarray | None:
+    if grad_buf is None:
+        return None
+    if copy_back is not None:
+        copy_back[...] = grad_buf.reshape(copy_back.shape)
+    if inplace:
+        return original
+    if out is not None:
+        return out
+    return grad_buf.reshape(original.shape)
+
+
+def cross_entropy(
+    input: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Any:
+    """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
+
+    input: (C,), (N, C) or (N, C, d1, ..., dk) float32/float64 logits.
+    target: integer class indices shaped like input without C, or class
+    probabilities shaped like input. Returns a scalar of input's dtype for
+    mean/sum, or the per-element loss for reduction="none".
+    """
+    loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, False)
+    return loss
+
+
+def cross_entropy_and_grad(
+    input: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    grad_output: Any = None,
+    out: np.ndarray | None = None,
+    inplace: bool = False,
+) -> tuple[Any, np.ndarray]:
+    """Cross-entropy and its gradient w.r.t. ``input``, in one fused pass.
+
+    The gradient is that of ``sum(grad_output * loss)`` (grad_output defaults
+    to 1 and has the loss's shape). ``out=`` receives the gradient;
+    ``inplace=True`` overwrites ``input`` with it (no extra memory).
+    """
+    loss, grad = _cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, True,
+        grad_output, out, inplace,
+    )
+    assert grad is not None
+    return loss, grad
+
+
+def _regression(
+    kernel: Any,
+    input: Any,
+    target: Any,
+    reduction: Any,
+    want_grad: bool,
+    grad_output: Any,
+    out: Any,
+    inplace: Any,
+    allow_complex: bool,
+) -> tuple[Any, np.ndarray | None]:
+    original = v.array(input, "input")
+    x = v.float_array(original, "input", allow_complex)
+    t = v.array(target, "target")
+    v.same_shape(t, x.shape, "target", "the input's shape")
+    if t.dtype.kind == "c" and x.dtype.kind != "c":
+        raise TypeError(f"target: complex target needs complex input, got input dtype {x.dtype}")
+    if t.dtype.kind not in "fiuc":
+        raise TypeError(f"target: expected a floating array, got dtype {t.dtype}")
+    t = np.ascontiguousarray(t, dtype=x.dtype)
+    red = v.reduction_code(reduction)
+    accum = v.accumulation_dtype(x.dtype)
+
+    loss_buf = np.empty(x.shape, dtype=accum) if red == 0 else None
+    grad_buf = copy_back = go = None
+    go_scalar = 1.0
+    if want_grad:
+        go, go_scalar = v.grad_output_value(grad_output, red, x.shape, accum)
+        grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
+        if out is not None:
+            v.check_no_overlap(grad_buf, {"input": x, "target": t, "grad_output": go})
+    total = kernel(x, t, red, loss_buf, grad_buf, go, go_scalar)
+    loss = _shape_loss(total, loss_buf, x.dtype)
+    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+
+def mse_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Any:
+    """Mean squared error, as ``torch.nn.functional.mse_loss`` (same shapes only)."""
+    return _regression(_core.mse, input, target, reduction, False, None, None, False, False)[0]
+
+
+def mse_loss_and_grad(
+    input: np.ndarray,
+    target: np.ndarray,
+    reduction: str = "mean",
+    grad_output: Any = None,
+    out: np.ndarray | None = None,
+    inplace: bool = False,
+) -> tuple[Any, np.ndarray]:
+    """MSE and its gradient w.r.t. ``input`` in one pass (see cross_entropy_and_grad)."""
+    loss, grad = _regression(
+        _core.mse, input, target, reduction, True, grad_output, out, inplace, False
+    )
+    assert grad is not None
+    return loss, grad
+
+
+def l1_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Any:
+    """Mean absolute error, as ``torch.nn.functional.l1_loss``; complex input allowed."""
+    return _regression(_core.l1, input, target, reduction, False, None, None, False, True)[0]
+
+
+def l1_loss_and_grad(
+    input: np.ndarray,
+    target: np.ndarray,
+    reduction: str = "mean",
+    grad_output: Any = None,
+    out: np.ndarray | None = None,
+    inplace: bool = False,
+) -> tuple[Any, np.ndarray]:
+    """L1 loss and its gradient w.r.t. ``input`` in one pass (complex: g * d/|d|)."""
+    loss, grad = _regression(
+        _core.l1, input, target, reduction, True, grad_output, out, inplace, True
+    )
+    assert grad is not None
+    return loss, grad
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use (defaults to OpenMP's, i.e. OMP_NUM_THREADS or the cores)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads the kernels use (independent of torch.set_num_threads)."""
+    _core.set_num_threads(v.positive_integer(n, "n"))
+
+
+def cpu_capability() -> str:
+    """The instruction set the kernels run with: 'baseline', 'avx2' or 'avx512'."""
+    return _core.cpu_capability()

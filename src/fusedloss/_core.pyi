@@ -1,0 +1,65 @@
+"""Typed surface of the compiled module ``fusedloss._core``.
+
+The bindings know buffers, not users: every array must already be
+C-contiguous, of a supported dtype and of the documented shape (the Python
+layer in ``_api.py`` guarantees that and produces the user-facing messages).
+The bindings still re-check shapes and dtypes and raise ``ValueError`` /
+``TypeError`` rather than touch memory they were not given. The GIL is released
+while a kernel runs.
+
+Storage dtypes: float32, float64, float16, and bfloat16 passed as a uint16
+array together with ``bfloat16=True``. The *accumulation* dtype is float64 for
+float64 input and float32 otherwise; ``weight``, ``grad_output`` and
+``loss_out`` use the accumulation dtype.
+
+Reductions are integers: 0 = none, 1 = mean, 2 = sum.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+def cross_entropy(
+    input: npt.NDArray[np.generic],          # (outer, C, inner)
+    target: npt.NDArray[np.generic],         # int64 (outer, inner) or probabilities shaped like input
+    weight: npt.NDArray[np.floating] | None, # (C,) accumulation dtype
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: int,
+    loss_out: npt.NDArray[np.floating] | None,     # (outer, inner); required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself; None = no gradient
+    grad_output: npt.NDArray[np.floating] | None,  # (outer, inner), reduction none only
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float:
+    """Fused softmax cross-entropy (+ gradient). Returns the reduced loss
+    (0.0 for reduction none). Raises IndexError naming ``target`` for an index
+    outside [0, C) that is not ignore_index; nothing is written then."""
+
+def mse(
+    input: npt.NDArray[np.generic],
+    target: npt.NDArray[np.generic],
+    reduction: int,
+    loss_out: npt.NDArray[np.floating] | None,
+    grad_input: npt.NDArray[np.generic] | None,
+    grad_output: npt.NDArray[np.floating] | None,
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float: ...
+
+def l1(
+    input: npt.NDArray[np.generic],          # real or complex64/complex128
+    target: npt.NDArray[np.generic],
+    reduction: int,
+    loss_out: npt.NDArray[np.floating] | None,
+    grad_input: npt.NDArray[np.generic] | None,
+    grad_output: npt.NDArray[np.floating] | None,
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float: ...
+
+def get_num_threads() -> int: ...
+def set_num_threads(threads: int) -> None: ...
+def cpu_capability() -> str: ...
+def supported_capabilities() -> list[str]: ...
+def set_capability(name: str) -> None:
+    """Force a compiled path (tests). ValueError if unknown or unsupported."""

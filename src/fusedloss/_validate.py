@@ -1,0 +1,173 @@
+"""Argument checks for the NumPy API: every message names the argument.
+
+Each check returns the argument normalised for the kernels (C-contiguous,
+native byte order, the dtype the kernels take) so that ``_api`` stays a thin
+sequence of calls. The common case (already contiguous float32/float64) costs
+a few attribute reads: the API's per-call overhead is part of its speed.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
+_C64 = np.dtype(np.complex64)
+_C128 = np.dtype(np.complex128)
+
+REAL_DTYPES = (_F32, _F64, _F16)
+COMPLEX_DTYPES = (_C64, _C128)
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    """float64 for float64 (and complex128) data, float32 for everything else."""
+    return _F64 if dtype in (_F64, _C128) else _F32
+
+
+def real_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a loss value of `dtype` data has (complex -> its real part)."""
+    if dtype == _C64:
+        return _F32
+    if dtype == _C128:
+        return _F64
+    return dtype
+
+
+def array(value: object, name: str) -> np.ndarray:
+    if type(value) is np.ndarray:
+        return value
+    if isinstance(value, np.ndarray):  # subclasses (np.matrix, memmap) as plain arrays
+        return value.view(np.ndarray)
+    raise TypeError(f"{name}: expected a numpy.ndarray, got {type(value).__name__}")
+
+
+def float_array(value: object, name: str, allow_complex: bool = False) -> np.ndarray:
+    """A C-contiguous array of a supported floating dtype, native byte order."""
+    arr = array(value, name)
+    dtype = arr.dtype
+    if dtype is _F32 or dtype is _F64:
+        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    allowed = REAL_DTYPES + COMPLEX_DTYPES if allow_complex else REAL_DTYPES
+    native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
+    if native not in allowed:
+        kinds = "float32, float64, float16, complex64 or complex128" if allow_complex else (
+            "float32, float64 or float16")
+        raise TypeError(f"{name}: expected a {kinds} array, got dtype {dtype}")
+    return np.ascontiguousarray(arr, dtype=native)
+
+
+def reduction_code(reduction: object) -> int:
+    try:
+        return REDUCTIONS[reduction]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"reduction: expected 'none', 'mean' or 'sum', got {reduction!r}"
+        ) from None
+
+
+def label_smoothing_value(value: object) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing: expected a float in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing: expected a float in [0, 1], got {value}")
+    return value
+
+
+def integer_value(value: object, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got bool")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}") from None
+    if not -(2**63) <= result < 2**63:
+        raise ValueError(f"{name}: {result} does not fit in a 64-bit integer")
+    return result
+
+
+def positive_integer(value: object, name: str) -> int:
+    result = integer_value(value, name)
+    if result < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {result}")
+    return result
+
+
+def same_shape(arr: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> None:
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} ({what}), got {arr.shape}")
+
+
+def grad_output_value(
+    grad_output: object, reduction: int, loss_shape: tuple[int, ...], accum: np.dtype
+) -> tuple[np.ndarray | None, float]:
+    """Split grad_output into (array for reduction none, scalar for mean/sum)."""
+    if grad_output is None:
+        return None, 1.0
+    if reduction != 0:
+        if isinstance(grad_output, (bool, np.bool_)):
+            raise TypeError("grad_output: expected a real number, got bool")
+        if isinstance(grad_output, numbers.Real):
+            return None, float(grad_output)
+        arr = array(grad_output, "grad_output")
+        if arr.shape != ():
+            raise ValueError(
+                f"grad_output: the loss is a scalar, so grad_output must be a scalar or 0-d "
+                f"array, got shape {arr.shape}"
+            )
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"grad_output: expected a real number, got dtype {arr.dtype}")
+        return None, float(arr)
+    arr = array(grad_output, "grad_output")
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"grad_output: expected a real floating array, got dtype {arr.dtype}")
+    same_shape(arr, loss_shape, "grad_output", "the shape of the unreduced loss")
+    return np.ascontiguousarray(arr, dtype=accum), 1.0
+
+
+def gradient_buffer(
+    x: np.ndarray, original: np.ndarray, out: object, inplace: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Where the kernel writes the gradient, and the user array to copy it into after.
+
+    Returns (kernel_buffer, copy_back): kernel_buffer is C-contiguous with x's
+    dtype and shape; copy_back, when set, is the caller's non-contiguous `out`
+    (or `input` for inplace=True) that receives kernel_buffer afterwards.
+    """
+    if not isinstance(inplace, (bool, np.bool_)):
+        raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
+    if inplace:
+        if out is not None:
+            raise ValueError("out: cannot be combined with inplace=True")
+        if not original.flags.writeable:
+            raise ValueError("input: array is read-only, so inplace=True cannot overwrite it")
+        if x.dtype != original.dtype:
+            raise TypeError(
+                f"input: inplace=True needs a native float array, got dtype {original.dtype}"
+            )
+        if x is original:
+            return x, None
+        return x, original  # x is a contiguous copy; the gradient goes back into input
+    if out is None:
+        return np.empty_like(x), None
+    out_arr = array(out, "out")
+    if out_arr.dtype != x.dtype:
+        raise TypeError(f"out: expected dtype {x.dtype} (the input's), got {out_arr.dtype}")
+    same_shape(out_arr, original.shape, "out", "the input's shape")
+    if not out_arr.flags.writeable:
+        raise ValueError("out: array is read-only")
+    if out_arr.flags.c_contiguous and out_arr.dtype.isnative:
+        return out_arr, None
+    return np.empty_like(x), out_arr
+
+
+def check_no_overlap(out: np.ndarray, others: dict[str, object]) -> None:
+    """The gradient buffer must not alias a read-only operand (it would be read mid-write)."""
+    for name, other in others.items():
+        if isinstance(other, np.ndarray) and np.may_share_memory(out, other):
+            raise ValueError(f"out: shares memory with {name}")

@@ -1,0 +1,465 @@
+"""Side-by-side timings behind ``python -m fusedloss bench`` (protocol: BENCHMARKS.md).
+
+The machines are shared and noisy, so every figure is a ratio measured in the same
+run: the contenders of one case run round-robin (one call each per round) and each
+reports the median of its rounds. torch, scipy, tqdm and matplotlib are optional and
+imported lazily; without torch the floor is NumPy's (single-threaded) and the torch
+columns read "n/a".
+
+Contenders, per case:
+  fusedloss  ``fl.*_and_grad(..., out=g)``: the gradient goes into a pre-allocated
+             buffer, as a training loop would run it.
+  floor      one pass reading the input once and writing a same-size buffer:
+             ``torch.mul(x, 1.5, out=g)`` with all threads (MSE/L1: ``torch.sub(a, b, out=g)``).
+  torch      eager forward + backward through autograd (``F.cross_entropy(x).backward()``).
+  numpy      NumPy written the usual way (``scipy.special.logsumexp`` + softmax gradient).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+import fusedloss as fl
+
+Timed = Callable[[], Any]
+LIBRARIES = ("fusedloss", "floor", "torch", "numpy")
+HEADER = (
+    "| case | fusedloss | floor, fl/floor | torch eager, torch/fl | NumPy, numpy/fl | loss rel. diff |"
+)
+CE_SHAPES: tuple[tuple[int, ...], ...] = (
+    (64, 10), (256, 1000), (4096, 1000), (1024, 32000), (2048, 50257), (8, 21, 128, 128),
+)
+REGRESSION_SIZES = (10**3, 10**6, 10**7)
+QUICK_CE_SHAPES: tuple[tuple[int, ...], ...] = ((64, 10), (256, 1000), (4, 5, 16, 16))
+QUICK_REGRESSION_SIZES = (10**3, 10**5)
+WARM_UP_BELOW_S = 0.05  # calls longer than this need no extra warm-up call (nor can afford one)
+
+
+def optional(module: str) -> Any:
+    """The module, or None when it (or something it needs) is not installed."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, AttributeError):
+        return None
+
+
+def torch_layer() -> Any:
+    """``fusedloss.torch`` when it imports and has ``cross_entropy``, else None."""
+    flt = optional("fusedloss.torch")
+    return flt if flt is not None and hasattr(flt, "cross_entropy") else None
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def measure(
+    contenders: dict[str, Timed], min_reps: int = 7, budget_s: float = 0.5, max_reps: int = 200,
+    passes: int = 2,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median seconds per contender; also each contender's first result.
+
+    Each contender runs its repetitions back to back after an untimed warm-up call, so
+    its thread pool is awake (waking sleeping OpenMP workers costs milliseconds on some
+    VMs, which would swamp small cases), and the contenders take turns over ``passes``
+    passes, so a slow spell of the machine hits all of them. The first call sizes the
+    repetitions: as many as fit in ``budget_s`` per contender, never fewer than ``min_reps``.
+    """
+    values: dict[str, Any] = {}
+    reps: dict[str, int] = {}
+    cheap: dict[str, bool] = {}
+    for name, fn in contenders.items():
+        t0 = time.perf_counter()
+        values[name] = fn()
+        once = time.perf_counter() - t0
+        cheap[name] = once < WARM_UP_BELOW_S
+        if cheap[name]:  # the first call paid page faults and lazy set-up: time a second one
+            t0 = time.perf_counter()
+            fn()
+            once = time.perf_counter() - t0
+        reps[name] = max(min_reps, min(max_reps, int(budget_s / len(contenders) / max(once, 1e-9))))
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for p in range(passes):
+        for name, fn in contenders.items():
+            if p and cheap[name]:
+                fn()
+            for _ in range(reps[name] // passes + (p < reps[name] % passes)):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}, values
+
+
+def per_call(fn: Timed, calls: int = 300, reps: int = 7) -> float:
+    """Median seconds per call of a tiny call, timed in batches of ``calls`` after warm-up."""
+    for _ in range(calls // 10 + 1):
+        fn()
+    batches = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        batches.append((time.perf_counter() - t0) / calls)
+    return statistics.median(batches)
+
+
+# ------------------------------------------------------------------------- contenders
+
+
+def logits(shape: Sequence[int], dtype: Any = np.float32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform logits in [-4, 4) and class-index targets for a (N, C, ...) shape."""
+    rng = np.random.default_rng(seed)
+    x = rng.random(tuple(shape), dtype=np.float32)
+    x *= 8
+    x -= 4
+    t = rng.integers(0, shape[1], (shape[0], *shape[2:]), dtype=np.int64)
+    return x.astype(dtype, copy=False), t
+
+
+def numpy_cross_entropy(x: np.ndarray, t: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Mean CE and its gradient the way NumPy code usually writes them."""
+    special = optional("scipy.special")
+    if special is not None:
+        lse = special.logsumexp(x, axis=1, keepdims=True)
+    else:
+        m = x.max(axis=1, keepdims=True)
+        lse = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+    index = t[:, None]
+    loss = np.mean(lse - np.take_along_axis(x, index, axis=1))
+    grad = np.exp(x - lse)
+    np.put_along_axis(grad, index, np.take_along_axis(grad, index, axis=1) - 1, axis=1)
+    grad /= t.size
+    return loss, grad
+
+
+def numpy_regression(kind: str, a: np.ndarray, b: np.ndarray) -> tuple[Any, np.ndarray]:
+    d = a - b
+    if kind == "mse":
+        return np.mean(d * d), d * (2 / d.size)
+    return np.mean(np.abs(d)), np.sign(d) / d.size
+
+
+def floor(torch: Any, g: np.ndarray, *inputs: np.ndarray) -> Timed:
+    """Read ``inputs`` once, write ``g`` once: multiply by 1.5 (one input) or subtract (two)."""
+    if torch is None:
+        if len(inputs) == 1:
+            return lambda: np.multiply(inputs[0], 1.5, out=g)
+        return lambda: np.subtract(inputs[0], inputs[1], out=g)
+    tg = torch.from_numpy(g)
+    ti = [torch.from_numpy(a) for a in inputs]
+    if len(ti) == 1:
+        return lambda: torch.mul(ti[0], 1.5, out=tg)
+    return lambda: torch.sub(ti[0], ti[1], out=tg)
+
+
+def autograd_call(loss_fn: Callable[..., Any], leaf: Any, *rest: Any) -> Timed:
+    """Forward + backward through autograd, the gradient cleared before each call."""
+
+    def run() -> Any:
+        leaf.grad = None
+        loss = loss_fn(leaf, *rest)
+        loss.backward()
+        return loss.detach()
+
+    return run
+
+
+def ce_contenders(torch: Any, x: np.ndarray, t: np.ndarray, g: np.ndarray) -> dict[str, Timed]:
+    c: dict[str, Timed] = {
+        "fusedloss": lambda: fl.cross_entropy_and_grad(x, t, out=g)[0],
+        "floor": floor(torch, g, x),
+    }
+    if torch is not None:
+        leaf = torch.from_numpy(x).requires_grad_()
+        c["torch"] = autograd_call(torch.nn.functional.cross_entropy, leaf, torch.from_numpy(t))
+    c["numpy"] = lambda: numpy_cross_entropy(x, t)[0]
+    return c
+
+
+def regression_contenders(
+    torch: Any, kind: str, a: np.ndarray, b: np.ndarray, g: np.ndarray
+) -> dict[str, Timed]:
+    fused = fl.mse_loss_and_grad if kind == "mse" else fl.l1_loss_and_grad
+    c: dict[str, Timed] = {"fusedloss": lambda: fused(a, b, out=g)[0], "floor": floor(torch, g, a, b)}
+    if torch is not None:
+        loss_fn = getattr(torch.nn.functional, f"{kind}_loss")
+        c["torch"] = autograd_call(loss_fn, torch.from_numpy(a).requires_grad_(), torch.from_numpy(b))
+    c["numpy"] = lambda: numpy_regression(kind, a, b)[0]
+    return c
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Row:
+    case: str
+    seconds: dict[str, float]
+    parity: float | None = None  # |fusedloss - reference| / |reference| of the loss
+    parity_ref: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def shape_label(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def size_label(n: int) -> str:
+    exp = len(str(n)) - 1
+    return f"1e{exp}" if n == 10**exp else str(n)
+
+
+def run_case(label: str, contenders: dict[str, Timed], budget_s: float) -> Row:
+    seconds, values = measure(contenders, budget_s=budget_s)
+    ref_name = "torch" if "torch" in values else "numpy"
+    ours, ref = float(values["fusedloss"]), float(values[ref_name])
+    parity = abs(ours - ref) / abs(ref) if ref else abs(ours - ref)
+    return Row(label, seconds, parity, ref_name)
+
+
+def ce_case(torch: Any, shape: Sequence[int], budget_s: float) -> Row:
+    x, t = logits(shape)
+    return run_case(f"CE {shape_label(shape)}", ce_contenders(torch, x, t, np.empty_like(x)), budget_s)
+
+
+def regression_case(torch: Any, kind: str, n: int, budget_s: float) -> Row:
+    rng = np.random.default_rng(1)
+    a = rng.random(n, dtype=np.float32)
+    b = rng.random(n, dtype=np.float32)
+    contenders = regression_contenders(torch, kind, a, b, np.empty_like(a))
+    return run_case(f"{kind.upper()} {size_label(n)}", contenders, budget_s)
+
+
+def compare(label: str, ours: Timed, reference: Timed, ref_label: str, budget_s: float) -> Row:
+    """fusedloss against one reference, side by side (an extras-table row)."""
+    seconds, _ = measure({"fusedloss": ours, "reference": reference}, budget_s=budget_s)
+    return Row(label, seconds, extra={"ref": ref_label})
+
+
+def forward_only_case(torch: Any, shape: Sequence[int], budget_s: float) -> Row:
+    """CE loss alone vs one read pass over the logits (``torch.sum`` / ``x.sum()``)."""
+    x, t = logits(shape)
+    read: Timed = x.sum if torch is None else torch.from_numpy(x).sum
+    return compare(f"CE forward-only {shape_label(shape)}", lambda: fl.cross_entropy(x, t), read,
+                   "one read pass, " + ("x.sum()" if torch is None else "torch.sum"), budget_s)
+
+
+def tiny_overhead(torch: Any, calls: int) -> list[Row]:
+    """Per-call cost at 64x10: the NumPy API, and the torch layer against torch eager."""
+    x, t = logits((64, 10))
+    g = np.empty_like(x)
+    rows = [Row("NumPy API 64x10 fwd+grad (out=), per call",
+                {"fusedloss": per_call(lambda: fl.cross_entropy_and_grad(x, t, out=g), calls)})]
+    flt = torch_layer() if torch is not None else None
+    if flt is not None:
+        tt = torch.from_numpy(t)
+        ours = autograd_call(flt.cross_entropy, torch.from_numpy(x.copy()).requires_grad_(), tt)
+        eager = autograd_call(torch.nn.functional.cross_entropy,
+                              torch.from_numpy(x.copy()).requires_grad_(), tt)
+        rows.append(Row("fusedloss.torch 64x10 fwd+bwd vs torch eager, per call",
+                        {"fusedloss": per_call(ours, calls), "reference": per_call(eager, calls)},
+                        extra={"ref": "torch eager"}))
+    return rows
+
+
+# -------------------------------------------------------------------------- reporting
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "n/a"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r: float) -> str:
+    return f"{r:.2f}x" if r < 10 else f"{r:.1f}x"
+
+
+def markdown(header: str, lines: Iterable[Sequence[str]]) -> str:
+    cols = header.count("|") - 1
+    rows = [header, "|" + "---|" * cols]
+    rows += ["| " + " | ".join(cells) + " |" for cells in lines]
+    return "\n".join(rows)
+
+
+def main_table(rows: Sequence[Row]) -> str:
+    def cell(row: Row, lib: str) -> str:
+        s, ours = row.seconds.get(lib), row.seconds["fusedloss"]
+        if s is None:
+            return "n/a"
+        ratio = ours / s if lib == "floor" else s / ours
+        return f"{fmt_time(s)}, {fmt_ratio(ratio)}"
+
+    return markdown(HEADER, [
+        [r.case, fmt_time(r.seconds["fusedloss"]), cell(r, "floor"), cell(r, "torch"),
+         cell(r, "numpy"), f"{r.parity:.1e} vs {r.parity_ref}"]
+        for r in rows
+    ])
+
+
+def extras_table(rows: Sequence[Row], first: str = "measurement", ours: str = "fusedloss") -> str:
+    lines = []
+    for r in rows:
+        ref = r.seconds.get("reference")
+        ratio = fmt_ratio(r.seconds["fusedloss"] / ref) if ref else "-"
+        ref_cell = f"{fmt_time(ref)}, {r.extra['ref']}" if ref else "-"
+        lines.append([r.case, fmt_time(r.seconds["fusedloss"]), ref_cell, ratio])
+    return markdown(f"| {first} | {ours} | reference | {ours}/reference |", lines)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(torch: Any, threads: int) -> list[str]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = [f"fusedloss {fl.__version__}", f"numpy {np.__version__}"]
+    versions.append(f"torch {torch.__version__}" if torch is not None else "torch not installed")
+    versions.append(f"python {platform.python_version()}")
+    floor_how = ("torch.mul(x, 1.5, out=g) / torch.sub(a, b, out=g), all threads" if torch is not None
+                 else "np.multiply(x, 1.5, out=g) / np.subtract(a, b, out=g), single-threaded "
+                      "(torch not installed)")
+    return [
+        f"- CPU: {cpu_model()}, {cores} cores available ({os.cpu_count()} logical in the machine)",
+        f"- threads used: {threads} (fusedloss and torch); ISA path: {fl.cpu_capability()}",
+        f"- versions: {', '.join(versions)}",
+        f"- floor: {floor_how}",
+        f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (the bench sets PASSIVE "
+        "when unset: spinning OpenMP workers of torch and fusedloss starve each other on small VMs)",
+        "- fusedloss writes its gradient into a pre-allocated out= buffer (a training loop's "
+        "way); torch eager and NumPy allocate theirs. float32, mean reduction, class-index "
+        "targets; medians of >= 7 runs after warm-up, each contender's runs back to back "
+        "(thread pools awake), the contenders taking turns over two passes.",
+    ]
+
+
+def progress(total: int, quiet: bool = False) -> Any:
+    """A tqdm bar on stderr, or a plain counter there when tqdm is missing."""
+    tqdm = optional("tqdm")
+    if tqdm is not None:
+        return tqdm.tqdm(total=total, file=sys.stderr, disable=quiet, leave=False)
+
+    class Counter:
+        n = 0
+
+        def set_description(self, desc: str) -> None:
+            if not quiet:
+                print(f"[{self.n + 1}/{total}] {desc}", file=sys.stderr, flush=True)
+
+        def update(self, k: int = 1) -> None:
+            self.n += k
+
+        def close(self) -> None:
+            pass
+
+    return Counter()
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """Bar chart of torch/fusedloss and numpy/fusedloss per case, log scale."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.case for r in rows]
+    pos = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows)), 4.5))
+    for k, lib in enumerate(("torch", "numpy")):
+        ratios = [r.seconds[lib] / r.seconds["fusedloss"] if lib in r.seconds else np.nan for r in rows]
+        bars = ax.bar(pos + (k - 0.5) * 0.4, ratios, 0.4, label=f"{lib} / fusedloss")
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("speedup of fusedloss (time ratio, log)")
+    ax.set_title(f"fusedloss fwd+grad speedup, {cpu_model()}, {fl.get_num_threads()} threads", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    extras: list[Row]
+    machine: list[str]
+
+    def text(self) -> str:
+        return "\n\n".join([main_table(self.rows), extras_table(self.extras), "\n".join(self.machine)])
+
+    def as_json(self) -> dict[str, Any]:
+        def enc(r: Row) -> dict[str, Any]:
+            return {"case": r.case, "seconds": r.seconds, "parity": r.parity,
+                    "parity_ref": r.parity_ref, **r.extra}
+
+        return {"rows": [enc(r) for r in self.rows], "extras": [enc(r) for r in self.extras],
+                "machine": self.machine}
+
+
+def set_threads(torch: Any, threads: int | None) -> int:
+    n = threads or fl.get_num_threads()
+    fl.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+def run(quick: bool = False, threads: int | None = None, quiet: bool = False) -> Report:
+    torch = optional("torch")
+    n = set_threads(torch, threads)
+    ce_shapes = QUICK_CE_SHAPES if quick else CE_SHAPES
+    sizes = QUICK_REGRESSION_SIZES if quick else REGRESSION_SIZES
+    budget = 0.1 if quick else 0.5
+    tasks: list[tuple[str, Callable[[], Any]]] = [
+        (f"CE {shape_label(s)}", lambda s=s: ce_case(torch, s, budget)) for s in ce_shapes
+    ]
+    tasks += [(f"{k.upper()} {size_label(m)}", lambda k=k, m=m: regression_case(torch, k, m, budget))
+              for k in ("mse", "l1") for m in sizes]
+    fwd_shape = (64, 1000) if quick else (1024, 32000)
+    tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
+    tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))
+
+    rows: list[Row] = []
+    extras: list[Row] = []
+    bar = progress(len(tasks), quiet)
+    try:
+        for desc, task in tasks:
+            bar.set_description(desc)
+            result = task()
+            if isinstance(result, list):
+                extras.extend(result)
+            elif result.case.startswith("CE forward-only"):
+                extras.insert(0, result)
+            else:
+                rows.append(result)
+            bar.update(1)
+    finally:
+        bar.close()
+    return Report(rows, extras, machine_lines(torch, n))

@@ -1,0 +1,19 @@
+"""`python -m fusedloss bench --quick` runs and prints its table (timings are never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fusedloss._bench import HEADER
+
+
+def test_bench_quick_runs_and_prints_the_table() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusedloss", "bench", "--quick", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert HEADER in proc.stdout
+    assert "| CE 64x10 |" in proc.stdout
+    assert "ISA path:" in proc.stdout

@@ -1,0 +1,374 @@
+"""Autograd plumbing of :mod:`fusedloss.torch`: kernel calls on tensors, the eager
+``autograd.Function``\\ s and the ``torch.library`` custom ops.
+
+Two routes reach the same kernels and the same backward formulas:
+
+- eager: ``torch.autograd.Function`` subclasses. A custom op's Python dispatch
+  costs tens of microseconds per call, more than the whole loss at small sizes,
+  so eager calls do not go through it.
+- ``torch.compile``: the ``fusedloss::*`` custom ops with ``register_fake`` and
+  ``register_autograd``, so dynamo traces them without a graph break.
+
+The gradient is computed in the forward pass by the fused kernel (when the
+input requires grad) and saved; backward only scales it by ``grad_output``, in
+place in eager mode, so forward + backward keeps one logits-sized buffer alive:
+the gradient itself (the Liger-Kernel trick).
+
+Every tensor handed here is a contiguous CPU tensor of a supported dtype with
+already-checked shapes (``fusedloss.torch`` guarantees it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _core
+
+NONE, MEAN, SUM = 0, 1, 2
+
+# Accumulation dtype of the kernels: weight, grad_output and loss_out use it.
+_ACCUM = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+}
+SUPPORTED_DTYPES = frozenset(_ACCUM)
+
+_DOUBLE_BACKWARD = (
+    b"fusedloss: double backward (differentiating the gradient of a fused loss) is "
+    b"not supported; use torch.nn.functional for higher-order gradients"
+)
+
+
+try:  # private, but what AOTAutograd itself asks; without it: never in place
+    from torch._C._autograd import _get_current_graph_task_keep_graph as _keep_graph
+except ImportError:  # pragma: no cover
+
+    def _keep_graph() -> bool:
+        return True
+
+
+def _array(t: Tensor):
+    """Zero-copy NumPy view of a contiguous CPU tensor (bfloat16 as uint16)."""
+    if t.dtype is torch.bfloat16:
+        return t.detach().view(torch.uint16).numpy()
+    return t.detach().numpy()
+
+
+def _ce_geometry(x: Tensor) -> tuple[int, int, int]:
+    """(outer, C, inner) view of an input shaped (C,), (N, C) or (N, C, d1..dk)."""
+    shape = x.shape
+    if len(shape) == 1:
+        return 1, shape[0], 1
+    outer, classes = shape[0], shape[1]
+    return outer, classes, x.numel() // (outer * classes)
+
+
+def _ce_loss_shape(x: Tensor) -> list[int]:
+    shape = list(x.shape)
+    if len(shape) == 1:
+        return []
+    del shape[1]
+    return shape
+
+
+def ce_kernel(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    grad: Tensor | None,
+) -> Tensor:
+    """Runs the fused cross-entropy kernel; writes d(loss)/d(input) (for
+    grad_output 1) into ``grad`` when given (``grad`` may be ``x`` itself).
+    Returns the loss in the input's dtype."""
+    outer, classes, inner = _ce_geometry(x)
+    dtype = x.dtype
+    accum = _ACCUM[dtype]
+    xa = _array(x).reshape(outer, classes, inner)
+    if target.dtype is torch.int64:
+        ta = target.numpy().reshape(outer, inner)
+    else:
+        ta = _array(target).reshape(outer, classes, inner)
+    wa = None
+    if weight is not None:
+        wa = _array(weight.to(accum).contiguous())
+    ga = None
+    if grad is not None:
+        ga = xa if grad is x else _array(grad).reshape(outer, classes, inner)
+    if reduction == NONE:
+        loss = torch.empty(_ce_loss_shape(x), dtype=accum)
+        _core.cross_entropy(
+            xa, ta, wa, ignore_index, label_smoothing, NONE,
+            loss.numpy().reshape(outer, inner), ga, None, 1.0, dtype is torch.bfloat16,
+        )
+        return loss if accum is dtype else loss.to(dtype)
+    value = _core.cross_entropy(
+        xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, 1.0,
+        dtype is torch.bfloat16,
+    )
+    return torch.scalar_tensor(value, dtype=dtype)
+
+
+def regression_kernel(
+    kernel, x: Tensor, target: Tensor, reduction: int, grad: Tensor | None
+) -> Tensor:
+    """MSE / L1 kernel over the flattened buffers; see :func:`ce_kernel`."""
+    dtype = x.dtype
+    accum = _ACCUM[dtype]
+    xa = _array(x).reshape(-1)
+    ta = _array(target).reshape(-1)
+    ga = None if grad is None else _array(grad).reshape(-1)
+    bf16 = dtype is torch.bfloat16
+    if reduction == NONE:
+        loss = torch.empty(x.shape, dtype=accum)
+        kernel(xa, ta, NONE, loss.numpy().reshape(-1), ga, None, 1.0, bf16)
+        return loss if accum is dtype else loss.to(dtype)
+    return torch.scalar_tensor(kernel(xa, ta, reduction, None, ga, None, 1.0, bf16), dtype=dtype)
+
+
+def _class_dim(x: Tensor) -> int:
+    return 0 if x.dim() == 1 else 1
+
+
+def _per_sample(grad_output: Tensor, x: Tensor) -> Tensor:
+    """grad_output of reduction none, broadcastable against the input."""
+    return grad_output if x.dim() == 1 else grad_output.unsqueeze(1)
+
+
+def scale_grad(grad: Tensor, grad_output: Tensor, reduction: int, per_row: bool, inplace: bool) -> Tensor:
+    """``grad * grad_output`` where ``grad`` holds the gradient for grad_output 1.
+    ``inplace`` (eager only) scales the saved buffer itself unless the graph is
+    retained (retain_graph / gradcheck), which would read the buffer again."""
+    inplace = inplace and not _keep_graph()
+    if reduction != NONE:
+        if inplace:
+            # A loss.backward() brings exactly 1: nothing to do (no pass over memory).
+            return grad if grad_output.item() == 1.0 else grad.mul_(grad_output)
+        return grad * grad_output
+    # Reduction none: cross-entropy's loss has one value per (sample, position),
+    # shared by the C entries of that row; regression losses are elementwise.
+    go = grad_output.unsqueeze(1) if per_row else grad_output
+    return grad.mul_(go) if inplace else grad * go
+
+
+def ce_target_grad(
+    x: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    label_smoothing: float,
+    grad_output: Tensor,
+    target_dtype: torch.dtype,
+) -> Tensor:
+    """d(loss)/d(target) for probability targets, with torch ops:
+    -(1 - label_smoothing) * w_c * log_softmax(x)_c * g (divided by the number of
+    samples for mean)."""
+    dim = _class_dim(x)
+    accum = _ACCUM[x.dtype]
+    logp = torch.log_softmax(x.to(accum), dim=dim)
+    if weight is not None:
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        logp = logp * weight.to(accum).view(shape)
+    go = grad_output.to(accum)
+    if reduction == NONE:
+        go = _per_sample(go, x)
+    elif reduction == MEAN:
+        go = go / (x.numel() // x.shape[dim])
+    return (logp * (go * -(1.0 - label_smoothing))).to(target_dtype)
+
+
+def _guard_double_backward(*grads: Tensor | None):
+    """Like ``once_differentiable``: under create_graph the returned gradients get
+    a grad_fn that raises if anyone differentiates through them."""
+    if not torch.is_grad_enabled():
+        return grads
+    err = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(grads))
+    fake = []
+    for g in grads:
+        if g is not None:
+            g = g.detach()
+            g.requires_grad_(True)
+        fake.append(g)
+    out = err(*fake)
+    return out if isinstance(out, tuple) else (out,)
+
+
+# --------------------------------------------------------------------------- eager
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    """Eager cross-entropy; ``inplace`` writes the gradient into the input's storage
+    (marked dirty, so autograd catches any other use of the overwritten logits)."""
+
+    @staticmethod
+    def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing, inplace):
+        ctx.set_materialize_grads(False)
+        need_input = x.requires_grad
+        ctx.reduction = reduction
+        # The target gradient needs the logits in backward: then no overwriting.
+        inplace = inplace and need_input and not target.requires_grad
+        grad = None
+        if need_input:
+            grad = x if inplace else torch.empty_like(x)
+        loss = ce_kernel(x, target, weight, reduction, ignore_index, label_smoothing, grad)
+        if target.requires_grad:
+            ctx.label_smoothing = label_smoothing
+            ctx.save_for_backward(grad, x, weight)
+        else:
+            ctx.save_for_backward(grad)
+        if inplace:
+            ctx.mark_dirty(x)
+            return loss, x
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_overwritten=None):
+        if grad_overwritten is not None:
+            raise RuntimeError(
+                "fusedloss: the logits passed to cross_entropy(..., inplace_backward=True) "
+                "were overwritten by their gradient and must not be used afterwards"
+            )
+        if grad_loss is None:
+            return None, None, None, None, None, None, None
+        saved = ctx.saved_tensors
+        grad_input = grad_target = None
+        if len(saved) > 1:
+            x = saved[1]
+            grad_target = ce_target_grad(
+                x, saved[2], ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
+            )
+        if saved[0] is not None:
+            grad_input = scale_grad(saved[0], grad_loss, ctx.reduction, saved[0].dim() > 1, True)
+        grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
+        return grad_input, grad_target, None, None, None, None, None
+
+
+class RegressionFunction(torch.autograd.Function):
+    """Eager MSE / L1: d/dinput from the fused kernel, d/dtarget = -d/dinput."""
+
+    @staticmethod
+    def forward(ctx, x, target, reduction, kernel):
+        ctx.set_materialize_grads(False)
+        ctx.reduction = reduction
+        grad = torch.empty_like(x) if (x.requires_grad or target.requires_grad) else None
+        loss = regression_kernel(kernel, x, target, reduction, grad)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if grad_loss is None:
+            return None, None, None, None
+        (grad,) = ctx.saved_tensors
+        grad = scale_grad(grad, grad_loss, ctx.reduction, False, True)
+        need_input, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_target = None
+        if need_target:
+            grad_target = grad.neg() if need_input else grad.neg_()
+        grad_input = grad if need_input else None
+        grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
+        return grad_input, grad_target, None, None
+
+
+# ----------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("fusedloss::cross_entropy", mutates_args=(), device_types="cpu")
+def cross_entropy_op(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """Returns (loss, grad_input for grad_output 1); grad_input is an empty
+    tensor when compute_grad is False."""
+    grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+    loss = ce_kernel(
+        input, target, weight, reduction, ignore_index, label_smoothing,
+        grad if compute_grad else None,
+    )
+    return loss, grad
+
+
+@cross_entropy_op.register_fake
+def _(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad):
+    shape = _ce_loss_shape(input) if reduction == NONE else []
+    grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+    return input.new_empty(shape), grad
+
+
+def _ce_setup_context(ctx, inputs, output):
+    x, target, weight, reduction, _, label_smoothing, compute_grad = inputs
+    ctx.reduction = reduction
+    ctx.label_smoothing = label_smoothing
+    ctx.compute_grad = compute_grad
+    ctx.target_grad = target.requires_grad
+    ctx.mark_non_differentiable(output[1])
+    if target.requires_grad:
+        ctx.save_for_backward(output[1], x, weight)
+    else:
+        ctx.save_for_backward(output[1], None, None)
+
+
+def _ce_backward(ctx, grad_loss, _grad_grad):
+    grad, x, weight = ctx.saved_tensors
+    grad_input = grad_target = None
+    if ctx.needs_input_grad[0]:
+        if not ctx.compute_grad:
+            raise RuntimeError("fusedloss::cross_entropy: called with compute_grad=False")
+        # Out of place: the compiler owns buffer reuse.
+        grad_input = scale_grad(grad, grad_loss, ctx.reduction, grad.dim() > 1, False)
+    if ctx.target_grad:
+        grad_target = ce_target_grad(
+            x, weight, ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
+        )
+    grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
+    return grad_input, grad_target, None, None, None, None, None
+
+
+cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
+
+
+def _regression_op(name: str, kernel):
+    @torch.library.custom_op(f"fusedloss::{name}", mutates_args=(), device_types="cpu")
+    def op(input: Tensor, target: Tensor, reduction: int, compute_grad: bool) -> tuple[Tensor, Tensor]:
+        grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+        loss = regression_kernel(kernel, input, target, reduction, grad if compute_grad else None)
+        return loss, grad
+
+    @op.register_fake
+    def _(input, target, reduction, compute_grad):
+        shape = input.shape if reduction == NONE else []
+        grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+        return input.new_empty(shape), grad
+
+    def setup_context(ctx, inputs, output):
+        ctx.reduction = inputs[2]
+        ctx.compute_grad = inputs[3]
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    def backward(ctx, grad_loss, _grad_grad):
+        if not ctx.compute_grad:
+            raise RuntimeError(f"fusedloss::{name}: called with compute_grad=False")
+        (grad,) = ctx.saved_tensors
+        grad = scale_grad(grad, grad_loss, ctx.reduction, False, False)
+        grad_input = grad if ctx.needs_input_grad[0] else None
+        grad_target = grad.neg() if ctx.needs_input_grad[1] else None
+        grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
+        return grad_input, grad_target, None, None
+
+    op.register_autograd(backward, setup_context=setup_context)
+    return op
+
+
+mse_op = _regression_op("mse", _core.mse)
+l1_op = _regression_op("l1", _core.l1)

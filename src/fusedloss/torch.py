@@ -1,0 +1,264 @@
+"""PyTorch layer of fusedloss: autograd-aware drop-ins for ``torch.nn.functional``
+losses and their ``nn.Module`` classes, backed by the fused CPU kernels.
+
+``import fusedloss.torch as flt``::
+
+    loss = flt.cross_entropy(logits, target, label_smoothing=0.1)
+    criterion = flt.CrossEntropyLoss(weight=w, ignore_index=0)
+
+Same signatures and results as ``torch.nn.functional.cross_entropy`` /
+``mse_loss`` / ``l1_loss`` (the modules subclass ``torch.nn.CrossEntropyLoss``,
+``MSELoss`` and ``L1Loss``), with these properties:
+
+- Cross-entropy's gradient is computed in the forward pass by the fused kernel
+  and only scaled in backward: forward + backward keeps one logits-sized buffer
+  (the gradient) alive, where torch keeps log-softmax and temporaries (~3x).
+- ``inplace_backward=True`` (cross-entropy) writes the gradient into the logits'
+  own storage: no extra memory. The logits are then gone; autograd's version
+  counter reports any op that saved them, and using them afterwards in a
+  differentiable op raises in backward. Logits that are leaves cannot be
+  overwritten (torch's in-place rule); under ``torch.compile`` the flag is ignored.
+- float16 / bfloat16 are read as they are and accumulated in float32; losses and
+  gradients come back in the input's dtype.
+- Registered as ``torch.library`` custom ops (``fusedloss::cross_entropy``,
+  ``fusedloss::mse``, ``fusedloss::l1``): ``torch.compile(fullgraph=True)`` traces them.
+- Double backward is not supported: differentiating a gradient raises.
+
+Fallbacks to torch's own implementation (same result, no fusion): tensors not on
+the CPU (CUDA, meta, ...), dtypes other than float32/float64/float16/bfloat16,
+tensor subclasses with ``__torch_function__``, mismatched shapes or dtypes
+(torch broadcasts, promotes or raises its own error), a ``weight`` that requires
+grad, ``weight=`` for MSE/L1, and empty input. Non-contiguous tensors are made
+contiguous. Bad arguments therefore raise torch's own exceptions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn import _reduction as _Reduction
+from torch.overrides import has_torch_function_variadic
+
+from . import _core
+from . import _torch_ops as _ops
+
+__all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
+
+_REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
+_DTYPES = _ops.SUPPORTED_DTYPES
+_is_compiling = torch.compiler.is_compiling
+
+
+def _reduction_code(reduction) -> int | None:
+    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
+
+
+def _ce_fusable(input, target, weight, ignore_index, label_smoothing) -> bool:
+    """True when the kernel computes exactly what F.cross_entropy would."""
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
+        return False
+    if has_torch_function_variadic(input, target, weight):
+        return False
+    if input.dtype not in _DTYPES or not (input.is_cpu and target.is_cpu):
+        return False
+    ndim = input.dim()
+    if ndim == 0 or input.numel() == 0:
+        return False
+    shape = input.shape
+    if target.dtype is torch.int64:
+        if ndim == 1:
+            if target.dim() != 0:
+                return False
+        elif target.shape != shape[:1] + shape[2:]:
+            return False
+    elif target.dtype is not input.dtype or target.shape != shape or ignore_index != -100:
+        return False  # (torch refuses ignore_index with probability targets)
+    if weight is not None:
+        if not (
+            isinstance(weight, Tensor)
+            and weight.dtype is input.dtype
+            and weight.is_cpu
+            and not weight.requires_grad
+            and weight.dim() == 1
+            and weight.shape[0] == shape[0 if ndim == 1 else 1]
+        ):
+            return False
+    return type(ignore_index) is int and 0.0 <= label_smoothing <= 1.0
+
+
+def _check_overwritable(input: Tensor) -> None:
+    # Checked before the kernel overwrites anything: autograd would only
+    # notice after forward, with the logits already gone.
+    if input.is_leaf:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation "
+            "(cross_entropy(..., inplace_backward=True) overwrites the logits with their "
+            "gradient; pass logits computed by the model)"
+        )
+    if input._is_view() and input._base.is_leaf:
+        raise RuntimeError(
+            "a view of a leaf Variable that requires grad is being used in an in-place "
+            "operation (cross_entropy(..., inplace_backward=True))"
+        )
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    inplace_backward: bool = False,
+) -> Tensor:
+    """Fused drop-in for :func:`torch.nn.functional.cross_entropy`.
+
+    ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; ``target`` int64
+    class indices (input's shape without ``C``) or probabilities shaped like
+    ``input``. Gradients flow to ``input`` and, for probability targets, to
+    ``target``. With ``inplace_backward=True`` the gradient is written into the
+    logits' storage (see the module docstring). Tensors not on the CPU and the
+    other cases listed in the module docstring use torch's own implementation.
+    """
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    code = _reduction_code(reduction)
+    if code is None or not _ce_fusable(input, target, weight, ignore_index, label_smoothing):
+        return F.cross_entropy(
+            input, target, weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    label_smoothing = float(label_smoothing)
+    if _is_compiling():
+        compute_grad = input.requires_grad and torch.is_grad_enabled()
+        return _ops.cross_entropy_op(
+            input.contiguous(), target.contiguous(), weight, code, ignore_index,
+            label_smoothing, compute_grad,
+        )[0]
+    if not input.is_contiguous():
+        input = input.contiguous()
+    if not target.is_contiguous():
+        target = target.contiguous()
+    if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
+        return _ops.ce_kernel(input, target, weight, code, ignore_index, label_smoothing, None)
+    if inplace_backward and input.requires_grad and not target.requires_grad:
+        _check_overwritable(input)
+        return _ops.CrossEntropyFunction.apply(
+            input, target, weight, code, ignore_index, label_smoothing, True
+        )[0]
+    return _ops.CrossEntropyFunction.apply(
+        input, target, weight, code, ignore_index, label_smoothing, False
+    )
+
+
+def _regression_fusable(input, target) -> bool:
+    return (
+        isinstance(input, Tensor)
+        and isinstance(target, Tensor)
+        and not has_torch_function_variadic(input, target)
+        and input.dtype in _DTYPES
+        and target.dtype is input.dtype
+        and input.is_cpu
+        and target.is_cpu
+        and target.shape == input.shape
+        and input.numel() > 0
+    )
+
+
+def _regression(torch_fn, op, kernel, input, target, reduction, weight) -> Tensor:
+    """MSE / L1 after the legacy arguments: fused, or torch's ``torch_fn``."""
+    code = _reduction_code(reduction)
+    if code is None or weight is not None or not _regression_fusable(input, target):
+        return torch_fn(input, target, reduction=reduction, weight=weight)
+    if _is_compiling():
+        compute_grad = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
+        return op(input.contiguous(), target.contiguous(), code, compute_grad)[0]
+    if not input.is_contiguous():
+        input = input.contiguous()
+    if not target.is_contiguous():
+        target = target.contiguous()
+    if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
+        return _ops.regression_kernel(kernel, input, target, code, None)
+    return _ops.RegressionFunction.apply(input, target, code, kernel)
+
+
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Fused drop-in for :func:`torch.nn.functional.mse_loss` (gradients for input
+    and target). ``weight``, broadcasting, non-CPU tensors and the other cases in
+    the module docstring use torch's own implementation."""
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    return _regression(F.mse_loss, _ops.mse_op, _core.mse, input, target, reduction, weight)
+
+
+def l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Fused drop-in for :func:`torch.nn.functional.l1_loss` (gradients for input
+    and target; the gradient at ``input == target`` is 0, as in torch). Complex
+    tensors, ``weight``, broadcasting, non-CPU tensors and the other cases in the
+    module docstring use torch's own implementation."""
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    return _regression(F.l1_loss, _ops.l1_op, _core.l1, input, target, reduction, weight)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """Drop-in for :class:`torch.nn.CrossEntropyLoss` computed by
+    :func:`fusedloss.torch.cross_entropy`; same constructor (deprecated
+    ``size_average``/``reduce`` handled and warned about as torch does) plus
+    ``inplace_backward``."""
+
+    def __init__(
+        self,
+        weight: Tensor | None = None,
+        size_average=None,
+        ignore_index: int = -100,
+        reduce=None,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        inplace_backward: bool = False,
+    ) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.inplace_backward = inplace_backward
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return cross_entropy(
+            input, target, weight=self.weight, ignore_index=self.ignore_index,
+            reduction=self.reduction, label_smoothing=self.label_smoothing,
+            inplace_backward=self.inplace_backward,
+        )
+
+    def extra_repr(self) -> str:
+        return "inplace_backward=True" if self.inplace_backward else ""
+
+
+class MSELoss(nn.MSELoss):
+    """Drop-in for :class:`torch.nn.MSELoss` computed by :func:`fusedloss.torch.mse_loss`."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return mse_loss(input, target, reduction=self.reduction)
+
+
+class L1Loss(nn.L1Loss):
+    """Drop-in for :class:`torch.nn.L1Loss` computed by :func:`fusedloss.torch.l1_loss`."""
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return l1_loss(input, target, reduction=self.reduction)

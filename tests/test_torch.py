@@ -1,0 +1,496 @@
+"""fusedloss.torch against torch.nn.functional: values, gradients, options, errors.
+
+References are torch's own functions, never fusedloss. Tolerances per dtype:
+
+* float64: ``rtol=1e-9``, ``atol=1e-12`` — same O(C) float64 work per row as torch;
+  only summation order and the kernels' exp/log (a few ULP) differ.
+* float32: compared with torch float64 on the same float32 values, ``rtol=1e-5``,
+  ``atol=1e-6 * max|ref|``: float32 accumulation over C <= 11 terms plus one
+  rounding of the result stays far below that; an algorithmic slip does not.
+* float16 / bfloat16: read as they are, accumulated in float32, rounded once to
+  the half type (the gradient once more when scaled by a grad_output != 1). So
+  against torch float64 on the same half values: ``rtol = 4 * eps`` and
+  ``atol = 4 * eps * max|ref|`` (eps = 2**-10 for float16, 2**-7 for bfloat16).
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import fusedloss.torch as flt  # noqa: E402
+from fusedloss import _torch_ops  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+REDUCTIONS = ["none", "mean", "sum"]
+CE_SHAPES = [(11,), (8, 11), (3, 5, 4, 2)]
+IGNORE = 1  # a real class id used as ignore_index in the option matrix
+
+
+def tolerances(dtype):
+    if dtype is torch.float64:
+        return 1e-9, 1e-12
+    if dtype is torch.float32:
+        return 1e-5, 1e-6
+    eps = torch.finfo(dtype).eps
+    return 4 * eps, 4 * eps
+
+
+def assert_close(ours, ref, dtype, what):
+    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype}, expected {dtype}"
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    rtol, atol = tolerances(dtype)
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    torch.testing.assert_close(
+        ours.double(), ref, rtol=rtol, atol=atol * max(scale, 1e-30), equal_nan=True, msg=what
+    )
+
+
+def make_ce(shape, dtype, probs, weight, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    cdim = 0 if len(shape) == 1 else 1
+    if probs:
+        t = torch.rand(shape, generator=g).add_(1e-3)
+        t = (t / t.sum(cdim, keepdim=True)).to(dtype)
+    else:
+        tshape = () if len(shape) == 1 else (shape[0], *shape[2:])
+        t = torch.randint(0, classes, tshape, generator=g)
+        if t.dim():  # ~25 % ignored
+            t = torch.where(torch.rand(tshape, generator=g) < 0.25, IGNORE, t)
+    w = (torch.rand(classes, generator=g) + 0.1).to(dtype) if weight else None
+    return x, t, w
+
+
+def loss_and_grads(fn, x, t, gout_seed=7, **kw):
+    """(loss, d/dx, d/dt or None) of sum(grad_output * loss), grad_output random."""
+    x = x.detach().requires_grad_(True)
+    t = t.detach().requires_grad_(t.is_floating_point())
+    loss = fn(x, t, **kw)
+    g = torch.Generator().manual_seed(gout_seed)
+    gout = (torch.randn(loss.shape, generator=g) + 0.5).to(loss.dtype)
+    inputs = [x, t] if t.requires_grad else [x]
+    grads = torch.autograd.grad(loss, inputs, gout)
+    return loss.detach(), grads[0], grads[1] if t.requires_grad else None
+
+
+def reference(fn, x, t, **kw):
+    """torch in float64 on the very values given (half types exactly widened)."""
+    if kw.get("weight") is not None:
+        kw["weight"] = kw["weight"].double()
+    t64 = t.double() if t.is_floating_point() else t
+    return loss_and_grads(fn, x.double(), t64, **kw)
+
+
+# ----------------------------------------------------------------- parity matrix
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "shape,probs,weight,smoothing",
+    [
+        (s, p, w, ls)
+        for s, p, w, ls in itertools.product(CE_SHAPES, (False, True), (False, True), (0.0, 0.15))
+    ],
+)
+def test_cross_entropy_matches_torch(dtype, reduction, shape, probs, weight, smoothing):
+    x, t, w = make_ce(shape, dtype, probs, weight, seed=hash((shape, probs, weight)) % 1000)
+    kw = dict(reduction=reduction, label_smoothing=smoothing, ignore_index=-100 if probs else IGNORE)
+    loss, gx, gt = loss_and_grads(flt.cross_entropy, x, t, weight=w, **kw)
+    rloss, rgx, rgt = reference(F.cross_entropy, x, t, weight=w, **kw)
+    assert_close(loss, rloss, dtype, "loss")
+    assert_close(gx, rgx, dtype, "grad input")
+    if probs:
+        assert_close(gt, rgt, dtype, "grad target")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_entropy_same_dtype_torch(dtype):
+    """Also against torch at the same precision, default options."""
+    x, t, _ = make_ce((16, 33), dtype, False, False, seed=3)
+    loss, gx, _ = loss_and_grads(flt.cross_entropy, x, t)
+    rloss, rgx, _ = loss_and_grads(F.cross_entropy, x, t)
+    torch.testing.assert_close(loss, rloss)
+    torch.testing.assert_close(gx, rgx)
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5)])
+def test_regression_matches_torch(name, dtype, reduction, shape):
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g).to(dtype)
+    y = torch.randn(shape, generator=g).to(dtype)
+    if len(shape) == 2:
+        y[0, :3] = x[0, :3]  # L1 at a kink: torch's gradient is 0 there
+    loss, gx, gy = loss_and_grads(getattr(flt, name), x, y, reduction=reduction)
+    rloss, rgx, rgy = reference(getattr(F, name), x, y, reduction=reduction)
+    assert_close(loss, rloss, dtype, "loss")
+    assert_close(gx, rgx, dtype, "grad input")
+    assert_close(gy, rgy, dtype, "grad target")
+
+
+def test_half_types_are_not_upcast(monkeypatch):
+    seen = []
+    real = _torch_ops._core.cross_entropy
+
+    def spy(inp, *args):
+        seen.append((str(inp.dtype), args[-1]))
+        return real(inp, *args)
+
+    monkeypatch.setattr(_torch_ops._core, "cross_entropy", spy)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(4, 6, dtype=dtype, requires_grad=True)
+        flt.cross_entropy(x, torch.tensor([0, 1, 2, 3])).backward()
+        assert x.grad.dtype == dtype
+    assert seen == [("float16", False), ("uint16", True)]
+
+
+# -------------------------------------------------------------------- gradcheck
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "shape,probs,weight,smoothing",
+    list(itertools.product(CE_SHAPES, (False, True), (False, True), (0.0, 0.3))),
+)
+def test_cross_entropy_gradcheck(reduction, shape, probs, weight, smoothing):
+    x, t, w = make_ce(shape, torch.float64, probs, weight, seed=11)
+    x.requires_grad_(True)
+    t.requires_grad_(probs)
+
+    def fn(x, t):
+        return flt.cross_entropy(
+            x, t, weight=w, reduction=reduction, label_smoothing=smoothing,
+            ignore_index=-100 if probs else IGNORE,
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, t))
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_regression_gradcheck(name, reduction):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randn(3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    fn = getattr(flt, name)
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, reduction=reduction), (x, y))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, t, y: flt.cross_entropy(x, t),
+        lambda x, t, y: flt.cross_entropy(x, torch.softmax(y, 1), reduction="none").sum(),
+        lambda x, t, y: flt.mse_loss(x, y),
+        lambda x, t, y: flt.l1_loss(x, y, reduction="sum"),
+    ],
+    ids=["ce", "ce-probs", "mse", "l1"],
+)
+def test_double_backward_raises(call):
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 5, dtype=torch.float64)
+    loss = call(x, torch.tensor([0, 1, 2, 3]), y)
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def test_retain_graph_twice_with_scaled_grad_output():
+    x = torch.randn(6, 7, requires_grad=True)
+    t = torch.randint(0, 7, (6,))
+    loss = 3.0 * flt.cross_entropy(x, t)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    (6.0 * F.cross_entropy(x2, t)).backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_gradient_accumulates_into_leaf_without_copy():
+    x = torch.randn(5, 8, requires_grad=True)
+    t = torch.randint(0, 8, (5,))
+    flt.cross_entropy(x, t).backward()
+    first = x.grad.clone()
+    flt.cross_entropy(x, t, reduction="sum").backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    F.cross_entropy(x2, t).backward()
+    F.cross_entropy(x2, t, reduction="sum").backward()
+    torch.testing.assert_close(first, F.softmax(x2.detach(), 1).sub(F.one_hot(t, 8)).div(5))
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_no_grad_and_target_only_grad():
+    x = torch.randn(5, 8)
+    p = torch.softmax(torch.randn(5, 8), 1).requires_grad_(True)
+    with torch.no_grad():
+        torch.testing.assert_close(flt.cross_entropy(x, p), F.cross_entropy(x, p))
+    flt.cross_entropy(x, p, label_smoothing=0.2).backward()
+    p2 = p.detach().clone().requires_grad_(True)
+    F.cross_entropy(x, p2, label_smoothing=0.2).backward()
+    torch.testing.assert_close(p.grad, p2.grad)
+
+
+# ---------------------------------------------------------------- inplace_backward
+
+
+def _logits(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(6, 4, generator=g)
+    w = torch.randn(4, 9, generator=g, requires_grad=True)
+    return h, w, torch.randint(0, 9, (6,), generator=g)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_inplace_backward_gradients(reduction):
+    h, w, t = _logits()
+    logits = h @ w
+    loss = flt.cross_entropy(logits, t, reduction=reduction, label_smoothing=0.1,
+                             inplace_backward=True)
+    (2.0 * loss).backward()
+    w2 = w.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(h @ w2, t, reduction=reduction, label_smoothing=0.1)
+    (2.0 * ref).backward()
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_inplace_backward_module():
+    h, w, t = _logits(1)
+    crit = flt.CrossEntropyLoss(inplace_backward=True)
+    assert "inplace_backward=True" in repr(crit)
+    crit(h @ w, t).backward()
+    w2 = w.detach().clone().requires_grad_(True)
+    torch.nn.CrossEntropyLoss()(h @ w2, t).backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_inplace_backward_caught_by_version_counter():
+    """An op that saved the logits before the loss overwrote them."""
+    h, w, t = _logits(2)
+    logits = h @ w
+    aux = logits.pow(2).mean()  # pow saves its input
+    loss = flt.cross_entropy(logits, t, inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + aux).backward()
+
+
+def test_inplace_backward_logits_used_afterwards_raises():
+    h, w, t = _logits(3)
+    logits = h @ w
+    loss = flt.cross_entropy(logits, t, inplace_backward=True)
+    later = (logits * 2).sum()
+    with pytest.raises(RuntimeError, match="overwritten"):
+        (loss + later).backward()
+
+
+def test_inplace_backward_refuses_leaf():
+    x = torch.randn(4, 5, requires_grad=True)
+    before = x.detach().clone()
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        flt.cross_entropy(x, torch.tensor([0, 1, 2, 3]), inplace_backward=True)
+    assert torch.equal(x.detach(), before)
+
+
+# ---------------------------------------------------- layouts, devices, fallbacks
+
+
+def test_non_contiguous_inputs():
+    base = torch.randn(9, 6, 3, dtype=torch.float64)
+    x = base.permute(2, 1, 0)[:, :, ::2].requires_grad_(True)  # (3, 6, 5), strided
+    t = torch.randint(0, 6, (5, 3)).t()
+    loss, gx, _ = loss_and_grads(flt.cross_entropy, x, t, reduction="none")
+    rloss, rgx, _ = loss_and_grads(F.cross_entropy, x, t, reduction="none")
+    torch.testing.assert_close(loss, rloss)
+    torch.testing.assert_close(gx, rgx)
+    y = torch.randn(5, 6, dtype=torch.float64).t()
+    for name in ("mse_loss", "l1_loss"):
+        a = loss_and_grads(getattr(flt, name), x[0], y)
+        b = loss_and_grads(getattr(F, name), x[0], y)
+        for u, v in zip(a, b):
+            torch.testing.assert_close(u, v)
+
+
+def test_meta_tensors_use_torch():
+    x = torch.empty(4, 5, device="meta", requires_grad=True)
+    t = torch.empty(4, dtype=torch.long, device="meta")
+    loss = flt.cross_entropy(x, t)
+    assert loss.device.type == "meta" and loss.shape == ()
+    assert flt.mse_loss(x, torch.empty(4, 5, device="meta")).device.type == "meta"
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("cross_entropy", lambda: (torch.randn(3, 4), torch.randint(0, 4, (3,)))),
+        ("mse_loss", lambda: (torch.randn(3, 4), torch.randn(3, 4))),
+    ],
+)
+def test_non_cpu_falls_back_to_torch(monkeypatch, name, args):
+    """The device check routes to torch (simulated: no GPU here)."""
+    calls = []
+    real = getattr(F, name)
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
+    monkeypatch.setattr(F, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    getattr(flt, name)(*args())
+    assert calls == [1]
+
+
+def test_fallback_cases_agree_with_torch():
+    x = torch.randn(4, 5)
+    row = torch.randn(5)
+    with pytest.warns(UserWarning, match="target size"):
+        a = flt.mse_loss(x, row)
+    with pytest.warns(UserWarning, match="target size"):
+        b = F.mse_loss(x, row)
+    torch.testing.assert_close(a, b)
+    w = torch.rand(4, 5)
+    y = torch.randn(4, 5)
+    torch.testing.assert_close(flt.l1_loss(x, y, weight=w), F.l1_loss(x, y, weight=w))
+    z = torch.randn(4, 5, dtype=torch.complex64)
+    torch.testing.assert_close(flt.l1_loss(z, z * 2), F.l1_loss(z, z * 2))
+    empty = torch.empty(0, 5, requires_grad=True)
+    torch.testing.assert_close(
+        flt.cross_entropy(empty, torch.empty(0, dtype=torch.long)),
+        F.cross_entropy(empty, torch.empty(0, dtype=torch.long)),
+        equal_nan=True,
+    )
+
+
+# ------------------------------------------------------------------ bad input
+
+
+BAD_CE = {
+    "index out of range": lambda: (torch.randn(3, 4), torch.tensor([0, 4, 1]), {}),
+    "negative index": lambda: (torch.randn(3, 4), torch.tensor([0, -1, 1]), {}),
+    "int32 target": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 1], dtype=torch.int32), {}),
+    "float target wrong shape": lambda: (torch.randn(3, 4), torch.rand(3, 5), {}),
+    "batch mismatch": lambda: (torch.randn(3, 4), torch.tensor([0, 1]), {}),
+    "bad reduction": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]), {"reduction": "avg"}),
+    "smoothing > 1": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                              {"label_smoothing": 1.5}),
+    "weight length": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                              {"weight": torch.rand(5)}),
+    "weight dtype": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                             {"weight": torch.rand(4, dtype=torch.float64)}),
+    "ignore_index with probs": lambda: (torch.randn(3, 4), torch.rand(3, 4),
+                                        {"ignore_index": 1}),
+    "int input": lambda: (torch.ones(3, 4, dtype=torch.long), torch.tensor([0, 1, 2]), {}),
+    "scalar input": lambda: (torch.tensor(1.0), torch.tensor(0), {}),
+    "list input": lambda: ([[1.0, 2.0]], torch.tensor([0]), {}),
+}
+
+
+def _exception(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
+        return type(e)
+    return None
+
+
+@pytest.mark.parametrize("case", list(BAD_CE), ids=list(BAD_CE))
+def test_bad_cross_entropy_input_raises_like_torch(case):
+    x, t, kw = BAD_CE[case]()
+    expected = _exception(lambda: F.cross_entropy(x, t, **kw).sum().item())
+    assert expected is not None, "torch accepts this case; the table is wrong"
+    got = _exception(lambda: flt.cross_entropy(x, t, **kw))
+    assert got is expected
+
+
+def test_out_of_range_target_raises_before_writing():
+    x = torch.randn(3, 4).mul(1).requires_grad_(True)
+    logits = x * 1
+    snapshot = logits.detach().clone()
+    with pytest.raises(IndexError):
+        flt.cross_entropy(logits, torch.tensor([0, 9, 1]), inplace_backward=True)
+    assert torch.equal(logits.detach(), snapshot)
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
+def test_bad_regression_input_raises_like_torch(name):
+    cases = [
+        (torch.randn(3, 4), torch.randn(3, 4), {"reduction": "avg"}),
+        (torch.randn(3, 4), torch.randn(2, 4), {}),
+        ("x", torch.randn(3), {}),
+    ]
+    for x, y, kw in cases:
+        expected = _exception(lambda: getattr(F, name)(x, y, **kw))
+        assert expected is not None
+        assert _exception(lambda: getattr(flt, name)(x, y, **kw)) is expected
+
+
+# --------------------------------------------------------- legacy args, modules
+
+
+def test_legacy_size_average_reduce_warn_like_torch():
+    x = torch.randn(5, 6)
+    t = torch.randint(0, 6, (5,))
+    msg = "size_average and reduce args will be deprecated"
+    for sa, rd in [(False, None), (None, False), (True, True)]:
+        with pytest.warns(UserWarning, match=msg):
+            ours = flt.cross_entropy(x, t, size_average=sa, reduce=rd)
+        with pytest.warns(UserWarning, match=msg):
+            ref = F.cross_entropy(x, t, size_average=sa, reduce=rd)
+        torch.testing.assert_close(ours, ref)
+        with pytest.warns(UserWarning, match=msg):
+            ours = flt.MSELoss(size_average=sa, reduce=rd)(x, x.flip(0))
+        with pytest.warns(UserWarning, match=msg):
+            ref = torch.nn.MSELoss(size_average=sa, reduce=rd)(x, x.flip(0))
+        torch.testing.assert_close(ours, ref)
+    with pytest.warns(UserWarning, match=msg):
+        m = flt.CrossEntropyLoss(size_average=False)
+    assert m.reduction == "sum"
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,kwargs",
+    [
+        (flt.CrossEntropyLoss, torch.nn.CrossEntropyLoss,
+         {"weight": torch.rand(6) + 0.1, "ignore_index": 2, "label_smoothing": 0.1}),
+        (flt.CrossEntropyLoss, torch.nn.CrossEntropyLoss, {"reduction": "none"}),
+        (flt.MSELoss, torch.nn.MSELoss, {"reduction": "sum"}),
+        (flt.L1Loss, torch.nn.L1Loss, {}),
+    ],
+)
+def test_modules_are_drop_ins(ours, theirs, kwargs):
+    a, b = ours(**kwargs), theirs(**kwargs)
+    assert isinstance(a, theirs)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    x = torch.randn(5, 6, requires_grad=True)
+    if theirs is torch.nn.CrossEntropyLoss:
+        t = torch.tensor([0, 2, 5, 2, 1])
+    else:
+        t = torch.randn(5, 6)
+    la, lb = a(x, t), b(x, t)
+    torch.testing.assert_close(la, lb)
+    ga = torch.autograd.grad(la.sum(), x)[0]
+    gb = torch.autograd.grad(lb.sum(), x)[0]
+    torch.testing.assert_close(ga, gb)
+
+
+def test_custom_ops_pass_opcheck():
+    x = torch.randn(4, 6, requires_grad=True)
+    t = torch.tensor([0, 1, 5, 2])
+    p = torch.softmax(torch.randn(4, 6), 1).requires_grad_(True)
+    w = torch.rand(6)
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, t, w, 1, -100, 0.1, True))
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, p, None, 0, -100, 0.0, True))
+    y = torch.randn(4, 6)
+    torch.library.opcheck(_torch_ops.mse_op, (x, y, 2, True))
+    torch.library.opcheck(_torch_ops.l1_op, (x, y, 0, True))
+
+
+def test_import_fusedloss_does_not_import_torch():
+    code = "import sys, fusedloss; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

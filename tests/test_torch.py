@@ -92,15 +92,18 @@ def reference(fn, x, t, **kw):
 # ----------------------------------------------------------------- parity matrix
 
 
+def ce_options(smoothing):
+    """The option matrix: shape x target kind x weight x label_smoothing, readable ids."""
+    return [
+        pytest.param(s, p, w, ls, id=f"{'x'.join(map(str, s))}-{'probs' if p else 'index'}"
+                                     f"{'-weight' if w else ''}{f'-ls{ls}' if ls else ''}")
+        for s, p, w, ls in itertools.product(CE_SHAPES, (False, True), (False, True), smoothing)
+    ]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize(
-    "shape,probs,weight,smoothing",
-    [
-        (s, p, w, ls)
-        for s, p, w, ls in itertools.product(CE_SHAPES, (False, True), (False, True), (0.0, 0.15))
-    ],
-)
+@pytest.mark.parametrize("shape,probs,weight,smoothing", ce_options((0.0, 0.15)))
 def test_cross_entropy_matches_torch(dtype, reduction, shape, probs, weight, smoothing):
     x, t, w = make_ce(shape, dtype, probs, weight, seed=hash((shape, probs, weight)) % 1000)
     kw = dict(reduction=reduction, label_smoothing=smoothing, ignore_index=-100 if probs else IGNORE)
@@ -125,7 +128,7 @@ def test_cross_entropy_same_dtype_torch(dtype):
 @pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5)])
+@pytest.mark.parametrize("shape", [(), (7,), (4, 9), (2, 3, 5)], ids=str)
 def test_regression_matches_torch(name, dtype, reduction, shape):
     g = torch.Generator().manual_seed(len(shape))
     x = torch.randn(shape, generator=g).to(dtype)
@@ -159,10 +162,7 @@ def test_half_types_are_not_upcast(monkeypatch):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize(
-    "shape,probs,weight,smoothing",
-    list(itertools.product(CE_SHAPES, (False, True), (False, True), (0.0, 0.3))),
-)
+@pytest.mark.parametrize("shape,probs,weight,smoothing", ce_options((0.0, 0.3)))
 def test_cross_entropy_gradcheck(reduction, shape, probs, weight, smoothing):
     x, t, w = make_ce(shape, torch.float64, probs, weight, seed=11)
     x.requires_grad_(True)
@@ -484,13 +484,39 @@ def test_custom_ops_pass_opcheck():
     t = torch.tensor([0, 1, 5, 2])
     p = torch.softmax(torch.randn(4, 6), 1).requires_grad_(True)
     w = torch.rand(6)
-    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, t, w, 1, -100, 0.1, True))
-    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, p, None, 0, -100, 0.0, True))
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, t, w, 1, -100, 0.1, True, False))
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, p, None, 0, -100, 0.0, True, False))
+    h = x.detach().bfloat16().requires_grad_(True)
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (h, t, None, 2, -100, 0.0, True, True))
     y = torch.randn(4, 6)
-    torch.library.opcheck(_torch_ops.mse_op, (x, y, 2, True))
-    torch.library.opcheck(_torch_ops.l1_op, (x, y, 0, True))
+    torch.library.opcheck(_torch_ops.mse_op, (x, y, 2, True, False))
+    torch.library.opcheck(_torch_ops.l1_op, (x, y, 0, True, False))
 
 
 def test_import_fusedloss_does_not_import_torch():
     code = "import sys, fusedloss; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cpu_autocast_dtypes_like_torch(dtype, reduction):
+    """Under CPU autocast torch runs these losses in float32: float32 loss,
+    gradient in the input's dtype. The weight may then be float32 too."""
+    x, t, _ = make_ce((6, 9), dtype, False, False, seed=4)
+    w = torch.rand(9) + 0.5
+    y = torch.randn(6, 9).to(dtype)
+    cases = [
+        (flt.cross_entropy, F.cross_entropy, t, {"weight": w, "label_smoothing": 0.1}),
+        (flt.mse_loss, F.mse_loss, y, {}),
+        (flt.l1_loss, F.l1_loss, y, {}),
+    ]
+    for ours, theirs, target, kw in cases:
+        with torch.autocast("cpu", dtype=dtype):
+            a = loss_and_grads(ours, x, target, reduction=reduction, **kw)
+            b = loss_and_grads(theirs, x, target, reduction=reduction, **kw)
+        assert a[0].dtype == b[0].dtype == torch.float32
+        assert a[1].dtype == b[1].dtype == dtype
+        rtol, atol = tolerances(dtype)
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[1], b[1], rtol=rtol, atol=atol * float(b[1].abs().max()))

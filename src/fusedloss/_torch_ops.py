@@ -82,13 +82,15 @@ def ce_kernel(
     ignore_index: int,
     label_smoothing: float,
     grad: Tensor | None,
+    float32_loss: bool = False,
 ) -> Tensor:
     """Runs the fused cross-entropy kernel; writes d(loss)/d(input) (for
     grad_output 1) into ``grad`` when given (``grad`` may be ``x`` itself).
-    Returns the loss in the input's dtype."""
+    Returns the loss in the input's dtype, or float32 (half input under autocast)."""
     outer, classes, inner = _ce_geometry(x)
     dtype = x.dtype
     accum = _ACCUM[dtype]
+    out = torch.float32 if float32_loss else dtype
     xa = _array(x).reshape(outer, classes, inner)
     if target.dtype is torch.int64:
         ta = target.numpy().reshape(outer, inner)
@@ -106,20 +108,22 @@ def ce_kernel(
             xa, ta, wa, ignore_index, label_smoothing, NONE,
             loss.numpy().reshape(outer, inner), ga, None, 1.0, dtype is torch.bfloat16,
         )
-        return loss if accum is dtype else loss.to(dtype)
+        return loss if accum is out else loss.to(out)
     value = _core.cross_entropy(
         xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, 1.0,
         dtype is torch.bfloat16,
     )
-    return torch.scalar_tensor(value, dtype=dtype)
+    return torch.scalar_tensor(value, dtype=out)
 
 
 def regression_kernel(
-    kernel, x: Tensor, target: Tensor, reduction: int, grad: Tensor | None
+    kernel, x: Tensor, target: Tensor, reduction: int, grad: Tensor | None,
+    float32_loss: bool = False,
 ) -> Tensor:
     """MSE / L1 kernel over the flattened buffers; see :func:`ce_kernel`."""
     dtype = x.dtype
     accum = _ACCUM[dtype]
+    out = torch.float32 if float32_loss else dtype
     xa = _array(x).reshape(-1)
     ta = _array(target).reshape(-1)
     ga = None if grad is None else _array(grad).reshape(-1)
@@ -127,8 +131,8 @@ def regression_kernel(
     if reduction == NONE:
         loss = torch.empty(x.shape, dtype=accum)
         kernel(xa, ta, NONE, loss.numpy().reshape(-1), ga, None, 1.0, bf16)
-        return loss if accum is dtype else loss.to(dtype)
-    return torch.scalar_tensor(kernel(xa, ta, reduction, None, ga, None, 1.0, bf16), dtype=dtype)
+        return loss if accum is out else loss.to(out)
+    return torch.scalar_tensor(kernel(xa, ta, reduction, None, ga, None, 1.0, bf16), dtype=out)
 
 
 def _class_dim(x: Tensor) -> int:
@@ -206,7 +210,8 @@ class CrossEntropyFunction(torch.autograd.Function):
     (marked dirty, so autograd catches any other use of the overwritten logits)."""
 
     @staticmethod
-    def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing, inplace):
+    def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing, inplace,
+                float32_loss):
         ctx.set_materialize_grads(False)
         need_input = x.requires_grad
         ctx.reduction = reduction
@@ -215,7 +220,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         grad = None
         if need_input:
             grad = x if inplace else torch.empty_like(x)
-        loss = ce_kernel(x, target, weight, reduction, ignore_index, label_smoothing, grad)
+        loss = ce_kernel(
+            x, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss
+        )
         if target.requires_grad:
             ctx.label_smoothing = label_smoothing
             ctx.save_for_backward(grad, x, weight)
@@ -234,7 +241,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "were overwritten by their gradient and must not be used afterwards"
             )
         if grad_loss is None:
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         saved = ctx.saved_tensors
         grad_input = grad_target = None
         if len(saved) > 1:
@@ -245,25 +252,25 @@ class CrossEntropyFunction(torch.autograd.Function):
         if saved[0] is not None:
             grad_input = scale_grad(saved[0], grad_loss, ctx.reduction, saved[0].dim() > 1, True)
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None, None, None, None
+        return grad_input, grad_target, None, None, None, None, None, None
 
 
 class RegressionFunction(torch.autograd.Function):
     """Eager MSE / L1: d/dinput from the fused kernel, d/dtarget = -d/dinput."""
 
     @staticmethod
-    def forward(ctx, x, target, reduction, kernel):
+    def forward(ctx, x, target, reduction, kernel, float32_loss):
         ctx.set_materialize_grads(False)
         ctx.reduction = reduction
         grad = torch.empty_like(x) if (x.requires_grad or target.requires_grad) else None
-        loss = regression_kernel(kernel, x, target, reduction, grad)
+        loss = regression_kernel(kernel, x, target, reduction, grad, float32_loss)
         ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:
-            return None, None, None, None
+            return None, None, None, None, None
         (grad,) = ctx.saved_tensors
         grad = scale_grad(grad, grad_loss, ctx.reduction, False, True)
         need_input, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -272,7 +279,7 @@ class RegressionFunction(torch.autograd.Function):
             grad_target = grad.neg() if need_input else grad.neg_()
         grad_input = grad if need_input else None
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None
+        return grad_input, grad_target, None, None, None
 
 
 # ----------------------------------------------------------------- custom ops
@@ -287,26 +294,27 @@ def cross_entropy_op(
     ignore_index: int,
     label_smoothing: float,
     compute_grad: bool,
+    float32_loss: bool,
 ) -> tuple[Tensor, Tensor]:
     """Returns (loss, grad_input for grad_output 1); grad_input is an empty
     tensor when compute_grad is False."""
     grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
     loss = ce_kernel(
         input, target, weight, reduction, ignore_index, label_smoothing,
-        grad if compute_grad else None,
+        grad if compute_grad else None, float32_loss,
     )
     return loss, grad
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad):
+def _(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad, float32_loss):
     shape = _ce_loss_shape(input) if reduction == NONE else []
     grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-    return input.new_empty(shape), grad
+    return input.new_empty(shape, dtype=torch.float32 if float32_loss else input.dtype), grad
 
 
 def _ce_setup_context(ctx, inputs, output):
-    x, target, weight, reduction, _, label_smoothing, compute_grad = inputs
+    x, target, weight, reduction, _, label_smoothing, compute_grad, _ = inputs
     ctx.reduction = reduction
     ctx.label_smoothing = label_smoothing
     ctx.compute_grad = compute_grad
@@ -331,7 +339,7 @@ def _ce_backward(ctx, grad_loss, _grad_grad):
             x, weight, ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
         )
     grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-    return grad_input, grad_target, None, None, None, None, None
+    return grad_input, grad_target, None, None, None, None, None, None
 
 
 cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
@@ -339,16 +347,20 @@ cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup_context
 
 def _regression_op(name: str, kernel):
     @torch.library.custom_op(f"fusedloss::{name}", mutates_args=(), device_types="cpu")
-    def op(input: Tensor, target: Tensor, reduction: int, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    def op(
+        input: Tensor, target: Tensor, reduction: int, compute_grad: bool, float32_loss: bool
+    ) -> tuple[Tensor, Tensor]:
         grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-        loss = regression_kernel(kernel, input, target, reduction, grad if compute_grad else None)
+        loss = regression_kernel(
+            kernel, input, target, reduction, grad if compute_grad else None, float32_loss
+        )
         return loss, grad
 
     @op.register_fake
-    def _(input, target, reduction, compute_grad):
+    def _(input, target, reduction, compute_grad, float32_loss):
         shape = input.shape if reduction == NONE else []
         grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-        return input.new_empty(shape), grad
+        return input.new_empty(shape, dtype=torch.float32 if float32_loss else input.dtype), grad
 
     def setup_context(ctx, inputs, output):
         ctx.reduction = inputs[2]
@@ -364,7 +376,7 @@ def _regression_op(name: str, kernel):
         grad_input = grad if ctx.needs_input_grad[0] else None
         grad_target = grad.neg() if ctx.needs_input_grad[1] else None
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None
+        return grad_input, grad_target, None, None, None
 
     op.register_autograd(backward, setup_context=setup_context)
     return op

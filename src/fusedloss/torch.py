@@ -47,14 +47,22 @@ __all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", 
 
 _REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 _DTYPES = _ops.SUPPORTED_DTYPES
+_HALF = (torch.float16, torch.bfloat16)
 _is_compiling = torch.compiler.is_compiling
+_is_autocast = torch.is_autocast_enabled
+
+
+def _float32_loss(input: Tensor) -> bool:
+    """CPU autocast runs these losses in float32: half input gives a float32 loss
+    (we still read the half values as they are; the upcast is exact anyway)."""
+    return input.dtype in _HALF and _is_autocast("cpu")
 
 
 def _reduction_code(reduction) -> int | None:
     return _REDUCTIONS.get(reduction) if type(reduction) is str else None
 
 
-def _ce_fusable(input, target, weight, ignore_index, label_smoothing) -> bool:
+def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) -> bool:
     """True when the kernel computes exactly what F.cross_entropy would."""
     if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
         return False
@@ -77,7 +85,7 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing) -> bool:
     if weight is not None:
         if not (
             isinstance(weight, Tensor)
-            and weight.dtype is input.dtype
+            and (weight.dtype is input.dtype or (autocast and weight.dtype in _DTYPES))
             and weight.is_cpu
             and not weight.requires_grad
             and weight.dim() == 1
@@ -127,7 +135,10 @@ def cross_entropy(
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     code = _reduction_code(reduction)
-    if code is None or not _ce_fusable(input, target, weight, ignore_index, label_smoothing):
+    autocast = isinstance(input, Tensor) and _float32_loss(input)
+    if code is None or not _ce_fusable(
+        input, target, weight, ignore_index, label_smoothing, autocast
+    ):
         return F.cross_entropy(
             input, target, weight, ignore_index=ignore_index, reduction=reduction,
             label_smoothing=label_smoothing,
@@ -137,21 +148,23 @@ def cross_entropy(
         compute_grad = input.requires_grad and torch.is_grad_enabled()
         return _ops.cross_entropy_op(
             input.contiguous(), target.contiguous(), weight, code, ignore_index,
-            label_smoothing, compute_grad,
+            label_smoothing, compute_grad, autocast,
         )[0]
     if not input.is_contiguous():
         input = input.contiguous()
     if not target.is_contiguous():
         target = target.contiguous()
     if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
-        return _ops.ce_kernel(input, target, weight, code, ignore_index, label_smoothing, None)
+        return _ops.ce_kernel(
+            input, target, weight, code, ignore_index, label_smoothing, None, autocast
+        )
     if inplace_backward and input.requires_grad and not target.requires_grad:
         _check_overwritable(input)
         return _ops.CrossEntropyFunction.apply(
-            input, target, weight, code, ignore_index, label_smoothing, True
+            input, target, weight, code, ignore_index, label_smoothing, True, autocast
         )[0]
     return _ops.CrossEntropyFunction.apply(
-        input, target, weight, code, ignore_index, label_smoothing, False
+        input, target, weight, code, ignore_index, label_smoothing, False, autocast
     )
 
 
@@ -174,16 +187,17 @@ def _regression(torch_fn, op, kernel, input, target, reduction, weight) -> Tenso
     code = _reduction_code(reduction)
     if code is None or weight is not None or not _regression_fusable(input, target):
         return torch_fn(input, target, reduction=reduction, weight=weight)
+    autocast = _float32_loss(input)
     if _is_compiling():
         compute_grad = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-        return op(input.contiguous(), target.contiguous(), code, compute_grad)[0]
+        return op(input.contiguous(), target.contiguous(), code, compute_grad, autocast)[0]
     if not input.is_contiguous():
         input = input.contiguous()
     if not target.is_contiguous():
         target = target.contiguous()
     if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
-        return _ops.regression_kernel(kernel, input, target, code, None)
-    return _ops.RegressionFunction.apply(input, target, code, kernel)
+        return _ops.regression_kernel(kernel, input, target, code, None, autocast)
+    return _ops.RegressionFunction.apply(input, target, code, kernel, autocast)
 
 
 def mse_loss(

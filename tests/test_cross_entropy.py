@@ -1,0 +1,356 @@
+"""fl.cross_entropy / fl.cross_entropy_and_grad against torch.nn.functional.cross_entropy.
+
+Tolerances: see tests/conftest.py (float64: rtol 1e-10; float32: no worse than 2x
+torch's own float32 error against a float64 reference, floor 4 ULP of the magnitude).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch.nn.functional as F
+
+import fusedloss as fl
+from conftest import (
+    CAPABILITIES,
+    REAL_DTYPES,
+    REDUCTIONS,
+    assert_matches,
+    check_against_torch,
+    cross_entropy_inputs,
+    forced_capability,
+    references,
+    upstream_gradient,
+)
+
+# name -> (input shape, cross_entropy_inputs options, loss options)
+CASES: dict[str, tuple[tuple[int, ...], dict[str, Any], dict[str, Any]]] = {
+    "index": ((7, 5), {}, {}),
+    "weight": ((7, 5), {"weight": True}, {}),
+    "ignore_default": ((9, 5), {"ignore_frac": 0.3}, {}),
+    "ignore_valid_class": ((9, 5), {"ignore_frac": 0.3}, {"ignore_index": 2}),
+    "smoothing": ((7, 5), {}, {"label_smoothing": 0.1}),
+    "smoothing_one": ((7, 5), {}, {"label_smoothing": 1.0}),
+    "weight_smoothing_ignore": (
+        (11, 13),
+        {"weight": True, "ignore_frac": 0.3},
+        {"ignore_index": -1, "label_smoothing": 0.2},
+    ),
+    "probs": ((7, 97), {"probs": True}, {}),
+    "probs_weight": ((7, 97), {"probs": True, "weight": True}, {}),
+    "probs_smoothing": ((7, 97), {"probs": True}, {"label_smoothing": 0.25}),
+    "probs_weight_smoothing": ((7, 33), {"probs": True, "weight": True}, {"label_smoothing": 0.7}),
+    "kdim1_weight_smoothing_ignore": (
+        (3, 5, 4),
+        {"weight": True, "ignore_frac": 0.3},
+        {"label_smoothing": 0.15},
+    ),
+    "kdim2_weight_ignore": ((2, 6, 3, 4), {"weight": True, "ignore_frac": 0.25}, {}),
+    "kdim2_probs_weight_smoothing": (
+        (2, 6, 3, 4),
+        {"probs": True, "weight": True},
+        {"label_smoothing": 0.3},
+    ),
+    "single_row_index": ((5,), {}, {}),
+    "single_row_weight_smoothing": ((5,), {"weight": True}, {"label_smoothing": 0.4}),
+    "single_row_probs_weight": ((5,), {"probs": True, "weight": True}, {}),
+}
+
+
+def make_case(rng: np.random.Generator, name: str, dtype: Any):
+    shape, input_opts, loss_opts = CASES[name]
+    x, target, weight = cross_entropy_inputs(
+        rng, shape, dtype, ignore_index=loss_opts.get("ignore_index", -100), **input_opts
+    )
+    return x, target, {"weight": weight, **loss_opts}
+
+
+def run_and_check(x, target, **kwargs):
+    """Forward-only and fused calls; both against torch, inputs left untouched."""
+    saved = [a.copy() for a in (x, target, kwargs.get("weight")) if a is not None]
+    loss_only = fl.cross_entropy(x, target, **kwargs)
+    check_against_torch(F.cross_entropy, loss_only, None, x, target, **kwargs)
+    loss, grad = fl.cross_entropy_and_grad(x, target, **kwargs)
+    ref = check_against_torch(F.cross_entropy, loss, grad, x, target, **kwargs)
+    assert not np.shares_memory(grad, x)
+    for before, after in zip(saved, (x, target, kwargs.get("weight"))):
+        np.testing.assert_array_equal(after, before, err_msg="an argument was modified")
+    return ref
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_matches_torch(capability, rng, dtype, reduction, case):
+    x, target, opts = make_case(rng, case, dtype)
+    run_and_check(x, target, reduction=reduction, **opts)
+
+
+@pytest.mark.parametrize(
+    "target_dtype", [np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint64]
+)
+def test_any_integer_target_dtype(capability, rng, target_dtype):
+    signed = np.issubdtype(target_dtype, np.signedinteger)
+    x, target, weight = cross_entropy_inputs(
+        rng,
+        (13, 7),
+        np.float64,
+        weight=True,
+        target_dtype=target_dtype,
+        ignore_index=-1,
+        ignore_frac=0.3 if signed else 0.0,
+    )
+    assert target.dtype == target_dtype
+    run_and_check(x, target, weight=weight, ignore_index=-1, label_smoothing=0.1)
+
+
+# Class counts around every vector width (4, 8, 16 lanes) and unroll factor, so the
+# vector main loop and the scalar tail both run.
+@pytest.mark.parametrize("classes", [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129])
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_class_counts(capability, rng, dtype, classes):
+    x, target, weight = cross_entropy_inputs(
+        rng, (6, classes), dtype, weight=True, ignore_frac=0.2
+    )
+    run_and_check(x, target, weight=weight, label_smoothing=0.05, reduction="mean")
+
+
+# K-dim input is vectorised along the inner (d1*...*dk) axis: exercise its tails too.
+@pytest.mark.parametrize("inner", [1, 2, 3, 7, 8, 9, 15, 16, 17, 33])
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_inner_sizes(capability, rng, dtype, inner):
+    x, target, weight = cross_entropy_inputs(
+        rng, (3, 5, inner), dtype, weight=True, ignore_frac=0.2
+    )
+    run_and_check(x, target, weight=weight, label_smoothing=0.05, reduction="none")
+
+
+# A representative of each target kind and rank, for the tests of the gradient options.
+GRAD_CASES = [
+    "weight_smoothing_ignore",
+    "probs_weight_smoothing",
+    "kdim2_weight_ignore",
+    "single_row_index",
+]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_grad_output_array(capability, rng, dtype, reduction, case):
+    x, target, opts = make_case(rng, case, dtype)
+    loss_shape = np.asarray(fl.cross_entropy(x, target, reduction="none", **opts)).shape
+    gout = upstream_gradient(rng, loss_shape, dtype, reduction)
+    loss, grad = fl.cross_entropy_and_grad(
+        x, target, reduction=reduction, grad_output=gout, **opts
+    )
+    check_against_torch(
+        F.cross_entropy, loss, grad, x, target, reduction=reduction, grad_output=gout, **opts
+    )
+
+
+@pytest.mark.parametrize("gout", [0.0, -1.5, 3.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_grad_output_python_float(rng, dtype, reduction, gout):
+    x, target, opts = make_case(rng, "weight_smoothing_ignore", dtype)
+    loss, grad = fl.cross_entropy_and_grad(
+        x, target, reduction=reduction, grad_output=gout, **opts
+    )
+    check_against_torch(
+        F.cross_entropy, loss, grad, x, target, reduction=reduction, grad_output=gout, **opts
+    )
+
+
+@pytest.mark.parametrize("destination", ["out", "inplace"])
+@pytest.mark.parametrize("case", GRAD_CASES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_gradient_destination(capability, rng, dtype, reduction, case, destination):
+    # out=: the gradient lands in the caller's buffer (returned as is), input untouched.
+    # inplace=True: input is overwritten by its gradient; the loss is that of the
+    # logits as they were, so the reference is taken on a copy of them.
+    x, target, opts = make_case(rng, case, dtype)
+    x_before = x.copy()
+    if destination == "inplace":
+        buffer = x.copy()
+        loss, grad = fl.cross_entropy_and_grad(
+            buffer, target, reduction=reduction, inplace=True, **opts
+        )
+        assert grad is buffer or np.shares_memory(grad, buffer)
+    else:
+        buffer = np.full_like(x, np.nan)
+        loss, grad = fl.cross_entropy_and_grad(x, target, reduction=reduction, out=buffer, **opts)
+        assert grad is buffer
+    np.testing.assert_array_equal(x, x_before)
+    check_against_torch(F.cross_entropy, loss, grad, x, target, reduction=reduction, **opts)
+    np.testing.assert_array_equal(buffer, np.asarray(grad).reshape(buffer.shape))
+
+
+def _noncontiguous(x: np.ndarray, target: np.ndarray, layout: str):
+    """The same kind of data as (x, target), laid out without C-contiguity."""
+    if layout == "transposed":  # (N, C) as the transpose of a C-contiguous (C, N)
+        return np.ascontiguousarray(x.T).T, target
+    if layout == "step":
+        return x[::2, ::3], target[::2]
+    if layout == "negative":
+        return x[::-1, ::-1], target[::-1]
+    if layout == "fortran":
+        return np.asfortranarray(x), np.asfortranarray(target)
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "step", "negative"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_noncontiguous_2d(capability, rng, dtype, reduction, layout):
+    x, target, weight = cross_entropy_inputs(rng, (14, 24), dtype, weight=True, ignore_frac=0.2)
+    if layout == "step":
+        # Sliced targets must still index the sliced classes; the weight is sliced too.
+        target = np.where(target >= 0, target % 8, target)
+        weight = weight[::3]
+    elif layout == "negative":
+        weight = weight[::-1]
+    x, target = _noncontiguous(x, target, layout)
+    assert not x.flags.c_contiguous
+    run_and_check(x, target, weight=weight, reduction=reduction, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_noncontiguous_kdim(capability, rng, dtype, probs):
+    x, target, weight = cross_entropy_inputs(
+        rng, (3, 5, 4, 6), dtype, probs=probs, weight=True, ignore_frac=0.2
+    )
+    # Fortran order keeps the shape but reverses every stride.
+    x, target = _noncontiguous(x, target, "fortran")
+    assert not x.flags.c_contiguous
+    run_and_check(x, target, weight=weight, reduction="mean", label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0, 5, 3), (2, 5, 0)])
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_empty_batch(capability, rng, dtype, reduction, probs, shape):
+    # torch: mean over zero elements is NaN, sum is 0, none an empty array; grad empty.
+    x, target, weight = cross_entropy_inputs(rng, shape, dtype, probs=probs, weight=True)
+    ref = run_and_check(x, target, weight=weight, reduction=reduction, label_smoothing=0.1)
+    if reduction == "mean":
+        assert np.isnan(ref.loss)
+
+
+@pytest.mark.parametrize("opts", [{}, {"weight": True}, {"weight": True, "label_smoothing": 0.3}])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_all_targets_ignored(capability, rng, dtype, reduction, opts):
+    # torch: mean -> NaN loss (0/0) but an all-zero gradient; sum -> 0.
+    opts = dict(opts)
+    x, target, weight = cross_entropy_inputs(
+        rng, (6, 5, 3), dtype, weight=opts.pop("weight", False), ignore_frac=1.0
+    )
+    assert (target == -100).all()
+    ref = run_and_check(x, target, weight=weight, reduction=reduction, **opts)
+    if reduction == "mean":
+        assert np.isnan(ref.loss)
+
+
+@pytest.mark.parametrize("weight", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_neg_inf_logits_off_target(capability, rng, dtype, reduction, weight):
+    # Masked vocabularies: -inf logits on non-target classes give finite loss and a
+    # zero gradient there, never NaN (exp(-inf - max) must be 0, not inf - inf).
+    x, target, w = cross_entropy_inputs(rng, (9, 37), dtype, weight=weight, ignore_frac=0.2)
+    mask = rng.random(x.shape) < 0.5
+    mask[np.arange(9), np.where(target >= 0, target, 0)] = False
+    x[mask] = -np.inf
+    x[0, 1:] = -np.inf  # one row with a single finite logit, its target
+    x[0, 0] = 1.5
+    target[0] = 0
+    ref = run_and_check(x, target, weight=w, reduction=reduction)
+    assert np.isfinite(ref.loss).all() and np.isfinite(ref.grad).all()
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_confident_rows_large_logits(capability, rng, dtype, reduction, offset):
+    # Logits of magnitude 30..1000 with the target the largest logit (a trained model):
+    # the loss log(1 + sum exp(x_j - x_t)) is tiny and must not inherit the rounding
+    # error of a float32 log-sum-exp of magnitude |max logit| (compute (x_t - max)
+    # exactly, then subtract log(sum)); torch float32 keeps ~1 ULP of 1 here.
+    x = (rng.standard_normal((64, 50)) * 30 + offset).astype(dtype)
+    target = x.argmax(axis=1)
+    target[::2] = rng.integers(0, 50, 32)  # and some ordinary rows
+    run_and_check(x, target, reduction=reduction)
+
+
+# -------------------------------------------------------------- real (large) shapes
+
+
+@pytest.fixture(scope="module")
+def large_vocab_case():
+    """LLM-like rows: C >= 32000 with smoothing and ignored targets, float32."""
+    rng = np.random.default_rng(32003)
+    x, target, weight = cross_entropy_inputs(rng, (48, 32003), np.float32, ignore_frac=0.1)
+    opts = {"label_smoothing": 0.1, "reduction": "mean"}
+    return x, target, opts, references(F.cross_entropy, x, target, **opts)
+
+
+@pytest.fixture(scope="module")
+def large_batch_case():
+    """N * C >= 10^7 elements, float32, reduction sum with a scalar grad_output."""
+    rng = np.random.default_rng(10**7)
+    x, target, _ = cross_entropy_inputs(rng, (313, 32001), np.float32, ignore_frac=0.05)
+    opts = {"reduction": "sum", "grad_output": np.float32(0.5)}
+    assert x.size >= 10**7
+    return x, target, opts, references(F.cross_entropy, x, target, **opts)
+
+
+@pytest.fixture(scope="module")
+def huge_row_case():
+    """Few rows with a huge C: the kernel may split a row across threads."""
+    rng = np.random.default_rng(2**20)
+    x, target, _ = cross_entropy_inputs(rng, (2, 2**20 + 3), np.float32)
+    opts = {"reduction": "none", "label_smoothing": 0.05}
+    return x, target, opts, references(F.cross_entropy, x, target, **opts)
+
+
+@pytest.mark.parametrize("case", ["large_vocab_case", "large_batch_case", "huge_row_case"])
+def test_real_shapes(capability, request, case):
+    x, target, opts, (wide, low) = request.getfixturevalue(case)
+    loss, grad = fl.cross_entropy_and_grad(x, target, **opts)
+    assert_matches(loss, wide.loss, low.loss, x.dtype, "loss")
+    assert_matches(grad, wide.grad, low.grad, x.dtype, "grad")
+
+
+# ------------------------------------------------------------- threads, capability
+
+
+def test_num_threads_roundtrip_and_results(large_vocab_case):
+    x, target, opts, (wide, low) = large_vocab_case
+    before = fl.get_num_threads()
+    assert isinstance(before, int) and before >= 1
+    try:
+        for threads in (1, 2, 3):
+            fl.set_num_threads(threads)
+            assert fl.get_num_threads() == threads
+            loss, grad = fl.cross_entropy_and_grad(x, target, **opts)
+            assert_matches(loss, wide.loss, low.loss, x.dtype, f"loss, {threads} threads")
+            assert_matches(grad, wide.grad, low.grad, x.dtype, f"grad, {threads} threads")
+    finally:
+        fl.set_num_threads(before)
+    assert fl.get_num_threads() == before
+
+
+def test_cpu_capability_reports_forced_path(capability):
+    assert fl.cpu_capability() == capability
+
+
+def test_capabilities_start_with_baseline():
+    assert CAPABILITIES[0] == "baseline"
+    with forced_capability(CAPABILITIES[-1]):
+        assert fl.cpu_capability() == CAPABILITIES[-1]

@@ -1,0 +1,447 @@
+// Fused softmax cross-entropy: loss and gradient in one pass over memory.
+//
+// Included inside a per-ISA namespace after simd/math.h. The input is viewed
+// as outer x C x inner. inner == 1: a row per sample, vectorised along C
+// (rows). inner > 1: vectorised along inner, looping over C on a tile of
+// positions that stays in cache (columns); no transpose copy.
+//
+// Row math is fixed by shape alone, never by the thread count: a row is cut
+// into kChunk-element chunks, each giving a partial (max, exp-sum) and a
+// partial loss; partials are combined in chunk order in double. Threads only
+// decide who computes which chunk or row, so results are bitwise identical
+// for any thread count.
+#pragma once
+
+constexpr int64_t kChunk = 8192;         // elements of a row reduced as one unit
+constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
+constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
+
+// Heap scratch without std:: templates (see kernels_*.cpp on the ODR trap).
+template <class T> struct Scratch {
+  T* p = nullptr;
+  explicit Scratch(int64_t n) : p(static_cast<T*>(malloc(sizeof(T) * static_cast<size_t>(n > 0 ? n : 1)))) {}
+  ~Scratch() { free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T& operator[](int64_t i) { return p[i]; }
+};
+
+inline int64_t kMin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Fixed-order sum with four interleaved accumulators (depends on n only).
+inline double ordered_sum(const double* v, int64_t n) {
+  double s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k) s[k] += v[i + k];
+  for (; i < n; ++i) s[0] += v[i];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+template <class S> struct CrossEntropy {
+  using A = acc_t<S>;
+  using V = vec_t<S>;
+  static constexpr int64_t W = V::W;
+
+  const S* x;
+  const S* q;               // probability targets, or nullptr
+  const int64_t* tgt;       // index targets, or nullptr
+  const A* w;               // weights, or nullptr
+  S* g;                     // gradient, or nullptr (forward only)
+  int64_t N, C, I, ignore;
+  A one_m_eps, eps_c;       // 1 - eps, eps / C
+  double eps_c_d, wsum;     // eps / C and sum of weights, in double
+  bool smooth;              // eps > 0
+  Reduction red;
+  const A* go_arr;          // per-position upstream gradient (None), or nullptr
+  double go_scalar;         // upstream gradient, already / D for Mean
+  A* loss_out;              // per-position loss, or nullptr
+  double* pos_loss;         // per-position loss for the reduction, or nullptr
+
+  // What a row/position needs between the passes.
+  struct Pos {
+    bool valid;
+    int64_t t;
+    A xt, wt, lse, a, cw, b;  // grad = p*a - cw*w_c*(q'_c) - b*[c == t]
+    double go, Q;
+  };
+
+  A wc(int64_t c) const { return w ? w[c] : A(1); }
+
+  // Reads the target logit before anything is written (in-place safe).
+  Pos setup(int64_t i, const S* xbase, int64_t stride) const {
+    Pos p{};
+    p.valid = true;
+    if (tgt) {
+      p.t = tgt[i];
+      p.valid = p.t != ignore;
+      if (!p.valid) return p;
+      p.xt = to_acc(xbase[p.t * stride]);
+      p.wt = wc(p.t);
+    }
+    p.go = red == Reduction::None && go_arr ? double(go_arr[i]) : go_scalar;
+    return p;
+  }
+
+  // Gradient coefficients once lse (and Q for probability targets) is known.
+  void coefs(Pos& p) const {
+    if (tgt) {
+      p.a = static_cast<A>(p.go * (double(one_m_eps) * p.wt + eps_c_d * wsum));
+      p.b = static_cast<A>(p.go * double(one_m_eps) * p.wt);
+      p.cw = static_cast<A>(p.go * eps_c_d);
+    } else {
+      p.a = static_cast<A>(p.go * p.Q);
+      p.cw = static_cast<A>(p.go);
+    }
+  }
+
+  V qprime(V qv) const { return fmadd(qv, V::set1(one_m_eps), V::set1(eps_c)); }
+
+  // Gradient of the target element, recomputed exactly as the vector body
+  // computes its neighbours, plus the -b term.
+  A target_grad(const Pos& p) const {
+    const V pt = vexp(V::set1(p.xt) - V::set1(p.lse));
+    const A cww = smooth ? p.cw * p.wt : A(0);
+    return lane0(fmsub(pt, V::set1(p.a), V::set1(cww + p.b)));
+  }
+
+  void finish(int64_t i, const Pos& p, double acc) const {
+    double l = 0;
+    if (p.valid) {
+      if (tgt) {
+        l = double(one_m_eps) * p.wt * (double(p.lse) - double(p.xt));
+        if (smooth) l -= eps_c_d * acc;
+      } else {
+        l = -acc;
+      }
+    }
+    if (loss_out) loss_out[i] = static_cast<A>(l);
+    if (pos_loss) pos_loss[i] = l;
+  }
+
+  V ldx(const S* p, int64_t n, A pad) const { return n >= W ? vload(p) : load_n(p, n, pad); }
+  V ldw(int64_t c, int64_t n) const {  // weights; lanes past n are 0 (masks tails)
+    if (w) return n >= W ? V::load(w + c) : load_n(w + c, n, A(0));
+    if (n >= W) return V::set1(1);
+    alignas(64) A ones[W];
+    for (int64_t k = 0; k < W; ++k) ones[k] = k < n ? A(1) : A(0);
+    return V::load(ones);
+  }
+  static void stx(S* p, int64_t n, V v) {
+    if (n >= W) vstore(p, v);
+    else store_n(p, n, v);
+  }
+  static void zero(S* p, int64_t n) {
+    for (int64_t c = 0; c < n; c += W) stx(p + c, n - c, V::set1(0));
+  }
+
+  // ---- rows (inner == 1): vectorised along C ----
+  struct Part { A m, s; double q; };  // one chunk's max, exp-sum (rel. to m), sum w q'
+
+  // Online max and rescaled exp-sum in one sweep over [c0, c1): the row is read
+  // from memory once; a lane's sum is rescaled only when its max grows.
+  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1) const {
+    const A inf = std::numeric_limits<A>::infinity();
+    V m = V::set1(std::numeric_limits<A>::lowest());  // not -inf: exp(-inf - -inf) is NaN
+    V s0 = V::set1(0), s1 = s0, s2 = s0, s3 = s0, qa = s0;
+    int64_t c = c0;
+    for (; c + 4 * W <= c1; c += 4 * W) {
+      const V x0 = vload(xr + c), x1 = vload(xr + c + W), x2 = vload(xr + c + 2 * W), x3 = vload(xr + c + 3 * W);
+      const V mn = vmax(m, vmax(vmax(x0, x1), vmax(x2, x3)));
+      if (any(gt(mn, m))) {
+        const V f = vexp(m - mn);
+        s0 = s0 * f, s1 = s1 * f, s2 = s2 * f, s3 = s3 * f;
+      }
+      m = mn;
+      s0 = s0 + vexp(x0 - m), s1 = s1 + vexp(x1 - m), s2 = s2 + vexp(x2 - m), s3 = s3 + vexp(x3 - m);
+      if (qr)
+        for (int64_t k = 0; k < 4 * W; k += W) qa = fmadd(ldw(c + k, W), qprime(vload(qr + c + k)), qa);
+    }
+    s0 = (s0 + s1) + (s2 + s3);
+    for (; c < c1; c += W) {
+      const int64_t n = c1 - c;
+      const V xv = ldx(xr + c, n, -inf);
+      const V mn = vmax(m, xv);
+      if (any(gt(mn, m))) s0 = s0 * vexp(m - mn);
+      m = mn;
+      s0 = s0 + vexp(xv - m);
+      if (qr) qa = fmadd(ldw(c, n), qprime(ldx(qr + c, n, A(0))), qa);
+    }
+    Part part;
+    part.m = hmax(m);
+    part.s = hsum(s0 * vexp(m - V::set1(part.m)));
+    part.q = double(hsum(qa));
+    return part;
+  }
+
+  // Gradient over [c0, c1) (read from cache, written once) and the chunk's
+  // part of the smoothing / probability-target loss: sum w_c q'_c logp_c.
+  double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p) const {
+    const V lse = V::set1(p.lse), a = V::set1(p.a), cw = V::set1(p.cw), zero_v = V::set1(0);
+    V acc = zero_v;
+    for (int64_t c = c0; c < c1; c += W) {
+      const int64_t n = c1 - c;
+      const V d = ldx(xr + c, n, A(0)) - lse;
+      V gv;
+      if (qr) {
+        const V wq = ldw(c, n) * qprime(ldx(qr + c, n, A(0)));
+        acc = fmadd(wq, d, acc);
+        gv = fmsub(vexp(d), a, cw * wq);
+      } else if (smooth) {
+        const V wv = ldw(c, n);
+        acc = fmadd(wv, d, acc);
+        gv = fmsub(vexp(d), a, cw * wv);
+      } else {
+        gv = vexp(d) * a;
+      }
+      if (gr) stx(gr + c, n, gv);
+    }
+    return double(hsum(acc));
+  }
+
+  void combine(Pos& p, const Part* parts, int64_t nch) const {
+    A mx = parts[0].m;
+    for (int64_t k = 1; k < nch; ++k) mx = parts[k].m > mx ? parts[k].m : mx;
+    double s = 0, qs = 0;
+    for (int64_t k = 0; k < nch; ++k) {
+      s += double(parts[k].s) * ::exp(double(parts[k].m) - double(mx));
+      qs += parts[k].q;
+    }
+    p.lse = static_cast<A>(double(mx) + ::log(s));
+    p.Q = qs;
+    coefs(p);
+  }
+
+  int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
+  bool need_pass2() const { return g || smooth || q; }
+
+  void row_serial(int64_t r, Part* parts) const {
+    const S* xr = x + r * C;
+    const S* qr = q ? q + r * C : nullptr;
+    S* gr = g ? g + r * C : nullptr;
+    Pos p = setup(r, xr, 1);
+    double acc = 0;
+    if (p.valid) {
+      const int64_t nch = chunks();
+      for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, k * kChunk + kMin(kChunk, C - k * kChunk));
+      combine(p, parts, nch);
+      if (need_pass2())
+        for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, k * kChunk + kMin(kChunk, C - k * kChunk), p);
+      if (gr && tgt) put(gr + p.t, target_grad(p));
+    } else if (gr) {
+      zero(gr, C);
+    }
+    finish(r, p, acc);
+  }
+
+  // Few rows, many chunks: threads share each row chunk by chunk. Same chunk
+  // math and combine order as row_serial, hence the same bits.
+  void rows_chunked(int nt) {
+    const int64_t nch = chunks(), items = N * nch;
+    Scratch<Pos> pos(N);
+    Scratch<Part> parts(items);
+    Scratch<double> accs(items);
+    for (int64_t r = 0; r < N; ++r) pos[r] = setup(r, x + r * C, 1);  // before any write
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < items; ++it) {
+        const int64_t r = it / nch, c0 = (it % nch) * kChunk;
+        if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, c0 + kMin(kChunk, C - c0));
+      }
+#pragma omp single
+      for (int64_t r = 0; r < N; ++r)
+        if (pos[r].valid) combine(pos[r], parts.p + r * nch, nch);
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < items; ++it) {
+        const int64_t r = it / nch, c0 = (it % nch) * kChunk, n = kMin(kChunk, C - c0);
+        S* gr = g ? g + r * C : nullptr;
+        const Pos& p = pos[r];
+        accs[it] = 0;
+        if (!p.valid) {
+          if (gr) zero(gr + c0, n);
+          continue;
+        }
+        if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p);
+        if (gr && tgt && p.t >= c0 && p.t < c0 + n) put(gr + p.t, target_grad(p));
+      }
+    }
+    for (int64_t r = 0; r < N; ++r) {
+      double acc = 0;
+      for (int64_t k = 0; k < nch; ++k) acc += accs[r * nch + k];
+      finish(r, pos[r], acc);
+    }
+  }
+
+  void rows(int nt) {
+    const int64_t nch = chunks();
+    if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
+    if (nt <= 1) {
+      Scratch<Part> parts(nch);
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+      return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+      Scratch<Part> parts(nch);
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+    }
+  }
+
+  // ---- columns (inner > 1): vectorised along inner, looping over C ----
+  // A tile is kTile positions x C classes; each position's math depends on
+  // nothing else, so tiling and threading cannot change results.
+  void tile(int64_t o, int64_t j0) const {
+    constexpr int64_t NV = kTile / W;
+    const int64_t nb = kMin(kTile, I - j0), nv = (nb + W - 1) / W, base = o * C * I + j0;
+    const S* xo = x + base;
+    const S* qo = q ? q + base : nullptr;
+    S* gt_ = g ? g + base : nullptr;
+    Pos pos[kTile];
+    alignas(64) A buf[kTile];
+    for (int64_t j = 0; j < nb; ++j) pos[j] = setup(o * I + j0 + j, xo + j, I);
+    V mv[NV], sv[NV], qv[NV], lv[NV], av[NV], cwv[NV], okv[NV];
+    for (int64_t v = 0; v < nv; ++v) mv[v] = V::set1(std::numeric_limits<A>::lowest()), sv[v] = qv[v] = V::set1(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const V wv = V::set1(wc(c));
+      for (int64_t v = 0; v < nv; ++v) {
+        mv[v] = vmax(mv[v], ldx(xo + c * I + v * W, nb - v * W, A(0)));
+        if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t v = 0; v < nv; ++v) sv[v] = sv[v] + vexp(ldx(xo + c * I + v * W, nb - v * W, A(0)) - mv[v]);
+    for (int64_t v = 0; v < nv; ++v) {
+      lv[v] = mv[v] + vlog(sv[v]);
+      lv[v].store(buf + v * W);
+      for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].lse = buf[v * W + k];
+      qv[v].store(buf + v * W);
+      for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].Q = double(buf[v * W + k]);
+    }
+    alignas(64) A ab[kTile] = {}, cwb[kTile] = {}, okb[kTile] = {};
+    for (int64_t j = 0; j < nb; ++j) {
+      if (!pos[j].valid) continue;
+      coefs(pos[j]);
+      ab[j] = pos[j].a, cwb[j] = pos[j].cw, okb[j] = A(1);
+    }
+    alignas(64) A accb[kTile] = {};
+    if (need_pass2()) {
+      for (int64_t v = 0; v < nv; ++v) {
+        av[v] = V::load(ab + v * W), cwv[v] = V::load(cwb + v * W), okv[v] = V::load(okb + v * W);
+        sv[v] = V::set1(0);  // now the loss accumulator
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const V wv = V::set1(wc(c));
+        for (int64_t v = 0; v < nv; ++v) {
+          const int64_t n = nb - v * W, off = c * I + v * W;
+          const V d = ldx(xo + off, n, A(0)) - lv[v];
+          V gv;
+          if (qo) {
+            const V wq = wv * qprime(ldx(qo + off, n, A(0)));
+            sv[v] = fmadd(wq, d, sv[v]);
+            gv = fmsub(vexp(d), av[v], cwv[v] * wq);
+          } else if (smooth) {
+            sv[v] = fmadd(wv, d, sv[v]);
+            gv = fmsub(vexp(d), av[v], cwv[v] * wv);
+          } else {
+            gv = vexp(d) * av[v];
+          }
+          if (gt_) stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
+        }
+      }
+      for (int64_t v = 0; v < nv; ++v) sv[v].store(accb + v * W);
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      if (gt_ && tgt && pos[j].valid) put(gt_ + pos[j].t * I + j, target_grad(pos[j]));
+      finish(o * I + j0 + j, pos[j], double(accb[j]));
+    }
+  }
+
+  void columns(int nt) {
+    const int64_t per = (I + kTile - 1) / kTile, tiles = N * per;
+    if (nt <= 1) {
+      for (int64_t it = 0; it < tiles; ++it) tile(it / per, (it % per) * kTile);
+      return;
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t it = 0; it < tiles; ++it) tile(it / per, (it % per) * kTile);
+  }
+
+  double run(int threads) {
+    const int64_t work = N * C * I;
+    const int nt = work < kSerialWork ? 1 : threads;
+    if (I == 1) {
+      rows(nt);
+    } else {
+      columns(nt);
+    }
+    return pos_loss ? ordered_sum(pos_loss, N * I) : 0.0;
+  }
+};
+
+template <class S>
+CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int threads) {
+  using A = acc_t<S>;
+  CrossEntropyResult res{0.0, -1};
+  const int64_t npos = pr.outer * pr.inner;
+  const A* w = static_cast<const A*>(pr.weight);
+  const int64_t* tgt = pr.target_index;
+  // Pre-pass over targets: first invalid one, and the mean's denominator.
+  double denom = double(npos);
+  if (tgt) {
+    denom = 0;
+    for (int64_t i = 0; i < npos; ++i) {
+      const int64_t t = tgt[i];
+      if (t == pr.ignore_index) continue;
+      if (t < 0 || t >= pr.classes) {
+        res.bad_target_position = i;
+        return res;
+      }
+      denom += w ? double(w[t]) : 1.0;
+    }
+  }
+  CrossEntropy<S> k{};
+  k.x = static_cast<const S*>(pr.input);
+  k.q = static_cast<const S*>(pr.target_prob);
+  k.tgt = tgt;
+  k.w = w;
+  k.g = static_cast<S*>(pr.grad_input);
+  k.N = pr.outer;
+  k.C = pr.classes;
+  k.I = pr.inner;
+  k.ignore = pr.ignore_index;
+  const double eps = pr.label_smoothing;
+  k.one_m_eps = static_cast<A>(1.0 - eps);
+  k.eps_c_d = pr.classes > 0 ? eps / double(pr.classes) : 0.0;
+  k.eps_c = static_cast<A>(k.eps_c_d);
+  k.smooth = eps > 0;
+  k.wsum = double(pr.classes);
+  if (w) {
+    k.wsum = 0;
+    for (int64_t c = 0; c < pr.classes; ++c) k.wsum += double(w[c]);
+  }
+  k.red = pr.reduction;
+  k.go_arr = static_cast<const A*>(pr.grad_output);
+  k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
+  k.loss_out = static_cast<A*>(pr.loss);
+  Scratch<double> pos(pr.reduction == Reduction::None ? 0 : npos);
+  k.pos_loss = pr.reduction == Reduction::None ? nullptr : pos.p;
+  if (npos > 0 && pr.classes > 0) {
+    const double total = k.run(threads);
+    if (pr.reduction == Reduction::Sum) res.loss = total;
+    if (pr.reduction == Reduction::Mean) res.loss = total / denom;
+  } else if (pr.reduction == Reduction::Mean) {
+    res.loss = 0.0 / denom;  // NaN: mean over nothing
+  }
+  return res;
+}
+
+inline CrossEntropyResult cross_entropy(const CrossEntropyProblem& pr, int threads) {
+  switch (pr.dtype) {
+    case DType::Float64: return cross_entropy_typed<double>(pr, threads);
+    case DType::Float16: return cross_entropy_typed<Half>(pr, threads);
+    case DType::BFloat16: return cross_entropy_typed<BF16>(pr, threads);
+    default: return cross_entropy_typed<float>(pr, threads);
+  }
+}

@@ -1,0 +1,35 @@
+// The baseline kernels: no ISA flags: runs on any x86-64 (or other) CPU.
+//
+// ODR: this translation unit is linked into one .so with the other ISA
+// builds. Every inline function and template it instantiates must live in
+// namespace fusedloss::baseline, or the linker could keep one ISA's copy for all.
+// So system headers are included here at global scope, and the shared kernel
+// headers (which include nothing) are included inside the namespace; kernel
+// code calls no std:: inline functions (only std::numeric_limits constants).
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "fusedloss/kernels.h"
+
+namespace fusedloss {
+namespace baseline {
+// clang-format off
+#include "fusedloss/simd/storage.h"
+#include "fusedloss/simd/vec_scalar.h"
+#include "fusedloss/simd/math.h"
+#include "fusedloss/cross_entropy.h"
+#include "fusedloss/regression.h"
+// clang-format on
+}  // namespace baseline
+
+const KernelTable& baseline_kernels() {
+  static const KernelTable table{"baseline", &baseline::cross_entropy, &baseline::mse, &baseline::l1};
+  return table;
+}
+
+}  // namespace fusedloss

@@ -1,0 +1,103 @@
+// The project's own vectorised exp and log, written once over the vector
+// interface of vec_{scalar,avx2,avx512}.h, plus tail loads/stores.
+// Included inside each per-ISA namespace after the vector header.
+//
+// Measured max error (csrc/tests/math_ulp.cpp, against long-double expl/logl;
+// float: every 64th bit pattern plus the whole denormal band; double: 4M
+// random arguments incl. the denormal band and all binades for log):
+//   vexp float : 0.92 ULP (AVX2, AVX-512: FMA)   1.18 ULP baseline (no FMA)
+//   vexp double: 0.88 ULP (AVX2, AVX-512)        1.17 ULP baseline
+//   vlog float : 0.81 ULP     vlog double: 0.83 ULP   (all paths)
+// Stated bound: exp <= 1.5 ULP, log <= 1 ULP on every path.
+// exp range: x < -103.97 (float) / -745.2 (double) gives +0; the denormal
+// band [-103.97, -87.34] / [-745.2, -708.4] is computed with gradual
+// underflow (one rounding, no flush); x > 88.72 / 709.78 gives +inf; NaN -> NaN.
+// log: log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, denormals handled.
+#pragma once
+
+template <class T> struct MathConsts;
+template <> struct MathConsts<float> {
+  static constexpr float lo = -104.0f, hi = 89.0f;  // exp clamp: beyond, 0 / inf
+  static constexpr float log2e = 1.44269504088896341f;
+  static constexpr float ln2_hi = 0.693145751953125f, ln2_lo = 1.42860682030941723212e-6f;
+  static constexpr float min_normal = 1.17549435e-38f, denorm_scale = 16777216.0f, denorm_exp = 24.0f;
+  static constexpr int exp_terms = 7;  // Taylor degree on |r| <= ln2/2: r^8/8! < 2^-27
+  static constexpr int log_terms = 4;  // atanh series, |s| <= 0.1716: s^10/11 < 2^-30
+};
+// 1/k!, k = 0..13, and 2/(2k+1), k = 0..10 (rounded to T where used).
+constexpr double kInvFact[14] = {1.0, 1.0, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
+                                 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800,
+                                 1.0 / 479001600, 1.0 / 6227020800};
+constexpr double kAtanh[11] = {2.0, 2.0 / 3, 2.0 / 5, 2.0 / 7, 2.0 / 9, 2.0 / 11,
+                               2.0 / 13, 2.0 / 15, 2.0 / 17, 2.0 / 19, 2.0 / 21};
+template <> struct MathConsts<double> {
+  static constexpr double lo = -746.0, hi = 710.0;
+  static constexpr double log2e = 1.44269504088896338700e+00;
+  static constexpr double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+  static constexpr double min_normal = 2.2250738585072014e-308, denorm_scale = 18014398509481984.0,
+                          denorm_exp = 54.0;
+  static constexpr int exp_terms = 13;  // r^14/14! < 2^-58
+  static constexpr int log_terms = 10;  // s^22/23 < 2^-60
+};
+
+// e^x. Cody-Waite reduction x = n ln2 + r (ln2 split hi/lo, n*ln2_hi exact),
+// Taylor polynomial by Horner with FMA, then p * 2^n with gradual underflow.
+template <class V> inline V vexp(V x) {
+  using T = typename V::T;
+  using K = MathConsts<T>;
+  // Clamp keeps n in range; operand order keeps NaN (second operand wins).
+  x = vmin(V::set1(K::hi), vmax(V::set1(K::lo), x));
+  const V n = vround(x * V::set1(K::log2e));
+  V r = fmadd(n, V::set1(-K::ln2_hi), x);
+  r = fmadd(n, V::set1(-K::ln2_lo), r);
+  V p = V::set1(static_cast<T>(kInvFact[K::exp_terms]));
+  for (int k = K::exp_terms - 1; k >= 0; --k) p = fmadd(p, r, V::set1(static_cast<T>(kInvFact[k])));
+  return ldexp_v(p, n);
+}
+
+// log(x). x = 2^e * m with m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f/(2+f):
+// log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), R = sum 2 s^2k / (2k+1)
+// (the atanh series; fdlibm's arrangement keeps the error under 1 ULP).
+template <class V> inline V vlog(V x) {
+  using T = typename V::T;
+  using K = MathConsts<T>;
+  const auto tiny = lt(x, V::set1(K::min_normal));
+  const V xs = select(tiny, x * V::set1(K::denorm_scale), x);
+  V e;
+  V m = frexp_v(xs, e);
+  e = e - select(tiny, V::set1(K::denorm_exp), V::set1(0));
+  const auto big = gt(m, V::set1(static_cast<T>(1.41421356237309504880)));
+  m = select(big, m * V::set1(static_cast<T>(0.5)), m);
+  e = e + select(big, V::set1(1), V::set1(0));
+  const V f = m - V::set1(1);
+  const V s = f / (f + V::set1(2));
+  const V z = s * s;
+  V R = V::set1(static_cast<T>(kAtanh[K::log_terms]));
+  for (int k = K::log_terms - 1; k >= 1; --k) R = fmadd(R, z, V::set1(static_cast<T>(kAtanh[k])));
+  R = R * z;
+  const V hfsq = V::set1(static_cast<T>(0.5)) * f * f;
+  const V corr = fmadd(s, hfsq + R, e * V::set1(K::ln2_lo));
+  V res = fmadd(e, V::set1(K::ln2_hi), f - (hfsq - corr));
+  const T inf = std::numeric_limits<T>::infinity();
+  res = select(eq(x, V::set1(0)), V::set1(-inf), res);
+  res = select(lt(x, V::set1(0)), V::set1(std::numeric_limits<T>::quiet_NaN()), res);
+  res = select(eq(x, V::set1(inf)), x, res);
+  return select(isnan_v(x), x, res);
+}
+
+template <class S> struct VecOf { using type = VF; };
+template <> struct VecOf<double> { using type = VD; };
+template <class S> using vec_t = typename VecOf<S>::type;
+
+// Partial vectors at row ends: go through a small buffer (cheap next to a row).
+template <class S> inline vec_t<S> load_n(const S* p, int64_t n, acc_t<S> pad) {
+  using V = vec_t<S>;
+  alignas(64) acc_t<S> buf[V::W];
+  for (int64_t i = 0; i < V::W; ++i) buf[i] = i < n ? to_acc(p[i]) : pad;
+  return V::load(buf);
+}
+template <class S> inline void store_n(S* p, int64_t n, vec_t<S> v) {
+  alignas(64) acc_t<S> buf[vec_t<S>::W];
+  v.store(buf);
+  for (int64_t i = 0; i < n; ++i) put(p + i, buf[i]);
+}

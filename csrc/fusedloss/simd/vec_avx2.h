@@ -1,0 +1,122 @@
+// AVX2 + FMA + F16C vectors: 8 floats / 4 doubles. Included inside namespace
+// fusedloss::avx2 (kernels_avx2.cpp, compiled with -mavx2 -mfma -mf16c), after
+// <immintrin.h> at global scope and simd/storage.h.
+#pragma once
+
+// Operations shared by the float and double vectors (suffix ps / pd).
+#define FL_AVX2_VEC(V, M, TT, REG, SFX, W_)                                              \
+  struct M { REG m; };                                                                   \
+  struct V {                                                                             \
+    REG v;                                                                               \
+    using T = TT;                                                                        \
+    static constexpr int W = W_;                                                         \
+    static V set1(TT a) { return {_mm256_set1_##SFX(a)}; }                               \
+    static V load(const TT* p) { return {_mm256_loadu_##SFX(p)}; }                       \
+    void store(TT* p) const { _mm256_storeu_##SFX(p, v); }                               \
+  };                                                                                     \
+  inline V operator+(V a, V b) { return {_mm256_add_##SFX(a.v, b.v)}; }                  \
+  inline V operator-(V a, V b) { return {_mm256_sub_##SFX(a.v, b.v)}; }                  \
+  inline V operator*(V a, V b) { return {_mm256_mul_##SFX(a.v, b.v)}; }                  \
+  inline V operator/(V a, V b) { return {_mm256_div_##SFX(a.v, b.v)}; }                  \
+  inline V fmadd(V a, V b, V c) { return {_mm256_fmadd_##SFX(a.v, b.v, c.v)}; }          \
+  inline V fmsub(V a, V b, V c) { return {_mm256_fmsub_##SFX(a.v, b.v, c.v)}; }          \
+  /* vmaxps/vminps: the second operand wins when either is NaN. */                       \
+  inline V vmax(V a, V b) { return {_mm256_max_##SFX(a.v, b.v)}; }                       \
+  inline V vmin(V a, V b) { return {_mm256_min_##SFX(a.v, b.v)}; }                       \
+  inline M lt(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_LT_OQ)}; }             \
+  inline M gt(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_GT_OQ)}; }             \
+  inline M eq(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_EQ_OQ)}; }             \
+  inline M isnan_v(V a) { return {_mm256_cmp_##SFX(a.v, a.v, _CMP_UNORD_Q)}; }           \
+  inline V select(M m, V a, V b) { return {_mm256_blendv_##SFX(b.v, a.v, m.m)}; }        \
+  inline bool any(M m) { return _mm256_movemask_##SFX(m.m) != 0; }                       \
+  inline V vround(V a) {                                                                 \
+    return {_mm256_round_##SFX(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};     \
+  }                                                                                      \
+  /* p * 2^n, n integer-valued, |n| up to twice the exponent bias: two normal-range */   \
+  /* factors, so a denormal result is rounded once, correctly. */                        \
+  inline V ldexp_v(V p, V n) {                                                           \
+    const V n1 = {_mm256_floor_##SFX(_mm256_mul_##SFX(n.v, _mm256_set1_##SFX(0.5)))};    \
+    return p * pow2i(n1) * pow2i(n - n1);                                                \
+  }
+
+struct VF; struct VD;
+inline VF pow2i(VF k);
+inline VD pow2i(VD k);
+FL_AVX2_VEC(VF, MF, float, __m256, ps, 8)
+FL_AVX2_VEC(VD, MD, double, __m256d, pd, 4)
+#undef FL_AVX2_VEC
+
+inline float lane0(VF a) { return _mm256_cvtss_f32(a.v); }
+inline double lane0(VD a) { return _mm256_cvtsd_f64(a.v); }
+
+inline float hsum(VF a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+inline float hmax(VF a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+inline double hsum(VD a) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
+inline double hmax(VD a) {
+  __m128d s = _mm_max_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
+  return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+}
+
+// 2^k for integer-valued k in the normal exponent range.
+inline VF pow2i(VF k) {
+  const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k.v), _mm256_set1_epi32(127));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(e, 23))};
+}
+inline VD pow2i(VD k) {
+  // k + 2^52 + 1023 holds k + 1023 in its low mantissa bits.
+  const __m256d t = _mm256_add_pd(k.v, _mm256_set1_pd(4503599627371519.0));
+  return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t), 52))};
+}
+
+// x positive, normal, finite: returns m in [1, 2) and sets e with x = m * 2^e.
+inline VF frexp_v(VF x, VF& e) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  e.v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(u, 23), _mm256_set1_epi32(127)));
+  const __m256i m = _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi32(0x007fffff)),
+                                    _mm256_set1_epi32(0x3f800000));
+  return {_mm256_castsi256_ps(m)};
+}
+inline VD frexp_v(VD x, VD& e) {
+  const __m256i u = _mm256_castpd_si256(x.v);
+  // The biased exponent OR 2^52's bits is the double 2^52 + biased exponent.
+  const __m256i be = _mm256_or_si256(_mm256_srli_epi64(u, 52), _mm256_set1_epi64x(0x4330000000000000LL));
+  e.v = _mm256_sub_pd(_mm256_castsi256_pd(be), _mm256_set1_pd(4503599627371519.0));
+  const __m256i m = _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi64x(0x000fffffffffffffLL)),
+                                    _mm256_set1_epi64x(0x3ff0000000000000LL));
+  return {_mm256_castsi256_pd(m)};
+}
+
+inline VF vload(const float* p) { return VF::load(p); }
+inline VD vload(const double* p) { return VD::load(p); }
+inline VF vload(const Half* p) { return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))}; }
+inline VF vload(const BF16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+}
+inline void vstore(float* p, VF v) { v.store(p); }
+inline void vstore(double* p, VD v) { v.store(p); }
+inline void vstore(Half* p, VF v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void vstore(BF16* p, VF v) {
+  // Round to nearest even on the bit pattern; NaN -> quiet NaN (as float_to_bf16).
+  const __m256i u = _mm256_castps_si256(v.v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  const __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+  const __m256 nan = _mm256_cmp_ps(v.v, v.v, _CMP_UNORD_Q);
+  r = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(qnan), nan));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}

@@ -1,0 +1,71 @@
+// AVX-512 (F, BW, DQ, VL) vectors: 16 floats / 8 doubles. Included inside
+// namespace fusedloss::avx512 (kernels_avx512.cpp), after <immintrin.h> at
+// global scope and simd/storage.h. Compares give k-masks; vscalefps/pd does
+// p * 2^n with one correct rounding, denormals included.
+#pragma once
+
+#define FL_AVX512_VEC(V, M, KM, TT, REG, SFX, W_)                                          \
+  struct M { KM k; };                                                                      \
+  struct V {                                                                               \
+    REG v;                                                                                 \
+    using T = TT;                                                                          \
+    static constexpr int W = W_;                                                           \
+    static V set1(TT a) { return {_mm512_set1_##SFX(a)}; }                                 \
+    static V load(const TT* p) { return {_mm512_loadu_##SFX(p)}; }                         \
+    void store(TT* p) const { _mm512_storeu_##SFX(p, v); }                                 \
+  };                                                                                       \
+  inline V operator+(V a, V b) { return {_mm512_add_##SFX(a.v, b.v)}; }                    \
+  inline V operator-(V a, V b) { return {_mm512_sub_##SFX(a.v, b.v)}; }                    \
+  inline V operator*(V a, V b) { return {_mm512_mul_##SFX(a.v, b.v)}; }                    \
+  inline V operator/(V a, V b) { return {_mm512_div_##SFX(a.v, b.v)}; }                    \
+  inline V fmadd(V a, V b, V c) { return {_mm512_fmadd_##SFX(a.v, b.v, c.v)}; }            \
+  inline V fmsub(V a, V b, V c) { return {_mm512_fmsub_##SFX(a.v, b.v, c.v)}; }            \
+  /* vmaxps/vminps: the second operand wins when either is NaN. */                         \
+  inline V vmax(V a, V b) { return {_mm512_max_##SFX(a.v, b.v)}; }                         \
+  inline V vmin(V a, V b) { return {_mm512_min_##SFX(a.v, b.v)}; }                         \
+  inline M lt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_LT_OQ)}; }        \
+  inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
+  inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \
+  inline M isnan_v(V a) { return {_mm512_cmp_##SFX##_mask(a.v, a.v, _CMP_UNORD_Q)}; }      \
+  inline V select(M m, V a, V b) { return {_mm512_mask_blend_##SFX(m.k, b.v, a.v)}; }      \
+  inline bool any(M m) { return m.k != 0; }                                                \
+  inline V vround(V a) {                                                                   \
+    return {_mm512_roundscale_##SFX(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};  \
+  }                                                                                        \
+  inline V ldexp_v(V p, V n) { return {_mm512_scalef_##SFX(p.v, n.v)}; }                   \
+  /* x positive, normal or denormal, finite: m in [1, 2), x = m * 2^e. */                  \
+  inline V frexp_v(V x, V& e) {                                                            \
+    e.v = _mm512_getexp_##SFX(x.v);                                                        \
+    return {_mm512_getmant_##SFX(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero)};             \
+  }                                                                                        \
+  inline TT hsum(V a) { return _mm512_reduce_add_##SFX(a.v); }                             \
+  inline TT hmax(V a) { return _mm512_reduce_max_##SFX(a.v); }
+
+FL_AVX512_VEC(VF, MF, __mmask16, float, __m512, ps, 16)
+FL_AVX512_VEC(VD, MD, __mmask8, double, __m512d, pd, 8)
+#undef FL_AVX512_VEC
+
+inline float lane0(VF a) { return _mm512_cvtss_f32(a.v); }
+inline double lane0(VD a) { return _mm512_cvtsd_f64(a.v); }
+
+inline VF vload(const float* p) { return VF::load(p); }
+inline VD vload(const double* p) { return VD::load(p); }
+inline VF vload(const Half* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+inline VF vload(const BF16* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+}
+inline void vstore(float* p, VF v) { v.store(p); }
+inline void vstore(double* p, VD v) { v.store(p); }
+inline void vstore(Half* p, VF v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void vstore(BF16* p, VF v) {
+  // Round to nearest even on the bit pattern; NaN -> quiet NaN (as float_to_bf16).
+  const __m512i u = _mm512_castps_si512(v.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __m512i qnan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q), r, qnan);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}

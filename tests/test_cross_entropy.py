@@ -274,17 +274,22 @@ def test_neg_inf_logits_off_target(capability, rng, dtype, reduction, weight):
     assert np.isfinite(ref.loss).all() and np.isfinite(ref.grad).all()
 
 
+@pytest.mark.parametrize("probs", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 100.0, 1000.0])
 @pytest.mark.parametrize("reduction", ["none", "sum"])
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-def test_confident_rows_large_logits(capability, rng, dtype, reduction, offset):
-    # Logits of magnitude 30..1000 with the target the largest logit (a trained model):
-    # the loss log(1 + sum exp(x_j - x_t)) is tiny and must not inherit the rounding
-    # error of a float32 log-sum-exp of magnitude |max logit| (compute (x_t - max)
-    # exactly, then subtract log(sum)); torch float32 keeps ~1 ULP of 1 here.
+def test_large_logits(capability, rng, dtype, reduction, offset, probs):
+    # Logits of magnitude 30..1000, for index targets the largest logit (a trained
+    # model). Softmax is shift-invariant: the error must not grow with the offset, as
+    # it does when log p = x - (max + log sum) is formed in float32 (rounding at the
+    # magnitude of max) instead of (x - max) - log sum. torch float32 stays ~1 ULP of 1.
     x = (rng.standard_normal((64, 50)) * 30 + offset).astype(dtype)
-    target = x.argmax(axis=1)
-    target[::2] = rng.integers(0, 50, 32)  # and some ordinary rows
+    if probs:
+        p = rng.random(x.shape)
+        target = (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+    else:
+        target = x.argmax(axis=1)
+        target[::2] = rng.integers(0, 50, 32)  # and some ordinary rows
     run_and_check(x, target, reduction=reduction)
 
 

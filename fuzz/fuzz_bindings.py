@@ -1,0 +1,557 @@
+"""Atheris fuzz target for fusedloss: the public API and the ``_core`` bindings.
+
+Each input is decoded (``decode``) into one call: which function, argument dtypes,
+shapes, memory layouts (non-contiguous, reversed, Fortran, read-only, big-endian),
+values (including NaN / inf / FLT_MAX), targets, weights and options, some of them
+deliberately wrong. ``run_case`` makes the call and reports a finding by raising
+``Finding``:
+
+* any exception other than ValueError / TypeError / IndexError (a crash is one too);
+* an argument modified (other than ``input`` with ``inplace=True`` and ``out``),
+  including by a call that raised;
+* a result that differs from a float64 NumPy reference (finite small inputs only).
+
+``tests/test_fuzz_regressions.py`` replays every file of ``tests/fuzz_corpus`` through
+the same two functions. Run with ``scripts/fuzz.sh`` (bounded time) or directly:
+``python fuzz/fuzz_bindings.py -max_total_time=60 CORPUS_DIR``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+EXPECTED = (ValueError, TypeError, IndexError)
+FLT_MAX = float(np.finfo(np.float32).max)
+SPECIALS = (np.nan, np.inf, -np.inf, FLT_MAX, -FLT_MAX, 1e308, -0.0, 1e-45, 3e38, 65504.0)
+
+
+class Finding(AssertionError):
+    """fusedloss did something it must never do."""
+
+
+class Reader:
+    """Deterministic decoding of fuzz bytes; past the end every read gives 0."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            return 0
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def below(self, n: int) -> int:
+        return self.byte() % n if n > 1 else 0
+
+    def pick(self, options: Any) -> Any:
+        return options[self.below(len(options))]
+
+    def chance(self, in_256: int) -> bool:
+        return self.byte() < in_256
+
+    def value(self, special_chance: int = 12) -> float:
+        """k/16 in [-8, 8) (exact in float16), sometimes a special value."""
+        if self.chance(special_chance):
+            return self.pick(SPECIALS)
+        return (self.byte() - 128) / 16.0
+
+
+@dataclass
+class Case:
+    layer: str  # "api" or "core"
+    fn: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        def short(v: Any) -> str:
+            if isinstance(v, np.ndarray):
+                return (f"array(shape={v.shape}, dtype={v.dtype}, strides={v.strides}, "
+                        f"writeable={v.flags.writeable})")
+            return repr(v)
+        args = ", ".join(short(a) for a in self.args)
+        kwargs = ", ".join(f"{k}={short(v)}" for k, v in self.kwargs.items())
+        return f"{self.layer}.{self.fn}({args}{', ' if kwargs else ''}{kwargs})"
+
+
+# ------------------------------------------------------------------------- arrays
+
+INPUT_DTYPES = ["float32", "float64", "float32", "float64", "float16", "complex64",
+                "complex128", ">f4", ">f8", "int64", "int32", "bool", "object", "<U3", "uint16"]
+
+
+def layout(r: Reader, values: np.ndarray) -> np.ndarray:
+    """The same values behind a layout picked by the fuzzer."""
+    kind = r.below(8)
+    if values.ndim == 0 or kind < 3:
+        out = values.copy()
+    elif kind == 3:  # reversed along axis 0 (negative stride)
+        out = values[::-1].copy()[::-1]
+    elif kind == 4:  # every other element of a wider buffer
+        wide = np.repeat(values, 2, axis=-1)
+        out = wide[..., ::2]
+    elif kind == 5:  # Fortran order
+        out = np.asfortranarray(values)
+    elif kind == 6:  # reversed wider buffer
+        wide = np.repeat(values[..., ::-1], 3, axis=-1)
+        out = wide[..., ::-3]
+    else:  # a slice of a bigger array along the first axis
+        pad = np.concatenate([values, values[:1]], axis=0) if values.shape[0] else values
+        out = pad[: values.shape[0]]
+    if r.chance(24):
+        out.flags.writeable = False
+    return out
+
+
+def make_array(r: Reader, shape: tuple[int, ...], dtype: str,
+               values_from: str = "logits") -> np.ndarray:
+    n = int(np.prod(shape)) if shape else 1
+    if values_from == "probs":
+        vals = np.array([r.byte() / 255.0 for _ in range(min(n, 256))] or [0.0])
+    elif values_from == "weight":
+        vals = np.array([r.byte() / 64.0 for _ in range(min(n, 256))] or [0.0])
+    else:
+        vals = np.array([r.value() for _ in range(min(n, 256))] or [0.0])
+    flat = np.resize(vals, n).astype(np.float64)
+    base = flat.reshape(shape)
+    with np.errstate(all="ignore"):
+        if dtype in ("complex64", "complex128"):
+            imag = np.resize(np.array([r.value(0) for _ in range(min(n, 16))] or [0.0]), n)
+            arr = (base + 1j * imag.reshape(shape)).astype(dtype)
+        elif dtype == "object":
+            arr = base.astype(object)
+        elif dtype == "<U3":
+            arr = base.astype("<U3")
+        else:
+            arr = base.astype(dtype)
+    return layout(r, np.asarray(arr))
+
+
+def shape_for(r: Reader, ndim: int, min_dim: int = 0, max_dim: int = 5) -> tuple[int, ...]:
+    return tuple(min_dim + r.below(max_dim - min_dim + 1) for _ in range(ndim))
+
+
+def wrong_shape(r: Reader, shape: tuple[int, ...]) -> tuple[int, ...]:
+    how = r.below(3)
+    if how == 0 or not shape:
+        return (*shape, 1 + r.below(2))
+    if how == 1:
+        return shape[:-1]
+    i = r.below(len(shape))
+    return shape[:i] + (shape[i] + 1,) + shape[i + 1:]
+
+
+# -------------------------------------------------------------------------- decode
+
+
+REDUCTIONS = ["mean", "sum", "none", "mean", "sum", "none", "avg", None, 1]
+SMOOTHINGS = [0.0, 0.0, 0.1, 0.5, 1.0, 0.25, -0.1, 1.5, float("nan"), "0.1", None, True, 0]
+IGNORES = [-100, -100, -1, 0, 1, 2, 1.5, None, "a", True, 2**64]
+
+
+def _grad_kwargs(r: Reader, case_kwargs: dict[str, Any], x: np.ndarray,
+                 loss_shape: tuple[int, ...], accum: str) -> None:
+    reduction = case_kwargs.get("reduction", "mean")
+    g = r.below(8)
+    if g == 1:
+        case_kwargs["grad_output"] = r.value(0)
+    elif g == 2:
+        shape = loss_shape if reduction == "none" else ()
+        case_kwargs["grad_output"] = make_array(r, shape, accum)
+    elif g == 3:
+        case_kwargs["grad_output"] = make_array(r, wrong_shape(r, loss_shape), accum)
+    elif g == 4:
+        case_kwargs["grad_output"] = r.pick(["1", True, [1.0], np.array(1j), None])
+    o = r.below(10)
+    if o == 1:
+        case_kwargs["out"] = np.full(x.shape, 7.0, x.dtype if x.dtype.kind in "fc" else "f4")
+    elif o == 2:
+        case_kwargs["out"] = np.full(x.shape + (2,), 7.0, x.dtype if x.dtype.kind in "fc"
+                                     else "f4")[..., 1]
+    elif o == 3:
+        case_kwargs["out"] = np.empty(wrong_shape(r, x.shape), "f4")
+    elif o == 4:
+        case_kwargs["out"] = np.empty(x.shape, r.pick(["f8", "f4", "f2", "i4", ">f4"]))
+    elif o == 5:
+        ro = np.empty(x.shape, x.dtype if x.dtype.kind in "fc" else "f4")
+        ro.flags.writeable = False
+        case_kwargs["out"] = ro
+    elif o == 6:
+        case_kwargs["out"] = x
+    if r.chance(40):
+        case_kwargs["inplace"] = r.pick([True, True, True, "yes", 1])
+
+
+def _decode_cross_entropy(r: Reader, fn: str) -> Case:
+    ndim = r.pick([2, 2, 2, 1, 3, 4, 0])
+    shape = list(shape_for(r, ndim, 0, 5))
+    if ndim >= 2 and shape[1] == 0 and r.chance(200):
+        shape[1] = 1
+    if ndim == 1 and shape[0] == 0 and r.chance(200):
+        shape[0] = 3
+    shape_t = tuple(shape)
+    dtype = r.pick(INPUT_DTYPES)
+    x = make_array(r, shape_t, dtype)
+    classes = shape_t[0] if ndim == 1 else (shape_t[1] if ndim >= 2 else 0)
+    loss_shape = () if ndim <= 1 else shape_t[:1] + shape_t[2:]
+    kwargs: dict[str, Any] = {}
+    ignore = -100
+    if r.chance(48):
+        ignore = r.pick(IGNORES)
+        kwargs["ignore_index"] = ignore
+    kind = r.below(10)
+    if kind < 6:  # class indices
+        tdtype = r.pick(["int64", "int64", "int32", "uint8", "int8", ">i8", "uint64", "bool"])
+        n = int(np.prod(loss_shape)) if loss_shape else 1
+        vals = []
+        for _ in range(n):
+            c = r.below(16)
+            if c < 11:
+                vals.append(r.below(max(classes, 1)))
+            elif c < 13 and type(ignore) is int and -(2**63) <= ignore < 2**63:
+                vals.append(ignore)
+            else:
+                vals.append(r.pick([-1, classes, classes + 3, -100, 2**31]))
+        t = np.array(vals, np.int64).reshape(loss_shape)
+        with np.errstate(all="ignore"):
+            t = t.astype(tdtype) if tdtype != "bool" else t.astype(bool)
+        target = layout(r, t)
+    elif kind < 8:  # probabilities
+        target = make_array(r, shape_t, r.pick(["float32", "float64", "float16", dtype]),
+                            "probs")
+    elif kind == 8:
+        target = make_array(r, wrong_shape(r, loss_shape), "int64")
+    else:
+        target = r.pick([[0, 1], None, "x", 1.0, np.zeros(loss_shape, "c8")])
+    w = r.below(8)
+    if w in (1, 2):
+        kwargs["weight"] = make_array(r, (classes,), r.pick(["float32", "float64", dtype]),
+                                      "weight")
+    elif w == 3:
+        kwargs["weight"] = make_array(r, wrong_shape(r, (classes,)), "float32", "weight")
+    elif w == 4:
+        kwargs["weight"] = r.pick([[1.0], np.ones(classes, bool), np.ones(classes, "c8"), "w"])
+    if r.chance(128):
+        kwargs["reduction"] = r.pick(REDUCTIONS)
+    if r.chance(80):
+        kwargs["label_smoothing"] = r.pick(SMOOTHINGS)
+    if fn.endswith("_and_grad"):
+        accum = "float64" if x.dtype == np.float64 else "float32"
+        _grad_kwargs(r, kwargs, x, loss_shape, accum)
+    return Case("api", fn, [x, target], kwargs)
+
+
+def _decode_regression(r: Reader, fn: str) -> Case:
+    shape = shape_for(r, r.below(5), 0, 5)
+    dtype = r.pick(INPUT_DTYPES)
+    x = make_array(r, shape, dtype)
+    tkind = r.below(8)
+    if tkind < 5:
+        target = make_array(r, shape, dtype)
+    elif tkind == 5:
+        target = make_array(r, shape, r.pick(["float32", "float64", "int32", "complex64",
+                                               "bool", "float16"]))
+    elif tkind == 6:
+        target = make_array(r, wrong_shape(r, shape), dtype)
+    else:
+        target = r.pick([[0.0], None, 1.0, "t"])
+    kwargs: dict[str, Any] = {}
+    if r.chance(128):
+        kwargs["reduction"] = r.pick(REDUCTIONS)
+    if fn.endswith("_and_grad"):
+        accum = "float64" if x.dtype in (np.float64, np.complex128) else "float32"
+        _grad_kwargs(r, kwargs, x, shape, accum)
+    return Case("api", fn, [x, target], kwargs)
+
+
+def _decode_core(r: Reader) -> Case:
+    fn = r.pick(["cross_entropy", "mse", "l1"])
+    dtype = r.pick(["float32", "float64", "float16", "uint16", "complex64", "int32", ">f4"])
+    bf16 = r.chance(40)
+    accum = r.pick(["float32", "float64", "float16"])
+    if fn == "cross_entropy":
+        shape = shape_for(r, r.pick([3, 3, 3, 2]), 0, 4)
+        x = make_array(r, shape, dtype)
+        outer = shape[0] if shape else 0
+        inner = shape[2] if len(shape) > 2 else 1
+        classes = shape[1] if len(shape) > 1 else 0
+        if r.chance(160):
+            t = np.array([r.below(max(classes, 1) + 2) - 1 for _ in range(outer * inner)],
+                         np.int64).reshape(outer, inner)
+            target = layout(r, t)
+        else:
+            target = make_array(r, shape if r.chance(200) else wrong_shape(r, shape),
+                                dtype, "probs")
+        weight = make_array(r, (classes,), accum, "weight") if r.chance(60) else None
+        red = r.below(4) - (1 if r.chance(20) else 0)
+        loss_shape = (outer, inner) if r.chance(220) else wrong_shape(r, (outer, inner))
+        loss_out = make_array(r, loss_shape, accum) if red == 0 or r.chance(40) else None
+        grad = None
+        if r.chance(160):
+            grad = x if r.chance(40) else make_array(r, shape, dtype)
+        go = make_array(r, loss_shape, accum) if r.chance(40) else None
+        args = [x, target, weight, r.pick([-100, -1, 0, 1, 2**63 - 1]),
+                r.pick([0.0, 0.1, 1.0, -0.5, float("nan")]), red, loss_out, grad, go,
+                r.value(0), bf16]
+        return Case("core", fn, args, {})
+    shape = shape_for(r, r.below(3), 0, 6)
+    x = make_array(r, shape, dtype)
+    target = make_array(r, shape if r.chance(200) else wrong_shape(r, shape),
+                        r.pick([dtype, dtype, "float32", "float64"]))
+    red = r.below(4) - (1 if r.chance(20) else 0)
+    n = int(np.prod(shape)) if shape else 1
+    loss_out = make_array(r, (n,) if r.chance(220) else (n + 1,), accum) \
+        if red == 0 or r.chance(40) else None
+    grad = (x if r.chance(40) else make_array(r, shape, dtype)) if r.chance(160) else None
+    go = make_array(r, (n,), accum) if r.chance(40) else None
+    return Case("core", fn, [x, target, red, loss_out, grad, go, r.value(0), bf16], {})
+
+
+API_FNS = ["cross_entropy", "cross_entropy_and_grad", "mse_loss", "mse_loss_and_grad",
+           "l1_loss", "l1_loss_and_grad", "set_num_threads"]
+
+
+def decode(data: bytes) -> Case:
+    r = Reader(data)
+    if r.chance(48):
+        return _decode_core(r)
+    fn = r.pick(API_FNS)
+    if fn == "set_num_threads":
+        n = r.pick([1, 2, 3, 4, 0, -1, 2**63, 2**40, 1.5, "2", True, None, np.int64(2)])
+        return Case("api", fn, [n], {})
+    if fn.startswith("cross"):
+        return _decode_cross_entropy(r, fn)
+    return _decode_regression(r, fn)
+
+
+# ------------------------------------------------------------------------ reference
+
+
+def _ce_reference(x: np.ndarray, target: np.ndarray, weight: Any, ignore_index: int,
+                  reduction: str, smoothing: float, grad_output: Any) -> tuple[Any, np.ndarray]:
+    """torch.nn.functional.cross_entropy semantics in float64 NumPy: (loss, grad)."""
+    one_row = x.ndim == 1
+    xs = x[None] if one_row else x
+    cls = xs.shape[1]
+    x3 = np.moveaxis(xs.reshape(xs.shape[0], cls, -1), 1, -1)  # (N, inner, C)
+    w = np.ones(cls) if weight is None else np.asarray(weight, np.float64)
+    m = x3.max(axis=-1, keepdims=True) if cls else np.zeros(x3.shape[:-1] + (1,))
+    z = x3 - m
+    lse = np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    logp = z - lse
+    sm = np.exp(logp)
+    if target.dtype.kind == "f":
+        p = np.moveaxis((target[None] if one_row else target).reshape(xs.shape[0], cls, -1),
+                        1, -1).astype(np.float64)
+        p = p * (1 - smoothing) + smoothing / cls
+        coef = p * w
+        denom = np.float64(np.prod(x3.shape[:-1]))
+        active = np.ones(x3.shape[:-1], bool)
+    else:
+        t = (target[None] if one_row else target).reshape(xs.shape[0], -1).astype(np.int64)
+        active = t != ignore_index
+        safe = np.where(active, t, 0)
+        onehot = np.zeros(x3.shape)
+        np.put_along_axis(onehot, safe[..., None], 1.0, axis=-1)
+        coef = ((1 - smoothing) * onehot * w[safe][..., None] + smoothing * w / cls)
+        coef = coef * active[..., None]
+        denom = np.float64((w[safe] * active).sum())
+    loss_el = -(coef * np.where(coef != 0, logp, 0)).sum(axis=-1)
+    g_el = np.ones(loss_el.shape)
+    if reduction == "none":
+        if grad_output is not None:
+            g_el = np.asarray(grad_output, np.float64).reshape(loss_el.shape)
+        loss: Any = loss_el.reshape(() if one_row else (xs.shape[0], *xs.shape[2:]))
+        scale = 1.0
+    else:
+        g = 1.0 if grad_output is None else float(grad_output)
+        total = loss_el.sum()
+        with np.errstate(all="ignore"):
+            loss = total / denom if reduction == "mean" else total
+            scale = g / denom if reduction == "mean" else g
+    with np.errstate(all="ignore"):
+        grad3 = (coef.sum(axis=-1, keepdims=True) * sm - coef) * (g_el * scale)[..., None]
+    grad3 = np.where(active[..., None], grad3, 0.0)  # ignored rows: 0, as torch
+    grad = np.moveaxis(grad3, -1, 1).reshape(xs.shape)
+    return loss, grad[0] if one_row else grad
+
+
+def _regression_reference(fn: str, x: np.ndarray, t: np.ndarray, reduction: str,
+                          grad_output: Any) -> tuple[Any, np.ndarray]:
+    complex_ = x.dtype.kind == "c"
+    x = x.astype(np.complex128 if complex_ else np.float64)
+    d = x - t.astype(x.dtype)
+    if fn.startswith("mse"):
+        el, dgrad = np.abs(d) ** 2, 2 * d
+    else:
+        el = np.abs(d)
+        with np.errstate(all="ignore"):
+            dgrad = np.where(el == 0, 0, d / np.where(el == 0, 1, el)) if complex_ else np.sign(d)
+    if reduction == "none":
+        g = np.ones(el.shape) if grad_output is None else np.asarray(grad_output, np.float64)
+        return el, dgrad * g
+    g = 1.0 if grad_output is None else float(grad_output)
+    with np.errstate(all="ignore"):
+        if reduction == "mean":
+            return el.sum() / el.size if el.size else np.nan, dgrad * (g / max(el.size, 1))
+        return el.sum(), dgrad * g
+
+
+def _close(what: str, got: Any, ref: Any, dtype: np.dtype, case: Case) -> None:
+    got = np.asarray(got)
+    ref = np.asarray(ref)
+    if got.shape != ref.shape:
+        raise Finding(f"{what}: shape {got.shape} != reference {ref.shape} in {case.describe()}")
+    finite = np.isfinite(ref)
+    g = got.astype(np.complex128 if got.dtype.kind == "c" else np.float64)
+    if not finite.any():
+        return
+    scale = float(np.max(np.abs(ref[finite]))) if finite.any() else 0.0
+    tol = {"f8": 1e-9, "c16": 1e-9, "f4": 2e-5, "c8": 2e-5, "f2": 4e-3}[
+        np.dtype(dtype).kind + str(np.dtype(dtype).itemsize)]
+    err = np.abs(g[finite] - ref[finite])
+    if not np.all(err <= tol * (np.abs(ref[finite]) + scale + 1e-30)):
+        i = int(np.argmax(err - tol * (np.abs(ref[finite]) + scale)))
+        raise Finding(
+            f"{what}: {g[finite].reshape(-1)[i]!r} vs reference {ref[finite].reshape(-1)[i]!r} "
+            f"(tol {tol}) in {case.describe()}")
+
+
+def _all_finite_small(*values: Any) -> bool:
+    for v in values:
+        if v is None:
+            continue
+        a = np.asarray(v)
+        if a.dtype.kind in "fc" and a.size and (not np.all(np.isfinite(a))
+                                                or np.max(np.abs(a)) > 64):
+            return False
+        if a.dtype.kind in "fc" and a.size > 4096:
+            return False
+    return True
+
+
+def _check_result(case: Case, result: Any, originals: list[Any]) -> None:
+    """Compare a successful API call with the float64 reference (small finite inputs)."""
+    import fusedloss as fl  # noqa: F401  (for symmetry with run_case)
+
+    fn = case.fn
+    x0, t0 = originals[0], originals[1]
+    kw = case.kwargs
+    red = kw.get("reduction", "mean")
+    go = kw.get("grad_output")
+    go_arr = None if go is None else np.asarray(go)
+    if not _all_finite_small(x0, t0, kw.get("weight"), go_arr):
+        return
+    dtype = np.dtype(x0.dtype).newbyteorder("=")
+    real = np.empty(0, dtype).real.dtype
+    loss, grad = result if fn.endswith("_and_grad") else (result, None)
+    if red == "none":
+        if not isinstance(loss, np.ndarray) or loss.dtype != real:
+            raise Finding(f"loss: {type(loss)} {getattr(loss, 'dtype', '')} in {case.describe()}")
+    elif not isinstance(loss, np.generic) or loss.dtype != real:
+        raise Finding(f"loss: {type(loss)} {getattr(loss, 'dtype', '')} in {case.describe()}")
+    if fn.startswith("cross"):
+        accum = np.float64 if dtype == np.float64 else np.float32
+        w = kw.get("weight")
+        w = None if w is None else np.asarray(w).astype(accum)
+        smoothing = float(kw.get("label_smoothing") or 0.0)
+        t = t0 if t0.dtype.kind in "iub" else t0.astype(dtype)
+        ref_loss, ref_grad = _ce_reference(x0.astype(np.float64), t, w,
+                                           int(kw.get("ignore_index", -100)), red, smoothing,
+                                           None if go_arr is None else go_arr.astype(accum))
+    else:
+        ref_loss, ref_grad = _regression_reference(fn, x0, t0.astype(dtype), red, go_arr)
+    _close("loss", loss, ref_loss, dtype, case)
+    if grad is not None:
+        if grad.dtype != x0.dtype or grad.shape != x0.shape:
+            raise Finding(f"grad: {grad.dtype} {grad.shape} in {case.describe()}")
+        _close("grad", grad, ref_grad, dtype, case)
+        if kw.get("inplace") is True and grad is not case.args[0]:
+            raise Finding(f"inplace=True did not return input in {case.describe()}")
+        if kw.get("out") is not None and grad is not kw["out"]:
+            raise Finding(f"out= was not returned in {case.describe()}")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _snapshot(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    return None
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind in "OU":
+        return bool(np.array_equal(a, b))
+    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def run_case(case: Case) -> str:
+    """Make the call; raise Finding on a finding. Returns the outcome's name."""
+    import fusedloss as fl
+    from fusedloss import _core
+
+    values = list(case.args) + list(case.kwargs.values())
+    snaps = [_snapshot(v) for v in values]
+    threads = fl.get_num_threads()
+    target = getattr(fl if case.layer == "api" else _core, case.fn)
+    try:
+        result = target(*case.args, **case.kwargs)
+        outcome = "ok"
+    except EXPECTED as exc:
+        if not str(exc):
+            raise Finding(f"{type(exc).__name__} without a message in {case.describe()}") from exc
+        result, outcome = None, type(exc).__name__
+    except Exception as exc:  # noqa: BLE001
+        raise Finding(f"unexpected {type(exc).__name__}: {exc} in {case.describe()}") from exc
+    finally:
+        if case.fn == "set_num_threads":
+            fl.set_num_threads(threads)
+    if case.layer == "core":
+        return outcome
+    # Arguments other than out (and input with inplace=True after success) are untouched.
+    may_change = set()
+    if outcome == "ok" and case.kwargs.get("inplace") is True:
+        may_change.add(0)
+    names = ["input", "target"] + list(case.kwargs)
+    for i, (v, snap) in enumerate(zip(values, snaps)):
+        if snap is None or i in may_change or names[i] == "out":
+            continue
+        if outcome == "ok" and case.kwargs.get("out") is not None and \
+                np.may_share_memory(v, case.kwargs["out"]):
+            continue
+        if not _same(v, snap):
+            raise Finding(f"{names[i]} was modified ({outcome}) by {case.describe()}")
+    if outcome == "ok" and case.fn != "set_num_threads":
+        _check_result(case, result, snaps)
+    return outcome
+
+
+def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris's name)
+    run_case(decode(data))
+
+
+def main() -> None:
+    import atheris
+
+    with atheris.instrument_imports():
+        import fusedloss  # noqa: F401
+        import fusedloss._api  # noqa: F401
+        import fusedloss._validate  # noqa: F401
+    np.seterr(all="ignore")
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

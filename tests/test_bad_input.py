@@ -1,0 +1,484 @@
+"""Bad input: every argument of every public function is checked before a kernel runs.
+
+Each case names the argument it gets wrong; the call must raise the exception type
+DESIGN.md gives (ValueError for shapes / values, TypeError for types / dtypes,
+IndexError for out-of-range targets) with a message naming that argument, and it
+must leave every array it was given exactly as it was, including the input of a
+failing ``inplace=True`` call. ``test_count`` prints how many bad inputs are tried.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+import fusedloss as fl
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Bad:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    error: type[Exception] | tuple[type[Exception], ...]
+    argument: str
+    what: str
+    id: str = field(default="")
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(20261122)
+
+
+def _logits(shape: tuple[int, ...] = (4, 5), dtype: Any = np.float32) -> np.ndarray:
+    return _rng().standard_normal(shape).astype(dtype)
+
+
+def _targets(n: int = 4, classes: int = 5) -> np.ndarray:
+    return (np.arange(n) % classes).astype(np.int64)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+# Values of the wrong type/dtype for an array argument (shape (4, 5) unless noted).
+def _wrong_dtype_arrays(shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        "int64": np.zeros(shape, np.int64),
+        "int32": np.zeros(shape, np.int32),
+        "bool": np.zeros(shape, bool),
+        "object": np.full(shape, 1.0, dtype=object),
+        "str": np.full(shape, "1.0"),
+        "bytes": np.full(shape, b"1"),
+        "datetime": np.zeros(shape, "datetime64[s]"),
+        "structured": np.zeros(shape, [("a", np.float32)]),
+    }
+
+
+def _not_arrays() -> dict[str, Any]:
+    return {"list": [[0.0] * 5] * 4, "tuple": ((0.0,) * 5,) * 4, "float": 1.0, "None": None,
+            "str": "abc"}
+
+
+CE_FNS = {"cross_entropy": fl.cross_entropy, "cross_entropy_and_grad": fl.cross_entropy_and_grad}
+REG_FNS = {
+    "mse_loss": fl.mse_loss,
+    "mse_loss_and_grad": fl.mse_loss_and_grad,
+    "l1_loss": fl.l1_loss,
+    "l1_loss_and_grad": fl.l1_loss_and_grad,
+}
+GRAD_FNS = {
+    "cross_entropy_and_grad": fl.cross_entropy_and_grad,
+    "mse_loss_and_grad": fl.mse_loss_and_grad,
+    "l1_loss_and_grad": fl.l1_loss_and_grad,
+}
+
+
+def _adder(cases: list[Bad], fn: Callable[..., Any], name: str) -> Callable[..., None]:
+    """add(args, kwargs, error, argument, what): append one case for ``fn``."""
+    def add(args: tuple[Any, ...], kwargs: dict[str, Any], error: Any, argument: str,
+            what: str) -> None:
+        cases.append(Bad(fn, args, kwargs, error, argument, what, f"{name}-{argument}-{what}"))
+    return add
+
+
+def _ce_cases() -> list[Bad]:
+    cases: list[Bad] = []
+    for name, fn in CE_FNS.items():
+        add = _adder(cases, fn, name)
+
+        t = _targets()
+        # input
+        for what, bad in _not_arrays().items():
+            add((bad, t), {}, TypeError, "input", f"not-array-{what}")
+        for what, bad in _wrong_dtype_arrays((4, 5)).items():
+            add((bad, t), {}, TypeError, "input", f"dtype-{what}")
+        add((_logits().astype(np.complex64), t), {}, TypeError, "input", "dtype-complex64")
+        add((np.ones((), np.float32), np.zeros((), np.int64)), {}, ValueError, "input", "0-d")
+        add((np.zeros((), np.float64), np.zeros((), np.int64)), {}, ValueError, "input",
+            "0-d-float64")
+        add((np.zeros((4, 0), np.float32), t), {}, ValueError, "input", "empty-class-dim")
+        add((np.zeros((2, 0, 3), np.float32), np.zeros((2, 3), np.int64)), {}, ValueError,
+            "input", "empty-class-dim-kdim")
+        # target: type, dtype, shape
+        for what, bad in _not_arrays().items():
+            add((_logits(), bad), {}, TypeError, "target", f"not-array-{what}")
+        for what in ("bool", "object", "str", "bytes", "datetime", "structured"):
+            add((_logits(), _wrong_dtype_arrays((4,))[what]), {}, TypeError, "target",
+                f"dtype-{what}")
+        add((_logits(), np.zeros(4, np.complex64)), {}, TypeError, "target", "dtype-complex")
+        add((_logits(), _targets(5)), {}, ValueError, "target", "shape-long")
+        add((_logits(), _targets(3)), {}, ValueError, "target", "shape-short")
+        add((_logits(), _targets().reshape(4, 1)), {}, ValueError, "target", "shape-2d")
+        add((_logits(), np.zeros((), np.int64)), {}, ValueError, "target", "shape-0d")
+        add((_logits((5,)), _targets(1)), {}, ValueError, "target", "shape-1d-input-1d-target")
+        add((_logits((2, 5, 3)), np.zeros((2,), np.int64)), {}, ValueError, "target",
+            "shape-kdim")
+        add((_logits((2, 5, 3)), np.zeros((2, 5), np.int64)), {}, ValueError, "target",
+            "shape-kdim-swapped")
+        add((_logits(), np.full((4,), 0.2, np.float32)), {}, ValueError, "target",
+            "probs-shape")
+        add((_logits(), np.full((4, 6), 0.2, np.float32)), {}, ValueError, "target",
+            "probs-shape-classes")
+        # target: values out of range
+        for bad_value in (5, 6, -1, -2, -99, -101, 2**31, 2**63 - 1, -(2**63)):
+            tt = _targets()
+            tt[2] = bad_value
+            add((_logits(), tt), {}, IndexError, "target", f"value-{bad_value}")
+        for tdtype in (np.int32, np.int16, np.int8):
+            tt = _targets().astype(tdtype)
+            tt[-1] = -1
+            add((_logits(), tt), {}, IndexError, "target", f"value-neg-{np.dtype(tdtype).name}")
+        tt = _targets().astype(np.uint64)
+        tt[0] = np.iinfo(np.uint64).max
+        add((_logits(), tt), {}, IndexError, "target", "value-uint64-max")
+        tt = _targets().astype(np.uint8)
+        tt[3] = 200
+        add((_logits(), tt), {}, IndexError, "target", "value-uint8")
+        tt = _targets()
+        tt[1] = -100
+        add((_logits(), tt), {"ignore_index": 3}, IndexError, "target",
+            "value-default-ignore-not-ignored")
+        add((_logits((5,)), np.array(5)), {}, IndexError, "target", "value-1d-input")
+        kt = np.zeros((2, 3), np.int64)
+        kt[1, 2] = 5
+        add((_logits((2, 5, 3)), kt), {}, IndexError, "target", "value-kdim-last")
+        tt = _targets()
+        tt[-1] = 5
+        add((_logits(), tt), {"reduction": "none"}, IndexError, "target", "value-none")
+        add((_logits(), tt), {"weight": np.ones(5, np.float32), "label_smoothing": 0.3},
+            IndexError, "target", "value-weight-smoothing")
+        # weight
+        for what, bad in _not_arrays().items():
+            if what != "None":
+                add((_logits(), t), {"weight": bad}, TypeError, "weight", f"not-array-{what}")
+        for what in ("bool", "object", "str", "bytes", "datetime", "structured"):
+            add((_logits(), t), {"weight": _wrong_dtype_arrays((5,))[what]}, TypeError, "weight",
+                f"dtype-{what}")
+        add((_logits(), t), {"weight": np.ones(5, np.complex64)}, TypeError, "weight",
+            "dtype-complex")
+        add((_logits(), t), {"weight": np.ones(4, np.float32)}, ValueError, "weight", "shape-4")
+        add((_logits(), t), {"weight": np.ones(6, np.float32)}, ValueError, "weight", "shape-6")
+        add((_logits(), t), {"weight": np.ones((5, 1), np.float32)}, ValueError, "weight",
+            "shape-2d")
+        add((_logits(), t), {"weight": np.ones((), np.float32)}, ValueError, "weight", "shape-0d")
+        # ignore_index
+        for what, bad in {"float": 1.5, "str": "a", "bool": True, "None": None,
+                          "array": np.array([1, 2]), "float-int": 3.0}.items():
+            add((_logits(), t), {"ignore_index": bad}, TypeError, "ignore_index", what)
+        add((_logits(), t), {"ignore_index": 2**64}, ValueError, "ignore_index", "too-big")
+        add((_logits(), t), {"ignore_index": -(2**63) - 1}, ValueError, "ignore_index",
+            "too-small")
+        # reduction
+        for bad in ("avg", "MEAN", "", " mean", None, 1, 0, b"mean", ("mean",)):
+            add((_logits(), t), {"reduction": bad}, ValueError, "reduction", repr(bad))
+        # label_smoothing
+        for bad in (-0.1, -1e-300, 1.0000001, 2, float("nan"), float("inf"), -float("inf")):
+            add((_logits(), t), {"label_smoothing": bad}, ValueError, "label_smoothing", repr(bad))
+        for what, bad in {"str": "0.1", "empty-str": "", "None": None, "bool": True,
+                          "complex": 0.1j, "list": [0.1], "array-2": np.array([0.1, 0.2]),
+                          "array-1": np.array([0.1])}.items():
+            add((_logits(), t), {"label_smoothing": bad}, TypeError, "label_smoothing", what)
+        add((_logits(), np.full((4, 5), 0.2, np.float32)), {"label_smoothing": 1.5}, ValueError,
+            "label_smoothing", "probs-1.5")
+    return cases
+
+
+def _regression_cases() -> list[Bad]:
+    cases: list[Bad] = []
+    for name, fn in REG_FNS.items():
+        add = _adder(cases, fn, name)
+
+        x = _logits((3, 4))
+        for what, bad in _not_arrays().items():
+            add((bad, x), {}, TypeError, "input", f"not-array-{what}")
+            add((_logits((3, 4)), bad), {}, TypeError, "target", f"not-array-{what}")
+        for what, bad in _wrong_dtype_arrays((3, 4)).items():
+            add((bad, _logits((3, 4))), {}, TypeError, "input", f"dtype-{what}")
+            if what not in ("int64", "int32"):  # integer targets are converted, as torch does
+                add((_logits((3, 4)), bad), {}, TypeError, "target", f"dtype-{what}")
+        if name.startswith("mse"):
+            add((_logits((3, 4)).astype(np.complex64), _logits((3, 4)).astype(np.complex64)), {},
+                TypeError, "input", "dtype-complex")
+        add((_logits((3, 4)), _logits((3, 4)).astype(np.complex64)), {}, TypeError, "target",
+            "complex-target-real-input")
+        add((_logits((3, 4)), _logits((4, 3))), {}, ValueError, "target", "shape-transposed")
+        add((_logits((3, 4)), _logits((4,))), {}, ValueError, "target", "shape-broadcastable")
+        add((_logits((3, 4)), _logits((1, 3, 4))), {}, ValueError, "target", "shape-extra-dim")
+        add((_logits((3, 4)), np.zeros((), np.float32)), {}, ValueError, "target", "shape-0d")
+        add((np.zeros((0, 4), np.float32), np.zeros((4, 0), np.float32)), {}, ValueError,
+            "target", "shape-empty")
+        for bad in ("avg", "MEAN", "", None, 1, b"sum"):
+            add((_logits((3, 4)), _logits((3, 4))), {"reduction": bad}, ValueError, "reduction",
+                repr(bad))
+    return cases
+
+
+def _grad_cases() -> list[Bad]:
+    """grad_output, out and inplace of the three *_and_grad functions."""
+    cases: list[Bad] = []
+    for name, fn in GRAD_FNS.items():
+        add = _adder(cases, fn, name)
+
+        ce = name.startswith("cross")
+
+        def operands(shape: tuple[int, ...] = (4, 5), dtype: Any = np.float32) -> tuple[Any, Any]:
+            x = _logits(shape, dtype)
+            if ce:
+                return x, _targets(shape[0], shape[1])
+            return x, _logits(shape, dtype) + np.asarray(1, dtype)
+
+        loss_shape = (4,) if ce else (4, 5)
+        # grad_output, scalar reductions
+        for red in ("mean", "sum"):
+            add(operands(), {"reduction": red, "grad_output": np.ones(loss_shape, np.float32)},
+                ValueError, "grad_output", f"{red}-array")
+            add(operands(), {"reduction": red, "grad_output": np.ones((1,), np.float32)},
+                ValueError, "grad_output", f"{red}-shape-1")
+            for what, bad in {"str": "1", "bool": True, "list": [1.0], "complex": 1j,
+                              "array-complex": np.array(1j), "array-bool": np.array(True),
+                              "array-str": np.array("1"), "array-object": np.array(1.0, object)
+                              }.items():
+                add(operands(), {"reduction": red, "grad_output": bad}, TypeError,
+                    "grad_output", f"{red}-{what}")
+        # grad_output, reduction none
+        bad_shape = (3,) if ce else (4, 4)
+        add(operands(), {"reduction": "none", "grad_output": np.ones(bad_shape, np.float32)},
+            ValueError, "grad_output", "none-shape")
+        add(operands(), {"reduction": "none", "grad_output": np.ones((), np.float32)},
+            ValueError, "grad_output", "none-0d")
+        add(operands(), {"reduction": "none", "grad_output": np.ones((1, *loss_shape))},
+            ValueError, "grad_output", "none-extra-dim")
+        for what, bad in {"float": 1.0, "list": [1.0] * loss_shape[0], "str": "1"}.items():
+            add(operands(), {"reduction": "none", "grad_output": bad}, TypeError, "grad_output",
+                f"none-{what}")
+        for what in ("bool", "object", "str", "datetime"):
+            add(operands(), {"reduction": "none",
+                             "grad_output": _wrong_dtype_arrays(loss_shape)[what]},
+                TypeError, "grad_output", f"none-dtype-{what}")
+        add(operands(), {"reduction": "none", "grad_output": np.ones(loss_shape, np.complex64)},
+            TypeError, "grad_output", "none-dtype-complex")
+        # out
+        add(operands(), {"out": np.empty((4, 4), np.float32)}, ValueError, "out", "shape")
+        add(operands(), {"out": np.empty((20,), np.float32)}, ValueError, "out", "shape-flat")
+        add(operands(), {"out": np.empty((4, 5), np.float64)}, TypeError, "out", "dtype-f64")
+        add(operands(), {"out": np.empty((4, 5), np.float16)}, TypeError, "out", "dtype-f16")
+        add(operands(), {"out": np.empty((4, 5), np.int32)}, TypeError, "out", "dtype-int")
+        add(operands(), {"out": [[0.0] * 5] * 4}, TypeError, "out", "list")
+        add(operands(), {"out": _readonly(np.empty((4, 5), np.float32))}, ValueError, "out",
+            "read-only")
+        x, t = operands()
+        add((x, t), {"out": x}, ValueError, "out", "is-input")
+        x, t = operands()
+        add((x, t), {"out": x[::-1]}, ValueError, "out", "overlaps-input-reversed")
+        if not ce:
+            x, t = operands()
+            add((x, t), {"out": t}, ValueError, "out", "is-target")
+        x, t = operands()
+        go = np.ones(loss_shape, np.float32)
+        if not ce:
+            add((x, t), {"reduction": "none", "grad_output": go, "out": go}, ValueError, "out",
+                "is-grad-output")
+        add(operands(), {"out": np.empty((4, 5), np.float32), "inplace": True}, ValueError, "out",
+            "with-inplace")
+        # inplace
+        for what, bad in {"str": "yes", "int": 1, "None": None, "float": 1.0,
+                          "array": np.array([True])}.items():
+            add(operands(), {"inplace": bad}, TypeError, "inplace", what)
+        x, t = operands()
+        add((_readonly(x), t), {"inplace": True}, ValueError, "input", "inplace-read-only")
+        x, t = operands()
+        add((x.astype(">f4"), t), {"inplace": True}, TypeError, "input", "inplace-big-endian")
+        x, t = operands()
+        add((x.astype(np.int32), t), {"inplace": True}, TypeError, "input", "inplace-int")
+        if ce:
+            # The kernel finds the bad target: it must do so before writing anything.
+            x, t = operands()
+            t = t.copy()
+            t[-1] = 5
+            add((x, t), {"inplace": True}, IndexError, "target", "inplace-out-of-range")
+            x, t = operands()
+            t = t.copy()
+            t[0] = -7
+            add((x[:, ::-1], t), {"inplace": True}, IndexError, "target",
+                "inplace-non-contiguous-out-of-range")
+            add(operands(), {"inplace": True, "reduction": "none", "grad_output": go[:3]},
+                ValueError, "grad_output", "inplace-shape")
+            # Big enough to run in parallel: the bad target is the very last one.
+            big = _logits((512, 300))
+            bt = _targets(512, 300)
+            bt[-1] = 300
+            add((big, bt), {"inplace": True, "label_smoothing": 0.1}, IndexError, "target",
+                "inplace-parallel-last")
+            big = _logits((3, 7, 2000))
+            bt = np.zeros((3, 2000), np.int64)
+            bt[2, 1999] = -3
+            add((big, bt), {"inplace": True, "reduction": "none"}, IndexError, "target",
+                "inplace-kdim-last")
+    return cases
+
+
+def _thread_cases() -> list[Bad]:
+    cases = []
+    for bad, error in ((0, ValueError), (-1, ValueError), (-(2**63), ValueError),
+                       (2**64, ValueError), (1.5, TypeError), (2.0, TypeError), ("2", TypeError),
+                       (True, TypeError), (None, TypeError), ([2], TypeError),
+                       (np.array([2]), TypeError)):
+        cases.append(Bad(fl.set_num_threads, (bad,), {}, error, "n", repr(bad),
+                         f"set_num_threads-n-{bad!r}"))
+    # Fits int64 but not the C int the bindings take: still a clean error naming n.
+    cases.append(Bad(fl.set_num_threads, (2**40,), {}, (ValueError, OverflowError), "n",
+                     "2**40", "set_num_threads-n-2**40"))
+    return cases
+
+
+CASES: list[Bad] = _ce_cases() + _regression_cases() + _grad_cases() + _thread_cases()
+assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
+
+
+def _has_variant(c: Bad) -> bool:
+    """Cases also run with strided, read-only copies of their array arguments (not those
+    about out= or inplace=True, whose point is which memory they share)."""
+    return (bool(c.args) and isinstance(c.args[0], np.ndarray) and c.args[0].ndim >= 2
+            and "out" not in c.kwargs and c.kwargs.get("inplace") is not True)
+
+
+VARIANT_CASES = [c for c in CASES if _has_variant(c)]
+
+
+# ----------------------------------------------------------------------- checking
+
+
+def _snapshot(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return (value, value.copy(), value.flags.writeable)
+    return None
+
+
+def _unchanged(snapshots: list[Any]) -> None:
+    for snap in snapshots:
+        if snap is None:
+            continue
+        arr, before, writeable = snap
+        assert arr.flags.writeable == writeable
+        if arr.dtype.kind in "OU" or arr.dtype.names:
+            assert (arr == before).all(), "an argument was modified"
+        else:
+            assert arr.tobytes() == before.tobytes(), "an argument was modified"
+
+
+def assert_rejected(case: Bad) -> None:
+    values = list(case.args) + list(case.kwargs.values())
+    snapshots = [_snapshot(v) for v in values]
+    threads = fl.get_num_threads()
+    with pytest.raises(case.error) as info:
+        case.fn(*case.args, **case.kwargs)
+    message = str(info.value)
+    assert re.search(rf"(?<![\w]){re.escape(case.argument)}(?![\w])", message), (
+        f"message does not name {case.argument!r}: {message!r}"
+    )
+    _unchanged(snapshots)
+    assert fl.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_rejected(case: Bad) -> None:
+    assert_rejected(case)
+
+
+# Non-contiguous and read-only versions of the operands still fail the same way
+# (validation may copy them, but must not touch the originals).
+@pytest.mark.parametrize("case", VARIANT_CASES, ids=[c.id for c in VARIANT_CASES])
+def test_rejected_non_contiguous_read_only(case: Bad) -> None:
+    def variant(a: Any) -> Any:
+        if not isinstance(a, np.ndarray) or a.ndim == 0 or a.dtype.kind in "OUS":
+            return a
+        wide = np.repeat(a, 2, axis=-1)[..., ::2]  # same values, strided view
+        wide.flags.writeable = False
+        return wide
+
+    args = tuple(variant(a) for a in case.args)
+    kwargs = {k: variant(v) for k, v in case.kwargs.items()}
+    assert_rejected(Bad(case.fn, args, kwargs, case.error, case.argument, case.what, case.id))
+
+
+def test_count(capsys: pytest.CaptureFixture[str]) -> None:
+    non_contiguous = len(VARIANT_CASES)
+    per_fn: dict[str, int] = {}
+    for c in CASES:
+        per_fn[c.fn.__name__] = per_fn.get(c.fn.__name__, 0) + 1
+    assert set(per_fn) == {*CE_FNS, *REG_FNS, "set_num_threads"}
+    with capsys.disabled():
+        print(f"\n[test_bad_input] {len(CASES)} bad inputs (+{non_contiguous} strided/read-only "
+              f"variants) across {len(per_fn)} public functions: {per_fn}")
+
+
+# ------------------------------------------------------ valid calls modify nothing
+
+
+def _valid_calls() -> list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+    rng = _rng()
+    x = rng.standard_normal((6, 5, 3))
+    t = rng.integers(0, 5, (6, 3))
+    t[0, 0] = -100
+    p = rng.random((6, 5, 3))
+    w = rng.random(5) + 0.5
+    go = rng.standard_normal((6, 3))
+    r = rng.standard_normal((6, 5, 3))
+    calls = []
+    for dt in (np.float32, np.float64):
+        xs = x.astype(dt)
+        strided = np.repeat(xs, 2, axis=0)[::-2]  # negative strides
+        for xin in (xs, strided):
+            tin = t if xin is xs else np.repeat(t, 2, axis=0)[::-2]
+            for red in ("none", "mean", "sum"):
+                kw: dict[str, Any] = {"weight": w.astype(dt), "reduction": red,
+                                      "label_smoothing": 0.2}
+                calls.append(("ce", fl.cross_entropy, (xin, tin), kw))
+                g = {"grad_output": go.astype(dt) if red == "none" else np.array(0.5)}
+                calls.append(("ce_grad", fl.cross_entropy_and_grad, (xin, tin), {**kw, **g}))
+                calls.append(("ce_probs_grad", fl.cross_entropy_and_grad,
+                              (xin, p.astype(dt)), {**kw, **g}))
+                calls.append(("ce_out", fl.cross_entropy_and_grad, (xin, tin),
+                              {**kw, "out": np.empty(xin.shape, dt)[::-1]}))
+                rt = r.astype(dt)
+                for name, fn in REG_FNS.items():
+                    if name.endswith("grad"):
+                        gr = {"grad_output": r.astype(dt) if red == "none" else 2.0}
+                        calls.append((name, fn, (xin, rt), {"reduction": red, **gr}))
+                    else:
+                        calls.append((name, fn, (xin, rt), {"reduction": red}))
+    c = (x + 1j * r).astype(np.complex64)
+    calls.append(("l1_complex", fl.l1_loss_and_grad, (c, c[::-1]), {"reduction": "sum"}))
+    return calls
+
+
+def test_valid_calls_modify_nothing() -> None:
+    for name, fn, args, kwargs in _valid_calls():
+        values = list(args) + [v for k, v in kwargs.items() if k != "out"]
+        snapshots = [_snapshot(v) for v in values]
+        fn(*args, **kwargs)
+        _unchanged(snapshots)
+        fn(*args, **kwargs)  # and a second call gives no different picture
+        _unchanged(snapshots)
+
+
+@pytest.mark.parametrize("fn", list(GRAD_FNS.values()), ids=list(GRAD_FNS))
+def test_inplace_returns_input(fn: Callable[..., Any]) -> None:
+    """The counterpart: inplace=True does overwrite input (and nothing else)."""
+    x = _logits((4, 5), np.float64)
+    target = _targets() if fn is fl.cross_entropy_and_grad else _logits((4, 5), np.float64) * 0.5
+    t_before = target.copy()
+    _, expected = fn(x.copy(), target)
+    _, got = fn(x, target, inplace=True)
+    assert got is x
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(target, t_before)

@@ -1,0 +1,336 @@
+"""Threads: the GIL is released while a kernel runs, concurrent calls are correct, and
+fusedloss's OpenMP and torch's live in one process without deadlock.
+
+Anything that could hang runs in a child interpreter with a timeout, so a deadlock
+fails the test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+import fusedloss as fl
+
+
+@pytest.fixture(autouse=True)
+def restore_threads() -> Iterator[None]:
+    before = fl.get_num_threads()
+    yield
+    fl.set_num_threads(before)
+
+
+def _bits(value: Any) -> bytes:
+    return np.ascontiguousarray(np.asarray(value)).tobytes()
+
+
+# ------------------------------------------------------------------ GIL released
+
+
+def _long_call(seconds: float) -> tuple[Any, ...]:
+    """A single kernel call that takes about ``seconds`` with one thread, and its args."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 4096), dtype=np.float32)
+    target = rng.integers(0, 4096, 256)
+    out = np.empty_like(x)
+    start = time.perf_counter()
+    fl.cross_entropy_and_grad(x, target, out=out)
+    per_row_block = time.perf_counter() - start
+    rows = int(min(max(256 * seconds / max(per_row_block, 1e-6), 256), 256 * 64))
+    x = rng.standard_normal((rows, 4096), dtype=np.float32)
+    return x, rng.integers(0, 4096, rows), np.empty_like(x)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "mse_loss_and_grad", "l1_loss"])
+def test_gil_released_during_kernel(name: str) -> None:
+    """A Python thread keeps running while a long kernel runs in another thread.
+
+    With the GIL held, the counting thread would stall for the whole kernel
+    (its longest gap would be about the kernel's duration); released, its gaps
+    stay at the interpreter's switch interval.
+    """
+    fl.set_num_threads(1)  # leave a core for the counting thread
+    x, target, out = _long_call(0.25)
+    if name != "cross_entropy_and_grad":
+        target = np.ones_like(x)
+    fn = getattr(fl, name)
+    kwargs = {"out": out} if name.endswith("grad") else {}
+    fn(x, target, **kwargs)  # warm up (page faults of out)
+
+    durations: list[float] = []
+    done = threading.Event()
+    started = threading.Event()
+
+    def worker() -> None:
+        started.set()
+        t0 = time.perf_counter()
+        fn(x, target, **kwargs)
+        durations.append(time.perf_counter() - t0)
+        done.set()
+
+    count = 0
+    max_gap = 0.0
+    thread = threading.Thread(target=worker)
+    thread.start()
+    started.wait()
+    last = time.perf_counter()
+    while not done.is_set():
+        count += 1
+        now = time.perf_counter()
+        max_gap = max(max_gap, now - last)
+        last = now
+    thread.join()
+    duration = durations[0]
+    assert duration > 0.05, f"kernel too short to tell ({duration:.3f} s)"
+    assert max_gap < duration / 3, (
+        f"counting thread stalled {max_gap:.3f} s during a {duration:.3f} s kernel: GIL held?"
+    )
+    assert count > 1000, f"only {count} increments during a {duration:.3f} s kernel"
+
+
+# ------------------------------------------------------ many threads, same answers
+
+
+def _workload(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, 1000)).astype(np.float32)
+    t = rng.integers(0, 1000, 300)
+    k = rng.standard_normal((4, 9, 32, 32))
+    kt = rng.integers(0, 9, (4, 32, 32))
+    r = rng.standard_normal(200_001)
+    rt = rng.standard_normal(200_001)
+    w = rng.random(1000).astype(np.float32) + 0.5
+    return [
+        ("cross_entropy_and_grad", (x, t), {"weight": w, "label_smoothing": 0.1}),
+        ("cross_entropy_and_grad", (k, kt), {"reduction": "none"}),
+        ("cross_entropy", (x, t), {"reduction": "sum"}),
+        ("mse_loss_and_grad", (r, rt), {}),
+        ("l1_loss_and_grad", (r, rt), {"reduction": "sum"}),
+        ("l1_loss", (r, rt), {"reduction": "none"}),
+    ]
+
+
+def _results(work: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[bytes]:
+    out = []
+    for name, args, kwargs in work:
+        result = getattr(fl, name)(*args, **kwargs)
+        for part in result if isinstance(result, tuple) else (result,):
+            out.append(_bits(part))
+    return out
+
+
+@pytest.mark.parametrize("kernel_threads", [1, 2])
+def test_many_python_threads_identical(kernel_threads: int) -> None:
+    fl.set_num_threads(kernel_threads)
+    work = _workload(1)
+    expected = _results(work)
+    barrier = threading.Barrier(8)
+
+    def job(i: int) -> list[list[bytes]]:
+        # each thread starts at a different call, so different kernels overlap
+        order = list(range(i % len(work), len(work))) + list(range(i % len(work)))
+        barrier.wait()
+        rounds = []
+        for _ in range(3):
+            got = {k: _results([work[k]]) for k in order}
+            rounds.append([b for k in range(len(work)) for b in got[k]])
+        return rounds
+
+    with ThreadPoolExecutor(8) as pool:
+        all_results = list(pool.map(job, range(8)))
+    for i, per_thread in enumerate(all_results):
+        for j, got in enumerate(per_thread):
+            assert got == expected, f"thread {i}, round {j}: results differ from single-threaded"
+
+
+def test_threads_inplace_on_own_buffers() -> None:
+    """8 threads, each overwriting its own input in place, shared read-only target."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((200, 513))
+    target = rng.integers(0, 513, 200)
+    _, expected = fl.cross_entropy_and_grad(x, target, reduction="sum")
+    barrier = threading.Barrier(8)
+
+    def job(_: int) -> bool:
+        mine = x.copy()
+        barrier.wait()
+        ok = True
+        for _ in range(5):
+            mine[...] = x
+            fl.cross_entropy_and_grad(mine, target, reduction="sum", inplace=True)
+            ok &= _bits(mine) == _bits(expected)
+        return ok
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(job, range(8)))
+
+
+def test_thread_count_is_process_wide() -> None:
+    """set_num_threads in one Python thread applies to calls from every other thread."""
+    fl.set_num_threads(3)
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(fl.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [3]
+
+
+# ------------------------------------------------- with torch, in a child process
+
+
+def _run_child(code: str, timeout: float, env: dict[str, str] | None = None) -> str:
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+            timeout=timeout, env=full_env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"child process hung (deadlock?) after {timeout} s: {exc.stdout!r}")
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_torch_and_fusedloss_threads_no_deadlock() -> None:
+    """torch ops (its own OpenMP pool) and fusedloss calls alternate across Python threads."""
+    out = _run_child(
+        """
+        import threading
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
+        import fusedloss as fl
+
+        torch.set_num_threads(2)
+        fl.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((512, 1024)).astype(np.float32)
+        t = rng.integers(0, 1024, 512)
+        xt = torch.from_numpy(x)
+        tt = torch.from_numpy(t)
+        ref_loss, ref_grad = fl.cross_entropy_and_grad(x, t)
+        errors = []
+
+        def torch_step():
+            a = xt.clone().requires_grad_(True)
+            F.cross_entropy(a, tt).backward()
+            (xt @ xt.T).sum().item()
+
+        def fl_step():
+            loss, grad = fl.cross_entropy_and_grad(x, t)
+            if loss != ref_loss or not np.array_equal(grad, ref_grad):
+                errors.append("fusedloss result changed")
+
+        def worker(i):
+            try:
+                for j in range(12):
+                    (torch_step if (i + j) % 2 else fl_step)()
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for th in threads:
+            th.start()
+        for j in range(12):  # the main thread alternates too
+            (fl_step if j % 2 else torch_step)()
+        for th in threads:
+            th.join()
+        # torch inside fusedloss-heavy phases and vice versa, sequentially in one thread
+        for j in range(20):
+            fl_step(); torch_step()
+        assert not errors, errors
+        print("ok")
+        """,
+        timeout=180,
+    )
+    assert out.strip().endswith("ok")
+
+
+def test_thread_counts_independent_of_torch() -> None:
+    """The paragraph in the README: fl's thread count and torch's are separate settings."""
+    out = _run_child(
+        """
+        import os
+        import torch
+        import fusedloss as fl
+        default = fl.get_num_threads()
+        assert default == int(os.environ["OMP_NUM_THREADS"]), default
+        assert torch.get_num_threads() == default, torch.get_num_threads()
+        torch.set_num_threads(1)
+        assert fl.get_num_threads() == default, "torch.set_num_threads changed fusedloss's"
+        fl.set_num_threads(3)
+        assert torch.get_num_threads() == 1, "fl.set_num_threads changed torch's"
+        assert fl.get_num_threads() == 3
+        import numpy as np
+        x = np.random.default_rng(0).standard_normal((64, 64))
+        fl.cross_entropy_and_grad(x, np.zeros(64, np.int64))
+        assert fl.get_num_threads() == 3 and torch.get_num_threads() == 1
+        print("ok")
+        """,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "2"},
+    )
+    assert out.strip().endswith("ok")
+    # Without OMP_NUM_THREADS the default is the number of cores OpenMP sees.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, fusedloss as fl; "
+         "print(fl.get_num_threads(), len(os.sched_getaffinity(0)))"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    threads, cores = map(int, proc.stdout.split())
+    assert threads == cores
+
+
+FORK_CHILD = """
+import multiprocessing as mp, sys
+import numpy as np
+import fusedloss as fl
+fl.set_num_threads(2)
+x = np.random.default_rng(0).standard_normal((2048, 1024)).astype(np.float32)
+t = np.zeros(2048, np.int64)
+ref = float(fl.cross_entropy(x, t))  # the parent's OpenMP pool now exists
+
+def child(q):
+    if sys.argv[1] == "one_thread":
+        fl.set_num_threads(1)
+    q.put(float(fl.cross_entropy(x, t)))
+
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,), daemon=True)
+p.start()
+p.join(15)
+if p.is_alive():
+    p.kill()
+    print("hung")
+    sys.exit(0)
+print("ok" if q.get(timeout=5) == ref else "wrong")
+"""
+
+
+@pytest.mark.parametrize("child_threads", ["one_thread", "default"])
+def test_fork_after_parallel_kernel(child_threads: str) -> None:
+    """A child forked after a parallel kernel (multiprocessing's default start method on
+    Linux, DataLoader workers) can call fusedloss. GNU libgomp's thread pool does not
+    survive fork(): a parallel region in the child waits forever for threads that were
+    not copied. fl.set_num_threads(1) in the child avoids the pool (the documented
+    workaround, as for torch); by default fusedloss must not hang either."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_CHILD, child_threads], capture_output=True, text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok", (
+        f"forked child with {child_threads} threads: {proc.stdout.strip()}"
+    )

@@ -8,6 +8,7 @@ stored number. The figures (memory multiple, eager time ratio) are printed
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import subprocess
 import sys
@@ -103,6 +104,46 @@ def test_torch_compile_fullgraph_matches_eager_torch():
     assert "fusedloss.mse" in graphs[0] and "fusedloss.l1" in graphs[0]
 
 
+INDUCTOR_SCRIPT = """
+import copy
+import torch
+import torch.nn.functional as F
+from torch import nn
+import fusedloss.torch as flt
+
+torch.manual_seed(5)
+model = nn.Sequential(nn.Linear(20, 64), nn.GELU(), nn.Linear(64, 10))
+ref_model = copy.deepcopy(model)
+compiled = torch.compile(
+    lambda x, t: flt.cross_entropy(model(x), t, label_smoothing=0.1), fullgraph=True
+)
+for _ in range(2):
+    x, t = torch.randn(32, 20), torch.randint(0, 10, (32,))
+    loss = compiled(x, t)
+    loss.backward()
+    ref = F.cross_entropy(ref_model(x), t, label_smoothing=0.1)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+print("INDUCTOR OK")
+"""
+
+
+@pytest.mark.slow
+def test_torch_compile_default_backend_inductor(tmp_path):
+    """The default backend (inductor) too, in its own process: its compile
+    workers and caches stay out of the other tests (and their timings)."""
+    script = tmp_path / "inductor_check.py"
+    script.write_text(INDUCTOR_SCRIPT)
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "INDUCTOR OK" in proc.stdout
+
+
 # --------------------------------------------------------------------------- DDP
 
 DDP_WORKER = """
@@ -171,7 +212,7 @@ def _free_port() -> int:
 def test_ddp_gloo_two_processes_match_torch(tmp_path):
     script = tmp_path / "ddp_worker.py"
     script.write_text(DDP_WORKER)
-    env = {**__import__("os").environ, "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(script), str(_free_port())],
@@ -296,11 +337,10 @@ def test_eager_overhead_64x10_vs_torch():
     def theirs():
         F.cross_entropy(x, t).backward()
 
-    ratios = []
+    rounds = []
     for _ in range(3):  # interleaved, best of each: robust to a noisy neighbour
-        a, b = _best_of(ours), _best_of(theirs)
-        ratios.append(a / b)
-    ratio = min(ratios)
-    print(f"\nCE fwd+bwd at 64x10: fused {a * 1e6:.1f} us, torch {b * 1e6:.1f} us, "
-          f"ratio {ratio:.2f}")
-    assert ratio <= 0.6
+        rounds.append((_best_of(ours), _best_of(theirs)))
+    a, b = min(rounds, key=lambda r: r[0] / r[1])
+    print(f"\nCE fwd+bwd at 64x10: fused {a * 1e6:.1f} us, torch eager {b * 1e6:.1f} us, "
+          f"ratio {a / b:.2f}")
+    assert a / b <= 0.6

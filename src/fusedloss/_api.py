@@ -35,7 +35,7 @@ def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.n
         return target
     if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
         raise IndexError("target: class index above 2**63 - 1 is out of range")
-    return np.ascontiguousarray(target, dtype=np.int64)
+    return np.asarray(target, dtype=np.int64, order="C")
 
 
 def _cross_entropy(
@@ -75,7 +75,7 @@ def _cross_entropy(
         t_view = t.reshape(view[0], view[2])
     elif kind == "f":
         v.same_shape(t, shape, "target", "class probabilities: the input's shape")
-        t = np.ascontiguousarray(t, dtype=x.dtype)
+        t = np.asarray(t, dtype=x.dtype, order="C")
         t_view = t.reshape(view)
     else:
         raise TypeError(
@@ -91,7 +91,7 @@ def _cross_entropy(
         if w.dtype.kind not in "fiu":
             raise TypeError(f"weight: expected a floating array, got dtype {w.dtype}")
         v.same_shape(w, (classes,), "weight", "one weight per class")
-        w = np.ascontiguousarray(w, dtype=accum)
+        w = np.asarray(w, dtype=accum, order="C")
 
     loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
     grad_buf = copy_back = go = None
@@ -206,7 +206,7 @@ def _regression(
         raise TypeError(f"target: complex target needs complex input, got input dtype {x.dtype}")
     if t.dtype.kind not in "fiuc":
         raise TypeError(f"target: expected a floating array, got dtype {t.dtype}")
-    t = np.ascontiguousarray(t, dtype=x.dtype)
+    t = np.asarray(t, dtype=x.dtype, order="C")
     red = v.reduction_code(reduction)
     accum = v.accumulation_dtype(x.dtype)
 

@@ -51,14 +51,14 @@ def float_array(value: object, name: str, allow_complex: bool = False) -> np.nda
     arr = array(value, name)
     dtype = arr.dtype
     if dtype is _F32 or dtype is _F64:
-        return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+        return arr if arr.flags.c_contiguous else np.asarray(arr, order="C")
     allowed = REAL_DTYPES + COMPLEX_DTYPES if allow_complex else REAL_DTYPES
     native = dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype
     if native not in allowed:
         kinds = "float32, float64, float16, complex64 or complex128" if allow_complex else (
             "float32, float64 or float16")
         raise TypeError(f"{name}: expected a {kinds} array, got dtype {dtype}")
-    return np.ascontiguousarray(arr, dtype=native)
+    return np.asarray(arr, dtype=native, order="C")
 
 
 def reduction_code(reduction: object) -> int:
@@ -127,7 +127,7 @@ def grad_output_value(
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"grad_output: expected a real floating array, got dtype {arr.dtype}")
     same_shape(arr, loss_shape, "grad_output", "the shape of the unreduced loss")
-    return np.ascontiguousarray(arr, dtype=accum), 1.0
+    return np.asarray(arr, dtype=accum, order="C"), 1.0
 
 
 def gradient_buffer(

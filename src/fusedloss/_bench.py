@@ -213,8 +213,10 @@ def shape_label(shape: Sequence[int]) -> str:
 
 
 def size_label(n: int) -> str:
+    """1000 -> '1e3', 50000000 -> '5e7', 1234 -> '1234'."""
     exp = len(str(n)) - 1
-    return f"1e{exp}" if n == 10**exp else str(n)
+    lead, rest = divmod(n, 10**exp)
+    return f"{lead}e{exp}" if exp and not rest else str(n)
 
 
 def run_case(label: str, contenders: dict[str, Timed], budget_s: float) -> Row:
@@ -320,14 +322,21 @@ def extras_table(rows: Sequence[Row], first: str = "measurement", ours: str = "f
 
 
 def cpu_model() -> str:
+    """'model name' from /proc/cpuinfo, with family/model numbers (VMs often hide the name)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def machine_lines(torch: Any, threads: int) -> list[str]:
@@ -340,7 +349,8 @@ def machine_lines(torch: Any, threads: int) -> list[str]:
                       "(torch not installed)")
     return [
         f"- CPU: {cpu_model()}, {cores} cores available ({os.cpu_count()} logical in the machine)",
-        f"- threads used: {threads} (fusedloss and torch); ISA path: {fl.cpu_capability()}",
+        f"- threads used: {threads} ({'fusedloss and torch' if torch is not None else 'fusedloss'}); "
+        f"ISA path: {fl.cpu_capability()}",
         f"- versions: {', '.join(versions)}",
         f"- floor: {floor_how}",
         f"- OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} (the bench sets PASSIVE "
@@ -396,7 +406,8 @@ def plot(rows: Sequence[Row], path: str) -> None:
     ax.set_xticks(pos, names, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("speedup of fusedloss (time ratio, log)")
     ax.set_title(f"fusedloss fwd+grad speedup, {cpu_model()}, {fl.get_num_threads()} threads", fontsize=9)
-    ax.legend()
+    ax.set_ylim(top=ax.get_ylim()[1] * 3)  # headroom for the legend
+    ax.legend(loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -144,7 +144,9 @@ def _per_sample(grad_output: Tensor, x: Tensor) -> Tensor:
     return grad_output if x.dim() == 1 else grad_output.unsqueeze(1)
 
 
-def scale_grad(grad: Tensor, grad_output: Tensor, reduction: int, per_row: bool, inplace: bool) -> Tensor:
+def scale_grad(
+    grad: Tensor, grad_output: Tensor, reduction: int, per_row: bool, inplace: bool
+) -> Tensor:
     """``grad * grad_output`` where ``grad`` holds the gradient for grad_output 1.
     ``inplace`` (eager only) scales the saved buffer itself unless the graph is
     retained (retain_graph / gradcheck), which would read the buffer again."""

@@ -63,6 +63,7 @@ template <class S> struct CrossEntropy {
     bool valid;
     int64_t t;
     A xt, wt, lse, a, cw, b;  // grad = p*a - cw*w_c*(q'_c) - b*[c == t]
+    A M, ra;                  // rows: row max, a / S (p*a = exp(x - M) * ra)
     double go, Q;
   };
 
@@ -84,13 +85,16 @@ template <class S> struct CrossEntropy {
   }
 
   // Gradient coefficients once lse (and Q for probability targets) is known.
-  void coefs(Pos& p) const {
+  void coefs(Pos& p, double sum = 1) const {
     if (tgt) {
-      p.a = static_cast<A>(p.go * (double(one_m_eps) * p.wt + eps_c_d * wsum));
+      const double a = p.go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
+      p.a = static_cast<A>(a);
+      p.ra = static_cast<A>(a / sum);
       p.b = static_cast<A>(p.go * double(one_m_eps) * p.wt);
       p.cw = static_cast<A>(p.go * eps_c_d);
     } else {
       p.a = static_cast<A>(p.go * p.Q);
+      p.ra = static_cast<A>(p.go * p.Q / sum);
       p.cw = static_cast<A>(p.go);
     }
   }
@@ -136,65 +140,100 @@ template <class S> struct CrossEntropy {
   }
 
   // ---- rows (inner == 1): vectorised along C ----
+  // A row is swept in steps of 4 vectors. Pass 1 keeps a per-lane running max
+  // m and exp-sum (rescaled when m grows) and may store e = exp(x - m) and the
+  // step's m in scratch; pass 2 writes grad = e * exp(m - M) * a/S - ...
+  // reading e back from cache: one exp per element plus one per step. Without
+  // scratch (huge rows, chunk-parallel mode) pass 2 replays the same max
+  // recurrence and recomputes the very same e, so both give the same bits.
+  static constexpr int64_t kStep = 4 * W;
   struct Part { A m, s; double q; };  // one chunk's max, exp-sum (rel. to m), sum w q'
 
-  // Online max and rescaled exp-sum in one sweep over [c0, c1): the row is read
-  // from memory once; a lane's sum is rescaled only when its max grows.
-  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1) const {
+  // Loads [c, c + kStep); lanes at or past c1 read as pad.
+  void load_step(const S* p, int64_t c, int64_t c1, A pad, V* v) const {
+    if (c + kStep <= c1) {
+      for (int k = 0; k < 4; ++k) v[k] = vload(p + c + k * W);
+    } else {
+      for (int k = 0; k < 4; ++k) v[k] = ldx(p + c + k * W, c1 - c - k * W, pad);
+    }
+  }
+  static V max4(const V* v) { return vmax(vmax(v[0], v[1]), vmax(v[2], v[3])); }
+
+  // Pass 1 over [c0, c1) (c0 a multiple of kStep); es/ms: optional scratch,
+  // indexed by absolute class (e) and step (m, W values per step).
+  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* ms) const {
     const A inf = std::numeric_limits<A>::infinity();
     V m = V::set1(std::numeric_limits<A>::lowest());  // not -inf: exp(-inf - -inf) is NaN
-    V s0 = V::set1(0), s1 = s0, s2 = s0, s3 = s0, qa = s0;
-    int64_t c = c0;
-    for (; c + 4 * W <= c1; c += 4 * W) {
-      const V x0 = vload(xr + c), x1 = vload(xr + c + W), x2 = vload(xr + c + 2 * W), x3 = vload(xr + c + 3 * W);
-      const V mn = vmax(m, vmax(vmax(x0, x1), vmax(x2, x3)));
+    V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, qa = V::set1(0);
+    for (int64_t c = c0; c < c1; c += kStep) {
+      V xv[4];
+      load_step(xr, c, c1, -inf, xv);
+      const V mn = vmax(m, max4(xv));
       if (any(gt(mn, m))) {
         const V f = vexp(m - mn);
-        s0 = s0 * f, s1 = s1 * f, s2 = s2 * f, s3 = s3 * f;
+        for (V& sk : sum) sk = sk * f;
       }
       m = mn;
-      s0 = s0 + vexp(x0 - m), s1 = s1 + vexp(x1 - m), s2 = s2 + vexp(x2 - m), s3 = s3 + vexp(x3 - m);
-      if (qr)
-        for (int64_t k = 0; k < 4 * W; k += W) qa = fmadd(ldw(c + k, W), qprime(vload(qr + c + k)), qa);
-    }
-    s0 = (s0 + s1) + (s2 + s3);
-    for (; c < c1; c += W) {
-      const int64_t n = c1 - c;
-      const V xv = ldx(xr + c, n, -inf);
-      const V mn = vmax(m, xv);
-      if (any(gt(mn, m))) s0 = s0 * vexp(m - mn);
-      m = mn;
-      s0 = s0 + vexp(xv - m);
-      if (qr) qa = fmadd(ldw(c, n), qprime(ldx(qr + c, n, A(0))), qa);
+      for (int k = 0; k < 4; ++k) {
+        const V e = vexp(xv[k] - m);
+        sum[k] = sum[k] + e;
+        if (es) e.store(es + c + k * W);
+      }
+      if (ms) m.store(ms + (c / kStep) * W);
+      if (qr) {
+        V qv[4];
+        load_step(qr, c, c1, A(0), qv);
+        for (int k = 0; k < 4; ++k) qa = fmadd(ldw(c + k * W, c1 - c - k * W), qprime(qv[k]), qa);
+      }
     }
     Part part;
     part.m = hmax(m);
-    part.s = hsum(s0 * vexp(m - V::set1(part.m)));
+    part.s = hsum(((sum[0] + sum[1]) + (sum[2] + sum[3])) * vexp(m - V::set1(part.m)));
     part.q = double(hsum(qa));
     return part;
   }
 
-  // Gradient over [c0, c1) (read from cache, written once) and the chunk's
-  // part of the smoothing / probability-target loss: sum w_c q'_c logp_c.
-  double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p) const {
-    const V lse = V::set1(p.lse), a = V::set1(p.a), cw = V::set1(p.cw), zero_v = V::set1(0);
-    V acc = zero_v;
-    for (int64_t c = c0; c < c1; c += W) {
-      const int64_t n = c1 - c;
-      const V d = ldx(xr + c, n, A(0)) - lse;
-      V gv;
-      if (qr) {
-        const V wq = ldw(c, n) * qprime(ldx(qr + c, n, A(0)));
-        acc = fmadd(wq, d, acc);
-        gv = fmsub(vexp(d), a, cw * wq);
-      } else if (smooth) {
-        const V wv = ldw(c, n);
-        acc = fmadd(wv, d, acc);
-        gv = fmsub(vexp(d), a, cw * wv);
+  // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
+  // smoothing / probability-target loss sum_c w_c q'_c (x_c - lse).
+  double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, const A* es,
+                    const A* ms) const {
+    const A inf = std::numeric_limits<A>::infinity();
+    const V M = V::set1(p.M), ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
+    const bool loss = smooth || qr;
+    V acc = V::set1(0), m = V::set1(std::numeric_limits<A>::lowest());
+    for (int64_t c = c0; c < c1; c += kStep) {
+      V e[4], F, xv[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
+      if (es) {
+        for (int k = 0; k < 4; ++k) e[k] = V::load(es + c + k * W);
+        F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
       } else {
-        gv = vexp(d) * a;
+        load_step(xr, c, c1, -inf, xv);
+        m = vmax(m, max4(xv));
+        for (int k = 0; k < 4; ++k) e[k] = vexp(xv[k] - m);
+        F = vexp(m - M) * ra;
       }
-      if (gr) stx(gr + c, n, gv);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t n = c1 - c - k * W, off = c + k * W;
+        if (n <= 0) break;
+        V gv;
+        if (loss) {
+          const V d = (es || n < W ? ldx(xr + off, n, A(0)) : xv[k]) - lse;
+          const V wq = qr ? ldw(off, n) * qprime(ldx(qr + off, n, A(0))) : ldw(off, n);
+          acc = fmadd(wq, d, acc);
+          gv = fmsub(e[k], F, cw * wq);
+        } else {
+          gv = e[k] * F;
+        }
+        if (gr) stx(gr + off, n, gv);
+      }
+      if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
+        alignas(64) A eb[4 * W], fb[W];
+        for (int k = 0; k < 4; ++k) e[k].store(eb + k * W);
+        F.store(fb);
+        const A cww = smooth ? p.cw * p.wt : A(0);
+        const int64_t j = p.t - c;
+        put(gr + p.t, lane0(fmsub(V::set1(eb[j]), V::set1(fb[j % W]), V::set1(cww + p.b))));
+      }
     }
     return double(hsum(acc));
   }
@@ -207,27 +246,35 @@ template <class S> struct CrossEntropy {
       s += double(parts[k].s) * ::exp(double(parts[k].m) - double(mx));
       qs += parts[k].q;
     }
+    p.M = mx;
     p.lse = static_cast<A>(double(mx) + ::log(s));
     p.Q = qs;
-    coefs(p);
+    coefs(p, s);
   }
 
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   bool need_pass2() const { return g || smooth || q; }
 
-  void row_serial(int64_t r, Part* parts) const {
+  // Scratch for e and the step maxima: only while it stays in L2 with the row.
+  bool use_scratch() const { return g && C * int64_t(sizeof(A)) <= (int64_t(1) << 18); }
+  int64_t padded() const { return (C + kStep - 1) / kStep * kStep; }
+  int64_t scratch_len() const { return use_scratch() ? padded() + padded() / kStep * W : 0; }
+  int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
+
+  void row_serial(int64_t r, Part* parts, A* scratch) const {
     const S* xr = x + r * C;
     const S* qr = q ? q + r * C : nullptr;
     S* gr = g ? g + r * C : nullptr;
     Pos p = setup(r, xr, 1);
     double acc = 0;
+    A* es = use_scratch() ? scratch : nullptr;
+    A* ms = es ? es + padded() : nullptr;
     if (p.valid) {
       const int64_t nch = chunks();
-      for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, k * kChunk + kMin(kChunk, C - k * kChunk));
+      for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), es, ms);
       combine(p, parts, nch);
       if (need_pass2())
-        for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, k * kChunk + kMin(kChunk, C - k * kChunk), p);
-      if (gr && tgt) put(gr + p.t, target_grad(p));
+        for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, es, ms);
     } else if (gr) {
       zero(gr, C);
     }
@@ -247,7 +294,7 @@ template <class S> struct CrossEntropy {
 #pragma omp for schedule(static)
       for (int64_t it = 0; it < items; ++it) {
         const int64_t r = it / nch, c0 = (it % nch) * kChunk;
-        if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, c0 + kMin(kChunk, C - c0));
+        if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, chunk_end(c0), nullptr, nullptr);
       }
 #pragma omp single
       for (int64_t r = 0; r < N; ++r)
@@ -262,8 +309,7 @@ template <class S> struct CrossEntropy {
           if (gr) zero(gr + c0, n);
           continue;
         }
-        if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p);
-        if (gr && tgt && p.t >= c0 && p.t < c0 + n) put(gr + p.t, target_grad(p));
+        if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, nullptr, nullptr);
       }
     }
     for (int64_t r = 0; r < N; ++r) {
@@ -278,14 +324,16 @@ template <class S> struct CrossEntropy {
     if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
     if (nt <= 1) {
       Scratch<Part> parts(nch);
-      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+      Scratch<A> scratch(scratch_len());
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p, scratch.p);
       return;
     }
 #pragma omp parallel num_threads(nt)
     {
       Scratch<Part> parts(nch);
+      Scratch<A> scratch(scratch_len());
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p, scratch.p);
     }
   }
 

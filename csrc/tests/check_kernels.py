@@ -112,9 +112,40 @@ def check_reg(isa, dt, n, kind, red, cplx=False):
     close(name + " grad", torch.view_as_real(gg) if cplx else gg, ref_g, TOL[dt])
 
 
+def check_determinism(isa):
+    """Bitwise identical loss and gradient for 1, 2 and 3 threads."""
+    rng = np.random.default_rng(5)
+    cases = [(4, 70000, 1), (3, 20000, 1), (64, 10, 1), (2, 7, 1000), (300, 50, 1)]
+    for N, C, inner in cases:
+        x = rng.standard_normal((N, C, inner), dtype=np.float32) * 4
+        t = rng.integers(0, C, (N, inner))
+        w = rng.random(C, dtype=np.float32)
+        for eps, red in ((0.0, 1), (0.2, 2)):
+            outs = []
+            for thr in (1, 2, 3):
+                core.set_num_threads(thr)
+                g = np.empty_like(x)
+                r = core.cross_entropy(x, t, w, -100, eps, red, None, g, None, 1.0, False)
+                outs.append((r, g))
+            for r, g in outs[1:]:
+                if r != outs[0][0] or not np.array_equal(g, outs[0][1]):
+                    failures.append(f"determinism {isa} {N}x{C}x{inner} eps={eps}: {r!r} vs {outs[0][0]!r}")
+    for n in (100003, 3_000_000):
+        x, t = rng.standard_normal(n, dtype=np.float32), rng.standard_normal(n, dtype=np.float32)
+        for fn in (core.mse, core.l1):
+            rs = []
+            for thr in (1, 2, 3):
+                core.set_num_threads(thr)
+                rs.append(fn(x, t, 1, None, None, None, 1.0, False))
+            if len(set(rs)) != 1:
+                failures.append(f"determinism {isa} {fn.__name__} n={n}: {rs}")
+    core.set_num_threads(2)
+
+
 def main():
     for isa in core.supported_capabilities() if hasattr(core, "supported_capabilities") else ["baseline", "avx2", "avx512"]:
         core.set_capability(isa)
+        check_determinism(isa)
         for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             for shape in ((7, 13), (64, 10), (3, 40000), (5, 97), (4, 5, 3, 7), (2, 21, 130), (1, 3, 16)):
                 for prob, weight, ignore, eps, red in itertools.product(

@@ -74,7 +74,11 @@ void require_layout(const py::array& array, const std::vector<int64_t>& shape, c
     throw py::value_error(std::string(name) + ": must be C-contiguous");
   }
   int64_t expected = 1;
-  for (int64_t extent : shape) expected *= extent;
+  for (int64_t extent : shape) {
+    if (extent < 0 || __builtin_mul_overflow(expected, extent, &expected)) {
+      throw py::value_error(std::string(name) + ": invalid extents");
+    }
+  }
   if (static_cast<int64_t>(array.size()) != expected) {
     throw py::value_error(std::string(name) + ": expected " + std::to_string(expected) +
                           " elements, got " + std::to_string(array.size()));

@@ -50,10 +50,17 @@ OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::obj
 double cross_entropy(const py::array& input, const py::array& target, const py::object& weight,
                      int64_t ignore_index, double label_smoothing, int reduction_code,
                      const py::object& loss_out, const py::object& grad_input,
-                     const py::object& grad_output, double grad_output_scalar, bool bfloat16) {
+                     const py::object& grad_output, double grad_output_scalar, bool bfloat16,
+                     int64_t outer, int64_t classes, int64_t inner) {
   const DType dtype = storage_dtype(input, bfloat16, "input");
-  if (input.ndim() != 3) throw py::value_error("input: expected a 3-d (outer, C, inner) array");
-  const int64_t outer = input.shape(0), classes = input.shape(1), inner = input.shape(2);
+  if (outer < 0) {  // no geometry given: input is the (outer, C, inner) array itself
+    if (input.ndim() != 3) throw py::value_error("input: expected a 3-d (outer, C, inner) array");
+    outer = input.shape(0);
+    classes = input.shape(1);
+    inner = input.shape(2);
+  } else if (classes < 0 || inner < 0) {
+    throw py::value_error("input: negative extent in (outer, C, inner)");
+  }
   const std::vector<int64_t> input_shape{outer, classes, inner}, loss_shape{outer, inner};
   require_buffer(input, dtype, input_shape, "input");
   if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0)) {
@@ -147,8 +154,11 @@ void register_losses(py::module_& m) {
   m.def("cross_entropy", &cross_entropy, py::arg("input"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"),
         py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
-        py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false,
-        "Fused softmax cross-entropy (+ gradient) over (outer, C, inner) buffers.");
+        py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::arg("outer") = -1,
+        py::arg("classes") = -1, py::arg("inner") = -1,
+        "Fused softmax cross-entropy (+ gradient) over (outer, C, inner) buffers. Without\n"
+        "outer/classes/inner the input must be 3-d; with them, any C-contiguous array of\n"
+        "outer * classes * inner elements (targets and outputs likewise by element count).");
   m.def(
       "mse",
       [](const py::array& input, const py::array& target, int reduction,

@@ -27,15 +27,33 @@ __all__ = [
 ]
 
 _INT64 = np.dtype(np.int64)
+_F32 = v.F32
+_F64 = v.F64
+_REDUCTIONS = v.REDUCTIONS
 
 
 def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.ndarray:
     v.same_shape(target, loss_shape, "target", "class indices: the input's shape without dim C")
-    if target.dtype is _INT64 and target.flags.c_contiguous:
-        return target
     if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
         raise IndexError("target: class index above 2**63 - 1 is out of range")
     return np.asarray(target, dtype=np.int64, order="C")
+
+
+def _cross_entropy_target(
+    target: Any, x: np.ndarray, loss_shape: tuple[int, ...]
+) -> np.ndarray:
+    """Class indices as C-contiguous int64, or probabilities as C-contiguous x.dtype."""
+    t = v.array(target, "target")
+    kind = t.dtype.kind
+    if kind in "iu":
+        return _class_index_target(t, loss_shape)
+    if kind == "f":
+        v.same_shape(t, x.shape, "target", "class probabilities: the input's shape")
+        return np.asarray(t, dtype=x.dtype, order="C")
+    raise TypeError(
+        "target: expected integer class indices or floating class probabilities, "
+        f"got dtype {t.dtype}"
+    )
 
 
 def _cross_entropy(
@@ -50,40 +68,50 @@ def _cross_entropy(
     out: Any = None,
     inplace: Any = False,
 ) -> tuple[Any, np.ndarray | None]:
-    original = v.array(input, "input")
-    x = v.float_array(original, "input")
+    # The common case (contiguous float32/float64, int64 targets, default
+    # options) takes only identity checks here: at 64 x 10 the Python layer
+    # costs more than the kernel, so every attribute read counts.
+    original = input if type(input) is np.ndarray else v.array(input, "input")
+    x = original
+    dtype = x.dtype
+    if not ((dtype is _F32 or dtype is _F64) and x.flags.c_contiguous):
+        x = v.float_array(original, "input")
+        dtype = x.dtype
     shape = x.shape
-    if len(shape) == 0:
-        raise ValueError("input: expected shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
-    if len(shape) == 1:
-        classes = shape[0]
-        loss_shape: tuple[int, ...] = ()
-        view = (1, classes, 1)
-    else:
-        classes = shape[1]
+    ndim = len(shape)
+    if ndim == 2:
+        outer, classes = shape
+        inner = 1
+        loss_shape: tuple[int, ...] = shape[:1]
+    elif ndim > 2:
+        outer, classes = shape[0], shape[1]
+        inner = math.prod(shape[2:])
         loss_shape = shape[:1] + shape[2:]
-        view = (shape[0], classes, math.prod(shape[2:]))
-    red = v.reduction_code(reduction)
-    smoothing = v.label_smoothing_value(label_smoothing) if label_smoothing else 0.0
-    ignore = v.integer_value(ignore_index, "ignore_index")
-    accum = v.accumulation_dtype(x.dtype)
-
-    t = v.array(target, "target")
-    kind = t.dtype.kind
-    if kind in "iu":
-        t = _class_index_target(t, loss_shape)
-        t_view = t.reshape(view[0], view[2])
-    elif kind == "f":
-        v.same_shape(t, shape, "target", "class probabilities: the input's shape")
-        t = np.asarray(t, dtype=x.dtype, order="C")
-        t_view = t.reshape(view)
+    elif ndim == 1:
+        outer, classes, inner = 1, shape[0], 1
+        loss_shape = ()
     else:
-        raise TypeError(
-            "target: expected integer class indices or floating class probabilities, "
-            f"got dtype {t.dtype}"
-        )
-    if classes == 0 and view[0] * view[2] > 0:
+        raise ValueError("input: expected shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+    if classes == 0 and outer * inner > 0:
         raise ValueError("input: the class dimension is empty")
+
+    red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
+    if red is None:
+        red = v.reduction_code(reduction)
+    if type(label_smoothing) is not float or not 0.0 <= label_smoothing <= 1.0:
+        label_smoothing = v.label_smoothing_value(label_smoothing)
+    if type(ignore_index) is not int or not -(2**63) <= ignore_index < 2**63:
+        ignore_index = v.integer_value(ignore_index, "ignore_index")
+    accum = _F64 if dtype is _F64 else v.accumulation_dtype(dtype)
+
+    t = target
+    if not (
+        type(t) is np.ndarray
+        and t.dtype is _INT64
+        and t.shape == loss_shape
+        and t.flags.c_contiguous
+    ):
+        t = _cross_entropy_target(target, x, loss_shape)
 
     w = None
     if weight is not None:
@@ -97,43 +125,38 @@ def _cross_entropy(
     grad_buf = copy_back = go = None
     go_scalar = 1.0
     if want_grad:
-        go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
-        grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
-        if out is not None:
-            v.check_no_overlap(grad_buf, {"input": x, "target": t, "weight": w, "grad_output": go})
+        if grad_output is not None:
+            go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
+        if out is None and inplace is False:
+            grad_buf = np.empty_like(x)
+        else:
+            grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
+            if out is not None:
+                v.check_no_overlap(out, original, {"target": t, "weight": w, "grad_output": go})
 
     total = _core.cross_entropy(
-        x.reshape(view),
-        t_view,
-        w,
-        ignore,
-        smoothing,
-        red,
-        None if loss_buf is None else loss_buf.reshape(view[0], view[2]),
-        None if grad_buf is None else grad_buf.reshape(view),
-        None if go is None else go.reshape(view[0], view[2]),
-        go_scalar,
+        x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
+        False, outer, classes, inner,
     )
-    loss = _shape_loss(total, loss_buf, x.dtype)
+    loss = dtype.type(total) if loss_buf is None else _shape_loss(loss_buf, dtype)
+    if grad_buf is None:
+        return loss, None
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
 
 
-def _shape_loss(total: float, loss_buf: np.ndarray | None, dtype: np.dtype) -> Any:
+def _shape_loss(loss_buf: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The per-element loss in the input's (real) dtype."""
     result_dtype = v.real_dtype(dtype)
-    if loss_buf is None:
-        return result_dtype.type(total)
     return loss_buf if loss_buf.dtype == result_dtype else loss_buf.astype(result_dtype)
 
 
 def _finish_grad(
-    grad_buf: np.ndarray | None,
+    grad_buf: np.ndarray,
     copy_back: np.ndarray | None,
     original: np.ndarray,
     out: Any,
     inplace: Any,
-) -> np.ndarray | None:
-    if grad_buf is None:
-        return None
+) -> np.ndarray:
     if copy_back is not None:
         copy_back[...] = grad_buf.reshape(copy_back.shape)
     if inplace:
@@ -198,28 +221,46 @@ def _regression(
     inplace: Any,
     allow_complex: bool,
 ) -> tuple[Any, np.ndarray | None]:
-    original = v.array(input, "input")
-    x = v.float_array(original, "input", allow_complex)
-    t = v.array(target, "target")
-    v.same_shape(t, x.shape, "target", "the input's shape")
-    if t.dtype.kind == "c" and x.dtype.kind != "c":
-        raise TypeError(f"target: complex target needs complex input, got input dtype {x.dtype}")
-    if t.dtype.kind not in "fiuc":
-        raise TypeError(f"target: expected a floating array, got dtype {t.dtype}")
-    t = np.asarray(t, dtype=x.dtype, order="C")
-    red = v.reduction_code(reduction)
-    accum = v.accumulation_dtype(x.dtype)
+    original = input if type(input) is np.ndarray else v.array(input, "input")
+    x = original
+    dtype = x.dtype
+    if not ((dtype is _F32 or dtype is _F64) and x.flags.c_contiguous):
+        x = v.float_array(original, "input", allow_complex)
+        dtype = x.dtype
+    t = target
+    if not (type(t) is np.ndarray and t.dtype is dtype and t.shape == x.shape
+            and t.flags.c_contiguous):
+        t = v.array(target, "target")
+        v.same_shape(t, x.shape, "target", "the input's shape")
+        if t.dtype.kind == "c" and dtype.kind != "c":
+            raise TypeError(f"target: complex target needs complex input, got input dtype {dtype}")
+        if t.dtype.kind not in "fiuc":
+            raise TypeError(f"target: expected a floating array, got dtype {t.dtype}")
+        t = np.asarray(t, dtype=dtype, order="C")
+    red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
+    if red is None:
+        red = v.reduction_code(reduction)
+    accum = _F64 if dtype is _F64 else v.accumulation_dtype(dtype)
 
     loss_buf = np.empty(x.shape, dtype=accum) if red == 0 else None
     grad_buf = copy_back = go = None
     go_scalar = 1.0
     if want_grad:
-        go, go_scalar = v.grad_output_value(grad_output, red, x.shape, accum)
-        grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
-        if out is not None:
-            v.check_no_overlap(grad_buf, {"input": x, "target": t, "grad_output": go})
+        if grad_output is not None:
+            go, go_scalar = v.grad_output_value(grad_output, red, x.shape, accum)
+        if out is None and inplace is False:
+            grad_buf = np.empty_like(x)
+        else:
+            grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
+            if out is not None:
+                v.check_no_overlap(out, original, {"target": t, "grad_output": go})
     total = kernel(x, t, red, loss_buf, grad_buf, go, go_scalar)
-    loss = _shape_loss(total, loss_buf, x.dtype)
+    if loss_buf is None:
+        loss = (dtype if dtype is _F32 or dtype is _F64 else v.real_dtype(dtype)).type(total)
+    else:
+        loss = _shape_loss(loss_buf, dtype)
+    if grad_buf is None:
+        return loss, None
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
 
 

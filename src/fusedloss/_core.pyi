@@ -30,6 +30,9 @@ def cross_entropy(
     grad_output: npt.NDArray[np.floating] | None,  # (outer, inner), reduction none only
     grad_output_scalar: float = 1.0,
     bfloat16: bool = False,
+    outer: int = -1,                         # with classes/inner: the geometry of any
+    classes: int = -1,                       # C-contiguous input of outer*C*inner elements
+    inner: int = -1,                         # (then only element counts are checked)
 ) -> float:
     """Fused softmax cross-entropy (+ gradient). Returns the reduced loss
     (0.0 for reduction none). Raises IndexError naming ``target`` for an index

@@ -13,8 +13,8 @@ import operator
 
 import numpy as np
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
+F32 = _F32 = np.dtype(np.float32)
+F64 = _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
 _C64 = np.dtype(np.complex64)
 _C128 = np.dtype(np.complex128)
@@ -166,8 +166,18 @@ def gradient_buffer(
     return np.empty_like(x), out_arr
 
 
-def check_no_overlap(out: np.ndarray, others: dict[str, object]) -> None:
-    """The gradient buffer must not alias a read-only operand (it would be read mid-write)."""
+def check_no_overlap(
+    out: np.ndarray, input: np.ndarray, others: dict[str, np.ndarray | None]
+) -> None:
+    """`out` may be exactly `input` (an in-place gradient) but must not otherwise
+    alias an operand: the kernel would read values it has already overwritten."""
+    if np.may_share_memory(out, input) and not (
+        out.ctypes.data == input.ctypes.data
+        and out.strides == input.strides
+        and out.shape == input.shape
+        and input.flags.c_contiguous
+    ):
+        raise ValueError("out: overlaps input without being the same array")
     for name, other in others.items():
-        if isinstance(other, np.ndarray) and np.may_share_memory(out, other):
+        if other is not None and np.may_share_memory(out, other):
             raise ValueError(f"out: shares memory with {name}")

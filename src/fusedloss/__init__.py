@@ -4,7 +4,11 @@
 autograd functions and nn.Module drop-ins.
 """
 
-from ._api import (
+from ._openmp import load_core as _load_core
+
+_load_core()
+
+from ._api import (  # noqa: E402
     cpu_capability,
     cross_entropy,
     cross_entropy_and_grad,

@@ -284,6 +284,24 @@ class RegressionFunction(torch.autograd.Function):
         return grad_input, grad_target, None, None, None
 
 
+def _fast_apply(fn_class):
+    """``fn_class.apply`` without ``Function.apply``'s Python layer (signature
+    binding for setup_context, functorch unwrapping), ~2 us of a ~25 us call at
+    small sizes. Under functorch transforms the ordinary ``apply`` runs."""
+    c_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, fn_class)
+    functorch_active = torch._C._are_functorch_transforms_active
+    slow_apply = fn_class.apply
+
+    def apply(*args):
+        return slow_apply(*args) if functorch_active() else c_apply(*args)
+
+    return apply
+
+
+cross_entropy_apply = _fast_apply(CrossEntropyFunction)
+regression_apply = _fast_apply(RegressionFunction)
+
+
 # ----------------------------------------------------------------- custom ops
 
 

@@ -160,10 +160,10 @@ def cross_entropy(
         )
     if inplace_backward and input.requires_grad and not target.requires_grad:
         _check_overwritable(input)
-        return _ops.CrossEntropyFunction.apply(
+        return _ops.cross_entropy_apply(
             input, target, weight, code, ignore_index, label_smoothing, True, autocast
         )[0]
-    return _ops.CrossEntropyFunction.apply(
+    return _ops.cross_entropy_apply(
         input, target, weight, code, ignore_index, label_smoothing, False, autocast
     )
 
@@ -197,7 +197,7 @@ def _regression(torch_fn, op, kernel, input, target, reduction, weight) -> Tenso
         target = target.contiguous()
     if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
         return _ops.regression_kernel(kernel, input, target, code, None, autocast)
-    return _ops.RegressionFunction.apply(input, target, code, kernel, autocast)
+    return _ops.regression_apply(input, target, code, kernel, autocast)
 
 
 def mse_loss(

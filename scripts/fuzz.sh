@@ -5,35 +5,54 @@
 #   FUZZ_SAVE=1 scripts/fuzz.sh      also merge new coverage into tests/fuzz_corpus/
 #
 # Works in build/fuzz/corpus (seeded from tests/fuzz_corpus), so the committed corpus
-# only changes when asked. A crash leaves build/fuzz/crash-* : copy it into
-# tests/fuzz_corpus/ so tests/test_fuzz_regressions.py replays it from then on.
-set -euo pipefail
+# only changes when asked. A finding stops libFuzzer; the run restarts until the time
+# is spent so that one finding does not hide the next, and leaves build/fuzz/crash-*:
+# copy those into tests/fuzz_corpus/ so tests/test_fuzz_regressions.py replays them.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_BUDGET="${1:-60}"
+BUDGET="${1:-60}"
 PY="${PYTHON:-.venv/bin/python}"
 WORK=build/fuzz
 mkdir -p "$WORK/corpus"
-cp -n tests/fuzz_corpus/* "$WORK/corpus/" 2>/dev/null || true
-
+rm -f "$WORK"/crash-* "$WORK"/run-*.log
+# finding-* files reproduce known findings: replayed by the tests, not fuzzed from
+find tests/fuzz_corpus -maxdepth 1 -type f ! -name "finding-*" -exec cp -n {} "$WORK/corpus/" \; 2>/dev/null || true
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+
 start=$(date +%s)
-set +e
-"$PY" fuzz/fuzz_bindings.py -max_total_time="$SECONDS_BUDGET" -rss_limit_mb=4096 \
-  -timeout=30 -max_len=512 -print_final_stats=1 -artifact_prefix="$WORK/" \
-  "$WORK/corpus" 2>&1 | tee "$WORK/last.log" | grep -v -E '^#[0-9]+\s+(NEW|REDUCE|pulse)' || true
-rc=${PIPESTATUS[0]}
-set -e
+runs=0 execs=0 failed=0
+while :; do
+  left=$((BUDGET - ($(date +%s) - start)))
+  [ "$left" -ge 2 ] || break
+  runs=$((runs + 1))
+  log="$WORK/run-$runs.log"
+  "$PY" fuzz/fuzz_bindings.py -max_total_time="$left" -rss_limit_mb=4096 -timeout=30 \
+    -max_len=512 -print_final_stats=1 -artifact_prefix="$WORK/" "$WORK/corpus" >"$log" 2>&1
+  rc=$?
+  n=$(awk '/^stat::number_of_executed_units/ {print $2}' "$log")
+  execs=$((execs + ${n:-0}))
+  if [ "$rc" -ne 0 ]; then
+    failed=$((failed + 1))
+    echo "fuzz: run $runs: FINDING (rc=$rc):"
+    grep -E "^(Finding|[A-Za-z]*Error|==[0-9]+== ERROR|SUMMARY|Test unit written)" "$log" | head -4
+    grep -q "Test unit written" "$log" || break  # no artifact: do not spin
+  fi
+done
 end=$(date +%s)
-execs=$(grep -E '^stat::number_of_executed_units' "$WORK/last.log" | awk '{print $2}' || true)
-echo "fuzz: rc=$rc, ${execs:-?} executions in $((end - start)) s, corpus $(ls "$WORK/corpus" | wc -l) files"
-if [ "$rc" -ne 0 ]; then
-  echo "fuzz: FINDING (see $WORK/last.log and $WORK/crash-*)" >&2
-  exit "$rc"
-fi
+echo "fuzz: $execs executions in $((end - start)) s over $runs run(s), $failed finding(s)," \
+  "corpus $(ls "$WORK/corpus" | wc -l) files; crashes: $(ls "$WORK"/crash-* 2>/dev/null | wc -l)"
+
 if [ "${FUZZ_SAVE:-0}" = "1" ]; then
-  mkdir -p "$WORK/merged"
-  rm -f "$WORK/merged"/*
-  "$PY" fuzz/fuzz_bindings.py -merge=1 "$WORK/merged" tests/fuzz_corpus "$WORK/corpus" >/dev/null 2>&1
+  # Keep the inputs that add coverage: libFuzzer's merge over the committed corpus and
+  # this run's (it re-executes itself, hence the wrapper named by FUZZ_SELF).
+  printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" "$(realpath fuzz/fuzz_bindings.py)" \
+    >"$WORK/self.sh"
+  chmod +x "$WORK/self.sh"
+  rm -rf "$WORK/merged" && mkdir -p "$WORK/merged"
+  FUZZ_SELF="$WORK/self.sh" "$PY" fuzz/fuzz_bindings.py -merge=1 -max_len=512 \
+    "$WORK/merged" "$WORK/corpus" >"$WORK/merge.log" 2>&1 || true
   cp -n "$WORK/merged"/* tests/fuzz_corpus/ 2>/dev/null || true
-  echo "fuzz: tests/fuzz_corpus now has $(ls tests/fuzz_corpus | wc -l) files"
+  echo "fuzz: merge kept $(ls "$WORK/merged" | wc -l) inputs;" \
+    "tests/fuzz_corpus now has $(ls tests/fuzz_corpus | wc -l) files"
 fi
+[ "$failed" -eq 0 ]

@@ -169,12 +169,13 @@ template <class S> struct CrossEntropy {
       V xv[4];
       load_step(xr, c, c1, -inf, xv);
       const V mn = vmax(m, max4(xv));
-      if (any(gt(mn, m))) {
+      if (c != c0 && any(gt(mn, m))) {  // (first step: the sums are still 0)
         const V f = vexp(m - mn);
         for (V& sk : sum) sk = sk * f;
       }
       m = mn;
-      for (int k = 0; k < 4; ++k) {
+      const int kmax = c + kStep <= c1 ? 4 : int((c1 - c + W - 1) / W);  // all-pad vectors add 0
+      for (int k = 0; k < kmax; ++k) {
         const V e = vexp(xv[k] - m);
         sum[k] = sum[k] + e;
         if (es) e.store(es + c + k * W);
@@ -202,14 +203,14 @@ template <class S> struct CrossEntropy {
     const bool loss = smooth || qr;
     V acc = V::set1(0), m = V::set1(std::numeric_limits<A>::lowest());
     for (int64_t c = c0; c < c1; c += kStep) {
-      V e[4], F, xv[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
+      V F, e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
       if (es) {
-        for (int k = 0; k < 4; ++k) e[k] = V::load(es + c + k * W);
+        for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = V::load(es + c + k * W);
         F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
       } else {
         load_step(xr, c, c1, -inf, xv);
         m = vmax(m, max4(xv));
-        for (int k = 0; k < 4; ++k) e[k] = vexp(xv[k] - m);
+        for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp(xv[k] - m);
         F = vexp(m - M) * ra;
       }
       for (int k = 0; k < 4; ++k) {
@@ -228,7 +229,7 @@ template <class S> struct CrossEntropy {
       }
       if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
         alignas(64) A eb[4 * W], fb[W];
-        for (int k = 0; k < 4; ++k) e[k].store(eb + k * W);
+        for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
         F.store(fb);
         const A cww = smooth ? p.cw * p.wt : A(0);
         const int64_t j = p.t - c;
@@ -243,7 +244,7 @@ template <class S> struct CrossEntropy {
     for (int64_t k = 1; k < nch; ++k) mx = parts[k].m > mx ? parts[k].m : mx;
     double s = 0, qs = 0;
     for (int64_t k = 0; k < nch; ++k) {
-      s += double(parts[k].s) * ::exp(double(parts[k].m) - double(mx));
+      s += parts[k].m == mx ? double(parts[k].s) : double(parts[k].s) * ::exp(double(parts[k].m) - double(mx));
       qs += parts[k].q;
     }
     p.M = mx;
@@ -277,6 +278,56 @@ template <class S> struct CrossEntropy {
         for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, es, ms);
     } else if (gr) {
       zero(gr, C);
+    }
+    finish(r, p, acc);
+  }
+
+  // C <= kStep: a row is at most 4 vectors, kept in registers; straight-line
+  // code with no chunk or step bookkeeping, so the CPU overlaps consecutive
+  // rows (tiny problems are latency-bound). Chosen by shape alone.
+  template <int NV> void row_small(int64_t r) const {
+    const S* xr = x + r * C;
+    const S* qr = q ? q + r * C : nullptr;
+    S* gr = g ? g + r * C : nullptr;
+    Pos p = setup(r, xr, 1);
+    double acc = 0;
+    if (!p.valid) {
+      if (gr) zero(gr, C);
+      return finish(r, p, acc);
+    }
+    constexpr int nv = NV;
+    V xv[NV], e[NV], wq[NV];
+    for (int k = 0; k < nv; ++k) xv[k] = ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity());
+    V mx = xv[0];
+    for (int k = 1; k < nv; ++k) mx = vmax(mx, xv[k]);
+    p.M = hmax(mx);
+    V es = V::set1(0);
+    for (int k = 0; k < nv; ++k) es = es + (e[k] = vexp(xv[k] - V::set1(p.M)));
+    const A sum = hsum(es);
+    p.lse = p.M + lane0(vlog(V::set1(sum)));
+    for (int k = 0; k < nv; ++k) wq[k] = qr ? ldw(k * W, C - k * W) * qprime(ldx(qr + k * W, C - k * W, A(0))) : ldw(k * W, C - k * W);
+    if (qr) {
+      V qs = V::set1(0);
+      for (int k = 0; k < nv; ++k) qs = qs + wq[k];
+      p.Q = double(hsum(qs));
+    }
+    coefs(p, double(sum));
+    const V ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
+    V la = V::set1(0);
+    for (int k = 0; k < nv; ++k) {
+      V gv = e[k] * ra;
+      if (smooth || qr) {
+        la = fmadd(wq[k], ldx(xr + k * W, C - k * W, A(0)) - lse, la);
+        gv = fmsub(e[k], ra, cw * wq[k]);
+      }
+      if (gr) stx(gr + k * W, C - k * W, gv);
+    }
+    acc = double(hsum(la));
+    if (gr && tgt) {
+      alignas(64) A eb[NV * W];
+      for (int k = 0; k < nv; ++k) e[k].store(eb + k * W);
+      const A cww = smooth ? p.cw * p.wt : A(0);
+      put(gr + p.t, lane0(fmsub(V::set1(eb[p.t]), ra, V::set1(cww + p.b))));
     }
     finish(r, p, acc);
   }
@@ -320,6 +371,19 @@ template <class S> struct CrossEntropy {
   }
 
   void rows(int nt) {
+    if (C <= kStep) {
+      using Fn = void (CrossEntropy::*)(int64_t) const;
+      const Fn fns[4] = {&CrossEntropy::row_small<1>, &CrossEntropy::row_small<2>, &CrossEntropy::row_small<3>,
+                         &CrossEntropy::row_small<4>};
+      const Fn fn = fns[(C - 1) / W];
+      if (nt <= 1) {
+        for (int64_t r = 0; r < N; ++r) (this->*fn)(r);
+        return;
+      }
+#pragma omp parallel for num_threads(nt) schedule(static)
+      for (int64_t r = 0; r < N; ++r) (this->*fn)(r);
+      return;
+    }
     const int64_t nch = chunks();
     if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
     if (nt <= 1) {

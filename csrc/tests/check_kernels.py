@@ -147,7 +147,7 @@ def main():
         core.set_capability(isa)
         check_determinism(isa)
         for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            for shape in ((7, 13), (64, 10), (3, 40000), (5, 97), (4, 5, 3, 7), (2, 21, 130), (1, 3, 16)):
+            for shape in ((7, 13), (64, 10), (6, 50), (3, 40000), (5, 97), (4, 5, 3, 7), (2, 21, 130), (1, 3, 16)):
                 for prob, weight, ignore, eps, red in itertools.product(
                         (False, True), (False, True), (False, True), (0.0, 0.1), ("none", "mean", "sum")):
                     if prob and ignore:

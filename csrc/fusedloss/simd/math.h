@@ -89,15 +89,10 @@ template <class S> struct VecOf { using type = VF; };
 template <> struct VecOf<double> { using type = VD; };
 template <class S> using vec_t = typename VecOf<S>::type;
 
-// Partial vectors at row ends: go through a small buffer (cheap next to a row).
+// Partial vectors at row ends: lanes >= n read as pad / are not written.
 template <class S> inline vec_t<S> load_n(const S* p, int64_t n, acc_t<S> pad) {
-  using V = vec_t<S>;
-  alignas(64) acc_t<S> buf[V::W];
-  for (int64_t i = 0; i < V::W; ++i) buf[i] = i < n ? to_acc(p[i]) : pad;
-  return V::load(buf);
+  return n <= 0 ? vec_t<S>::set1(pad) : load_part(p, n, pad);
 }
 template <class S> inline void store_n(S* p, int64_t n, vec_t<S> v) {
-  alignas(64) acc_t<S> buf[vec_t<S>::W];
-  v.store(buf);
-  for (int64_t i = 0; i < n; ++i) put(p + i, buf[i]);
+  if (n > 0) store_part(p, n, v);
 }

@@ -67,3 +67,16 @@ inline void put(float* p, float v) { *p = v; }
 inline void put(double* p, double v) { *p = v; }
 inline void put(Half* p, float v) { p->bits = float_to_half(v); }
 inline void put(BF16* p, float v) { p->bits = float_to_bf16(v); }
+
+// Partial vectors (0 < n < W lanes) through a small buffer: the portable
+// fallback where an ISA has no masked load/store for the type.
+template <class V, class S> inline V buf_load(const S* p, int64_t n, typename V::T pad) {
+  alignas(64) typename V::T b[V::W];
+  for (int64_t i = 0; i < V::W; ++i) b[i] = i < n ? to_acc(p[i]) : pad;
+  return V::load(b);
+}
+template <class V, class S> inline void buf_store(S* p, int64_t n, V v) {
+  alignas(64) typename V::T b[V::W];
+  v.store(b);
+  for (int64_t i = 0; i < n; ++i) put(p + i, b[i]);
+}

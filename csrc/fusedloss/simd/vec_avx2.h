@@ -120,3 +120,25 @@ inline void vstore(BF16* p, VF v) {
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
+
+// Partial vectors: vmaskmov for float/double, a small buffer for 16-bit types.
+inline __m256i lanes_below(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i lanes_below64(int64_t n) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+inline VF load_part(const float* p, int64_t n, float pad) {
+  const __m256i m = lanes_below(n);
+  return {_mm256_blendv_ps(_mm256_set1_ps(pad), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))};
+}
+inline VD load_part(const double* p, int64_t n, double pad) {
+  const __m256i m = lanes_below64(n);
+  return {_mm256_blendv_pd(_mm256_set1_pd(pad), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m))};
+}
+inline VF load_part(const Half* p, int64_t n, float pad) { return buf_load<VF>(p, n, pad); }
+inline VF load_part(const BF16* p, int64_t n, float pad) { return buf_load<VF>(p, n, pad); }
+inline void store_part(float* p, int64_t n, VF v) { _mm256_maskstore_ps(p, lanes_below(n), v.v); }
+inline void store_part(double* p, int64_t n, VD v) { _mm256_maskstore_pd(p, lanes_below64(n), v.v); }
+inline void store_part(Half* p, int64_t n, VF v) { buf_store(p, n, v); }
+inline void store_part(BF16* p, int64_t n, VF v) { buf_store(p, n, v); }

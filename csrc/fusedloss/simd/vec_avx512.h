@@ -69,3 +69,30 @@ inline void vstore(BF16* p, VF v) {
   r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v.v, v.v, _CMP_UNORD_Q), r, qnan);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
+
+// Partial vectors: masked loads/stores (no fault on masked-off lanes).
+inline __mmask16 mask16(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+inline VF load_part(const float* p, int64_t n, float pad) {
+  return {_mm512_mask_loadu_ps(_mm512_set1_ps(pad), mask16(n), p)};
+}
+inline VD load_part(const double* p, int64_t n, double pad) {
+  return {_mm512_mask_loadu_pd(_mm512_set1_pd(pad), static_cast<__mmask8>(mask16(n)), p)};
+}
+inline VF load_part(const Half* p, int64_t n, float pad) {
+  const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask16(n), p));
+  return {_mm512_mask_blend_ps(mask16(n), _mm512_set1_ps(pad), v)};
+}
+inline VF load_part(const BF16* p, int64_t n, float pad) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask16(n), p));
+  return {_mm512_mask_blend_ps(mask16(n), _mm512_set1_ps(pad), _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)))};
+}
+inline void store_part(float* p, int64_t n, VF v) { _mm512_mask_storeu_ps(p, mask16(n), v.v); }
+inline void store_part(double* p, int64_t n, VD v) { _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask16(n)), v.v); }
+inline void store_part(Half* p, int64_t n, VF v) {
+  _mm256_mask_storeu_epi16(p, mask16(n), _mm512_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void store_part(BF16* p, int64_t n, VF v) {
+  alignas(64) uint16_t b[16];
+  vstore(reinterpret_cast<BF16*>(b), v);
+  _mm256_mask_storeu_epi16(p, mask16(n), _mm256_load_si256(reinterpret_cast<const __m256i*>(b)));
+}

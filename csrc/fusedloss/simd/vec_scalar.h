@@ -69,3 +69,7 @@ inline VD vload(const double* p) { return {*p}; }
 inline VF vload(const Half* p) { return {to_acc(*p)}; }
 inline VF vload(const BF16* p) { return {to_acc(*p)}; }
 template <class S, class V> inline void vstore(S* p, V v) { put(p, v.v); }
+
+// One lane: a partial vector is a full one (n >= 1 here).
+template <class S> inline auto load_part(const S* p, int64_t, decltype(to_acc(*p))) { return vload(p); }
+template <class S, class V> inline void store_part(S* p, int64_t, V v) { vstore(p, v); }

@@ -91,27 +91,26 @@ def ce_kernel(
     dtype = x.dtype
     accum = _ACCUM[dtype]
     out = torch.float32 if float32_loss else dtype
-    xa = _array(x).reshape(outer, classes, inner)
-    if target.dtype is torch.int64:
-        ta = target.numpy().reshape(outer, inner)
-    else:
-        ta = _array(target).reshape(outer, classes, inner)
+    bf16 = dtype is torch.bfloat16
+    # The binding takes the geometry, so the arrays keep their tensors' shapes.
+    xa = _array(x)
+    ta = target.numpy() if target.dtype is torch.int64 else _array(target)
     wa = None
     if weight is not None:
         wa = _array(weight.to(accum).contiguous())
     ga = None
     if grad is not None:
-        ga = xa if grad is x else _array(grad).reshape(outer, classes, inner)
+        ga = xa if grad is x else _array(grad)
     if reduction == NONE:
         loss = torch.empty(_ce_loss_shape(x), dtype=accum)
         _core.cross_entropy(
-            xa, ta, wa, ignore_index, label_smoothing, NONE,
-            loss.numpy().reshape(outer, inner), ga, None, 1.0, dtype is torch.bfloat16,
+            xa, ta, wa, ignore_index, label_smoothing, NONE, loss.numpy(), ga, None, 1.0, bf16,
+            outer, classes, inner,
         )
         return loss if accum is out else loss.to(out)
     value = _core.cross_entropy(
-        xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, 1.0,
-        dtype is torch.bfloat16,
+        xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, 1.0, bf16,
+        outer, classes, inner,
     )
     return torch.scalar_tensor(value, dtype=out)
 

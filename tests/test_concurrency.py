@@ -36,45 +36,45 @@ def _bits(value: Any) -> bytes:
 # ------------------------------------------------------------------ GIL released
 
 
-def _long_call(seconds: float) -> tuple[Any, ...]:
-    """A single kernel call that takes about ``seconds`` with one thread, and its args."""
+def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
+    """Arguments for one call of fl.<name> that takes at least ``seconds`` (1 thread)."""
+    fn = getattr(fl, name)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((256, 4096), dtype=np.float32)
-    target = rng.integers(0, 4096, 256)
-    out = np.empty_like(x)
-    start = time.perf_counter()
-    fl.cross_entropy_and_grad(x, target, out=out)
-    per_row_block = time.perf_counter() - start
-    rows = int(min(max(256 * seconds / max(per_row_block, 1e-6), 256), 256 * 64))
-    x = rng.standard_normal((rows, 4096), dtype=np.float32)
-    return x, rng.integers(0, 4096, rows), np.empty_like(x)
+    rows = 64
+    while True:
+        x = rng.standard_normal((rows, 4096), dtype=np.float32)
+        target = (rng.integers(0, 4096, rows) if name.startswith("cross")
+                  else np.ones_like(x))
+        kwargs = {"out": np.empty_like(x)} if name.endswith("grad") else {}
+        fn(x, target, **kwargs)  # warm up (page faults of out)
+        t0 = time.perf_counter()
+        fn(x, target, **kwargs)
+        took = time.perf_counter() - t0
+        if took >= seconds or rows >= 8192:
+            return (x, target), kwargs, took
+        rows *= 2
 
 
-@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "mse_loss_and_grad", "l1_loss"])
+@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "cross_entropy", "mse_loss_and_grad",
+                                  "l1_loss_and_grad"])
 def test_gil_released_during_kernel(name: str) -> None:
-    """A Python thread keeps running while a long kernel runs in another thread.
+    """A Python thread keeps running while kernels run in another thread.
 
-    With the GIL held, the counting thread would stall for the whole kernel
-    (its longest gap would be about the kernel's duration); released, its gaps
-    stay at the interpreter's switch interval.
+    With the GIL held, the counting thread would stall for a whole kernel call (its
+    longest gap would be at least one call's duration); released, its gaps stay near
+    the interpreter's switch interval (5 ms).
     """
     fl.set_num_threads(1)  # leave a core for the counting thread
-    x, target, out = _long_call(0.25)
-    if name != "cross_entropy_and_grad":
-        target = np.ones_like(x)
+    args, kwargs, per_call = _long_call(name, 0.03)
+    assert per_call > 0.01, f"kernel too short to tell ({per_call:.4f} s)"
     fn = getattr(fl, name)
-    kwargs = {"out": out} if name.endswith("grad") else {}
-    fn(x, target, **kwargs)  # warm up (page faults of out)
-
-    durations: list[float] = []
     done = threading.Event()
     started = threading.Event()
 
     def worker() -> None:
         started.set()
-        t0 = time.perf_counter()
-        fn(x, target, **kwargs)
-        durations.append(time.perf_counter() - t0)
+        for _ in range(6):
+            fn(*args, **kwargs)
         done.set()
 
     count = 0
@@ -89,12 +89,10 @@ def test_gil_released_during_kernel(name: str) -> None:
         max_gap = max(max_gap, now - last)
         last = now
     thread.join()
-    duration = durations[0]
-    assert duration > 0.05, f"kernel too short to tell ({duration:.3f} s)"
-    assert max_gap < duration / 3, (
-        f"counting thread stalled {max_gap:.3f} s during a {duration:.3f} s kernel: GIL held?"
+    assert max_gap < per_call / 2, (
+        f"counting thread stalled {max_gap:.4f} s with {per_call:.4f} s kernel calls: GIL held?"
     )
-    assert count > 1000, f"only {count} increments during a {duration:.3f} s kernel"
+    assert count > 1000, f"only {count} increments during 6 calls of {per_call:.4f} s"
 
 
 # ------------------------------------------------------ many threads, same answers
@@ -290,6 +288,25 @@ def test_thread_counts_independent_of_torch() -> None:
     assert proc.returncode == 0, proc.stderr
     threads, cores = map(int, proc.stdout.split())
     assert threads == cores
+
+
+@pytest.mark.parametrize("order", ["torch_first", "fusedloss_imported_first"])
+def test_torch_set_num_threads_before_first_use(order: str) -> None:
+    """torch and fusedloss share the process's libgomp; torch.set_num_threads() calls
+    omp_set_num_threads(). fusedloss's default must still be OMP_NUM_THREADS / the
+    cores, whenever torch's setting happens relative to fusedloss's first use."""
+    imports = ("import torch; torch.set_num_threads(1); import fusedloss as fl"
+               if order == "torch_first" else
+               "import fusedloss as fl, torch; torch.set_num_threads(1)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import os; {imports}; "
+         "print(fl.get_num_threads(), len(os.sched_getaffinity(0)))"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    threads, cores = map(int, proc.stdout.split())
+    assert threads == cores, f"torch.set_num_threads(1) changed fusedloss's default to {threads}"
 
 
 FORK_CHILD = """

@@ -15,6 +15,7 @@
 constexpr int64_t kChunk = 8192;         // elements of a row reduced as one unit
 constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
 constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
+constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
 
 // Heap scratch without std:: templates (see kernels_*.cpp on the ODR trap).
 template <class T> struct Scratch {
@@ -55,6 +56,7 @@ template <class S> struct CrossEntropy {
   Reduction red;
   const A* go_arr;          // per-position upstream gradient (None), or nullptr
   double go_scalar;         // upstream gradient, already / D for Mean
+  bool stream;              // gradient far bigger than the caches: non-temporal stores
   A* loss_out;              // per-position loss, or nullptr
   double* pos_loss;         // per-position loss for the reduction, or nullptr
 
@@ -100,14 +102,6 @@ template <class S> struct CrossEntropy {
   }
 
   V qprime(V qv) const { return fmadd(qv, V::set1(one_m_eps), V::set1(eps_c)); }
-
-  // Gradient of the target element, recomputed exactly as the vector body
-  // computes its neighbours, plus the -b term.
-  A target_grad(const Pos& p) const {
-    const V pt = vexp(V::set1(p.xt) - V::set1(p.lse));
-    const A cww = smooth ? p.cw * p.wt : A(0);
-    return lane0(fmsub(pt, V::set1(p.a), V::set1(cww + p.b)));
-  }
 
   void finish(int64_t i, const Pos& p, double acc) const {
     double l = 0;
@@ -174,11 +168,19 @@ template <class S> struct CrossEntropy {
         for (V& sk : sum) sk = sk * f;
       }
       m = mn;
-      const int kmax = c + kStep <= c1 ? 4 : int((c1 - c + W - 1) / W);  // all-pad vectors add 0
-      for (int k = 0; k < kmax; ++k) {
-        const V e = vexp(xv[k] - m);
-        sum[k] = sum[k] + e;
-        if (es) e.store(es + c + k * W);
+      if (c + kStep <= c1) {  // full step: constant trip count, stays in registers
+        for (int k = 0; k < 4; ++k) {
+          const V e = vexp(xv[k] - m);
+          sum[k] = sum[k] + e;
+          if (es) e.store(es + c + k * W);
+        }
+      } else {
+        for (int k = 0; k < 4; ++k) {
+          if (c + k * W >= c1) break;  // all-pad vectors would add 0
+          const V e = vexp(xv[k] - m);
+          sum[k] = sum[k] + e;
+          if (es) e.store(es + c + k * W);
+        }
       }
       if (ms) m.store(ms + (c / kStep) * W);
       if (qr) {
@@ -197,12 +199,23 @@ template <class S> struct CrossEntropy {
   // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
   // smoothing / probability-target loss sum_c w_c q'_c (x_c - lse).
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, const A* es,
-                    const A* ms) const {
+                    const A* ms, const S* pf = nullptr) const {
     const A inf = std::numeric_limits<A>::infinity();
     const V M = V::set1(p.M), ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
     const bool loss = smooth || qr;
     V acc = V::set1(0), m = V::set1(std::numeric_limits<A>::lowest());
     for (int64_t c = c0; c < c1; c += kStep) {
+      if (es && !loss && c + kStep <= c1 && !(tgt && p.t >= c && p.t < c + kStep)) {  // the common step
+        if (pf)  // the next row's pass 1 reads this right after: start its misses now
+          for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
+        const V F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
+        for (int k = 0; k < 4; ++k) {
+          const V gv = V::load(es + c + k * W) * F;
+          if (!(stream && vstream(gr + c + k * W, gv))) vstore(gr + c + k * W, gv);
+        }
+        continue;
+      }
       V F, e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
       if (es) {
         for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = V::load(es + c + k * W);
@@ -213,6 +226,7 @@ template <class S> struct CrossEntropy {
         for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp(xv[k] - m);
         F = vexp(m - M) * ra;
       }
+      const bool st = stream && !(tgt && p.t >= c && p.t < c + kStep);  // the target lane is rewritten below
       for (int k = 0; k < 4; ++k) {
         const int64_t n = c1 - c - k * W, off = c + k * W;
         if (n <= 0) break;
@@ -225,7 +239,7 @@ template <class S> struct CrossEntropy {
         } else {
           gv = e[k] * F;
         }
-        if (gr) stx(gr + off, n, gv);
+        if (gr && !(st && n >= W && vstream(gr + off, gv))) stx(gr + off, n, gv);
       }
       if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
         alignas(64) A eb[4 * W], fb[W];
@@ -262,74 +276,137 @@ template <class S> struct CrossEntropy {
   int64_t scratch_len() const { return use_scratch() ? padded() + padded() / kStep * W : 0; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
 
-  void row_serial(int64_t r, Part* parts, A* scratch) const {
+  void row_serial(int64_t r, Part* parts) const {
     const S* xr = x + r * C;
     const S* qr = q ? q + r * C : nullptr;
     S* gr = g ? g + r * C : nullptr;
     Pos p = setup(r, xr, 1);
     double acc = 0;
-    A* es = use_scratch() ? scratch : nullptr;
-    A* ms = es ? es + padded() : nullptr;
     if (p.valid) {
       const int64_t nch = chunks();
-      for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), es, ms);
+      for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), nullptr, nullptr);
       combine(p, parts, nch);
       if (need_pass2())
-        for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, es, ms);
+        for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, nullptr, nullptr);
     } else if (gr) {
       zero(gr, C);
     }
     finish(r, p, acc);
   }
 
-  // C <= kStep: a row is at most 4 vectors, kept in registers; straight-line
-  // code with no chunk or step bookkeeping, so the CPU overlaps consecutive
-  // rows (tiny problems are latency-bound). Chosen by shape alone.
-  template <int NV> void row_small(int64_t r) const {
-    const S* xr = x + r * C;
-    const S* qr = q ? q + r * C : nullptr;
-    S* gr = g ? g + r * C : nullptr;
-    Pos p = setup(r, xr, 1);
-    double acc = 0;
-    if (!p.valid) {
-      if (gr) zero(gr, C);
-      return finish(r, p, acc);
-    }
-    constexpr int nv = NV;
-    V xv[NV], e[NV], wq[NV];
-    for (int k = 0; k < nv; ++k) xv[k] = ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity());
-    V mx = xv[0];
-    for (int k = 1; k < nv; ++k) mx = vmax(mx, xv[k]);
-    p.M = hmax(mx);
-    V es = V::set1(0);
-    for (int k = 0; k < nv; ++k) es = es + (e[k] = vexp(xv[k] - V::set1(p.M)));
-    const A sum = hsum(es);
-    p.lse = p.M + lane0(vlog(V::set1(sum)));
-    for (int k = 0; k < nv; ++k) wq[k] = qr ? ldw(k * W, C - k * W) * qprime(ldx(qr + k * W, C - k * W, A(0))) : ldw(k * W, C - k * W);
-    if (qr) {
-      V qs = V::set1(0);
-      for (int k = 0; k < nv; ++k) qs = qs + wq[k];
-      p.Q = double(hsum(qs));
-    }
-    coefs(p, double(sum));
-    const V ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
-    V la = V::set1(0);
-    for (int k = 0; k < nv; ++k) {
-      V gv = e[k] * ra;
-      if (smooth || qr) {
-        la = fmadd(wq[k], ldx(xr + k * W, C - k * W, A(0)) - lse, la);
-        gv = fmsub(e[k], ra, cw * wq[k]);
+  // Rows [r0, r1) with the gradient pass of row r interleaved chunk by chunk
+  // with pass 1 of row r + 1: one streams its writes while the other streams
+  // its reads, so memory is busy both ways (the passes alone leave it idle in
+  // turn). Same chunk math as row_serial, so the same bits.
+  void rows_pipelined(int64_t r0, int64_t r1) const {
+    const int64_t nch = chunks(), len = scratch_len();
+    Scratch<Part> pbuf(2 * nch);
+    Scratch<A> sbuf(2 * len);
+    Part* parts[2] = {pbuf.p, pbuf.p + nch};
+    A* es[2] = {sbuf.p, sbuf.p + len};
+    const auto stats = [&](int64_t r, Pos& p, int b, int64_t k) {
+      if (p.valid) parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b], es[b] + padded());
+    };
+    int cur = 0;
+    Pos p = r0 < r1 ? setup(r0, x + r0 * C, 1) : Pos{};
+    for (int64_t k = 0; k < nch && r0 < r1; ++k) stats(r0, p, cur, k);
+    if (r0 < r1 && p.valid) combine(p, parts[cur], nch);
+    for (int64_t r = r0; r < r1; ++r) {
+      const bool more = r + 1 < r1;
+      Pos pn = more ? setup(r + 1, x + (r + 1) * C, 1) : Pos{};
+      S* gr = g + r * C;
+      double acc = 0;
+      for (int64_t k = 0; k < nch; ++k) {
+        const int64_t c0 = k * kChunk;
+        if (!p.valid) zero(gr + c0, chunk_end(c0) - c0);
+        else
+          acc += chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, chunk_end(c0), p, es[cur], es[cur] + padded(),
+                            more ? x + (r + 1) * C : nullptr);
+        if (more) stats(r + 1, pn, 1 - cur, k);
       }
-      if (gr) stx(gr + k * W, C - k * W, gv);
+      finish(r, p, acc);
+      if (more && pn.valid) combine(pn, parts[1 - cur], nch);
+      p = pn;
+      cur = 1 - cur;
     }
-    acc = double(hsum(la));
-    if (gr && tgt) {
-      alignas(64) A eb[NV * W];
-      for (int k = 0; k < nv; ++k) e[k].store(eb + k * W);
-      const A cww = smooth ? p.cw * p.wt : A(0);
-      put(gr + p.t, lane0(fmsub(V::set1(eb[p.t]), ra, V::set1(cww + p.b))));
+    stream_fence();
+  }
+
+  // C <= kStep: a row is at most 4 vectors, kept in registers, no chunk or
+  // step bookkeeping. Tiny problems are latency-bound, so rows go in blocks
+  // of kRowBlock: per-row work is independent straight-line code the CPU
+  // overlaps, and the long-latency steps (log, division) run once per block
+  // as vectors. Chosen by shape alone.
+  static constexpr int kRowBlock = 16;
+  template <int NV> void rows_small(int64_t r0, int64_t r1) const {
+    Pos pos[kRowBlock];
+    alignas(64) A eb[kRowBlock][NV * W];
+    alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock];
+    const int64_t nb = r1 - r0;
+    for (int64_t j = 0; j < kRowBlock; ++j) {
+      Ms[j] = A(0), sums[j] = A(1);
+      if (j >= nb) continue;
+      const int64_t r = r0 + j;
+      const S* xr = x + r * C;
+      pos[j] = setup(r, xr, 1);
+      if (!pos[j].valid) continue;
+      V xv[NV], mx, es = V::set1(0);
+      for (int k = 0; k < NV; ++k) xv[k] = ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity());
+      mx = xv[0];
+      for (int k = 1; k < NV; ++k) mx = vmax(mx, xv[k]);
+      Ms[j] = hmax(mx);
+      for (int k = 0; k < NV; ++k) {
+        const V e = vexp(xv[k] - V::set1(Ms[j]));
+        es = es + e;
+        e.store(eb[j] + k * W);
+      }
+      sums[j] = hsum(es);
+      if (q) {
+        V qs = V::set1(0);
+        for (int k = 0; k < NV; ++k) qs = fmadd(ldw(k * W, C - k * W), qprime(ldx(q + r * C + k * W, C - k * W, A(0))), qs);
+        pos[j].Q = double(hsum(qs));
+      }
     }
-    finish(r, p, acc);
+    for (int v = 0; v < kRowBlock; v += int(W)) (V::load(Ms + v) + vlog(V::load(sums + v))).store(lses + v);
+    for (int64_t j = 0; j < kRowBlock; ++j) {
+      ras[j] = A(0);
+      if (j >= nb || !pos[j].valid) continue;
+      pos[j].M = Ms[j], pos[j].lse = lses[j];
+      coefs(pos[j]);  // ra = a here; divided by the sums below
+      ras[j] = pos[j].ra;
+    }
+    for (int v = 0; v < kRowBlock; v += int(W)) (V::load(ras + v) / V::load(sums + v)).store(ras + v);
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t r = r0 + j;
+      const S* xr = x + r * C;
+      S* gr = g ? g + r * C : nullptr;
+      Pos& p = pos[j];
+      double acc = 0;
+      if (!p.valid) {
+        if (gr) zero(gr, C);
+        finish(r, p, acc);
+        continue;
+      }
+      p.ra = ras[j];
+      const V ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
+      V la = V::set1(0);
+      for (int k = 0; k < NV; ++k) {
+        const V e = V::load(eb[j] + k * W);
+        V gv = e * ra;
+        if (smooth || q) {
+          const V wq = q ? ldw(k * W, C - k * W) * qprime(ldx(q + r * C + k * W, C - k * W, A(0))) : ldw(k * W, C - k * W);
+          la = fmadd(wq, ldx(xr + k * W, C - k * W, A(0)) - lse, la);
+          gv = fmsub(e, ra, cw * wq);
+        }
+        if (gr) stx(gr + k * W, C - k * W, gv);
+      }
+      acc = double(hsum(la));
+      if (gr && tgt) {
+        const A cww = smooth ? p.cw * p.wt : A(0);
+        put(gr + p.t, lane0(fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b))));
+      }
+      finish(r, p, acc);
+    }
   }
 
   // Few rows, many chunks: threads share each row chunk by chunk. Same chunk
@@ -362,6 +439,7 @@ template <class S> struct CrossEntropy {
         }
         if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, nullptr, nullptr);
       }
+      stream_fence();
     }
     for (int64_t r = 0; r < N; ++r) {
       double acc = 0;
@@ -372,41 +450,53 @@ template <class S> struct CrossEntropy {
 
   void rows(int nt) {
     if (C <= kStep) {
-      using Fn = void (CrossEntropy::*)(int64_t) const;
-      const Fn fns[4] = {&CrossEntropy::row_small<1>, &CrossEntropy::row_small<2>, &CrossEntropy::row_small<3>,
-                         &CrossEntropy::row_small<4>};
+      using Fn = void (CrossEntropy::*)(int64_t, int64_t) const;
+      const Fn fns[4] = {&CrossEntropy::rows_small<1>, &CrossEntropy::rows_small<2>, &CrossEntropy::rows_small<3>,
+                         &CrossEntropy::rows_small<4>};
       const Fn fn = fns[(C - 1) / W];
+      const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
       if (nt <= 1) {
-        for (int64_t r = 0; r < N; ++r) (this->*fn)(r);
+        for (int64_t b = 0; b < blocks; ++b) (this->*fn)(b * kRowBlock, kMin(N, (b + 1) * kRowBlock));
         return;
       }
 #pragma omp parallel for num_threads(nt) schedule(static)
-      for (int64_t r = 0; r < N; ++r) (this->*fn)(r);
+      for (int64_t b = 0; b < blocks; ++b) (this->*fn)(b * kRowBlock, kMin(N, (b + 1) * kRowBlock));
       return;
     }
     const int64_t nch = chunks();
     if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
+    if (use_scratch()) {  // gradient wanted and a row fits in L2 with its scratch
+      if (nt <= 1) return rows_pipelined(0, N);
+#pragma omp parallel num_threads(nt)
+      {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        rows_pipelined(N * t / T, N * (t + 1) / T);
+      }
+      return;
+    }
     if (nt <= 1) {
       Scratch<Part> parts(nch);
-      Scratch<A> scratch(scratch_len());
-      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p, scratch.p);
-      return;
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+      return stream_fence();
     }
 #pragma omp parallel num_threads(nt)
     {
       Scratch<Part> parts(nch);
-      Scratch<A> scratch(scratch_len());
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p, scratch.p);
+#pragma omp for schedule(static) nowait
+      for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+      stream_fence();
     }
   }
 
   // ---- columns (inner > 1): vectorised along inner, looping over C ----
   // A tile is kTile positions x C classes; each position's math depends on
   // nothing else, so tiling and threading cannot change results.
-  void tile(int64_t o, int64_t j0) const {
+  // es: scratch for e = exp(x - max) of the tile (C x kTile), so the gradient
+  // pass reads e back from cache instead of computing exp a second time.
+  // Full: kTile positions, a compile-time trip count (registers, no tails).
+  template <bool Full> void tile(int64_t o, int64_t j0, A* es) const {
     constexpr int64_t NV = kTile / W;
-    const int64_t nb = kMin(kTile, I - j0), nv = (nb + W - 1) / W, base = o * C * I + j0;
+    const int64_t nb = Full ? kTile : kMin(kTile, I - j0), nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
     const S* xo = x + base;
     const S* qo = q ? q + base : nullptr;
     S* gt_ = g ? g + base : nullptr;
@@ -423,8 +513,14 @@ template <class S> struct CrossEntropy {
       }
     }
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t v = 0; v < nv; ++v) sv[v] = sv[v] + vexp(ldx(xo + c * I + v * W, nb - v * W, A(0)) - mv[v]);
+      for (int64_t v = 0; v < nv; ++v) {
+        const V e = vexp(ldx(xo + c * I + v * W, nb - v * W, A(0)) - mv[v]);
+        sv[v] = sv[v] + e;
+        e.store(es + c * kTile + v * W);
+      }
+    alignas(64) A sums[kTile];
     for (int64_t v = 0; v < nv; ++v) {
+      sv[v].store(sums + v * W);
       lv[v] = mv[v] + vlog(sv[v]);
       lv[v].store(buf + v * W);
       for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].lse = buf[v * W + k];
@@ -434,8 +530,8 @@ template <class S> struct CrossEntropy {
     alignas(64) A ab[kTile] = {}, cwb[kTile] = {}, okb[kTile] = {};
     for (int64_t j = 0; j < nb; ++j) {
       if (!pos[j].valid) continue;
-      coefs(pos[j]);
-      ab[j] = pos[j].a, cwb[j] = pos[j].cw, okb[j] = A(1);
+      coefs(pos[j], double(sums[j]));
+      ab[j] = pos[j].ra, cwb[j] = pos[j].cw, okb[j] = A(1);
     }
     alignas(64) A accb[kTile] = {};
     if (need_pass2()) {
@@ -447,17 +543,13 @@ template <class S> struct CrossEntropy {
         const V wv = V::set1(wc(c));
         for (int64_t v = 0; v < nv; ++v) {
           const int64_t n = nb - v * W, off = c * I + v * W;
-          const V d = ldx(xo + off, n, A(0)) - lv[v];
-          V gv;
-          if (qo) {
-            const V wq = wv * qprime(ldx(qo + off, n, A(0)));
+          const V e = V::load(es + c * kTile + v * W);
+          V gv = e * av[v];
+          if (qo || smooth) {
+            const V d = ldx(xo + off, n, A(0)) - lv[v];
+            const V wq = qo ? wv * qprime(ldx(qo + off, n, A(0))) : wv;
             sv[v] = fmadd(wq, d, sv[v]);
-            gv = fmsub(vexp(d), av[v], cwv[v] * wq);
-          } else if (smooth) {
-            sv[v] = fmadd(wv, d, sv[v]);
-            gv = fmsub(vexp(d), av[v], cwv[v] * wv);
-          } else {
-            gv = vexp(d) * av[v];
+            gv = fmsub(e, av[v], cwv[v] * wq);
           }
           if (gt_) stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
         }
@@ -465,19 +557,34 @@ template <class S> struct CrossEntropy {
       for (int64_t v = 0; v < nv; ++v) sv[v].store(accb + v * W);
     }
     for (int64_t j = 0; j < nb; ++j) {
-      if (gt_ && tgt && pos[j].valid) put(gt_ + pos[j].t * I + j, target_grad(pos[j]));
+      if (gt_ && tgt && pos[j].valid) {
+        const Pos& p = pos[j];
+        const A cww = smooth ? p.cw * p.wt : A(0);
+        put(gt_ + p.t * I + j, lane0(fmsub(V::set1(es[p.t * kTile + j]), V::set1(p.ra), V::set1(cww + p.b))));
+      }
       finish(o * I + j0 + j, pos[j], double(accb[j]));
     }
+  }
+
+  void tile_at(int64_t it, int64_t per, A* es) const {
+    const int64_t o = it / per, j0 = (it % per) * kTile;
+    if (I - j0 >= kTile) tile<true>(o, j0, es);
+    else tile<false>(o, j0, es);
   }
 
   void columns(int nt) {
     const int64_t per = (I + kTile - 1) / kTile, tiles = N * per;
     if (nt <= 1) {
-      for (int64_t it = 0; it < tiles; ++it) tile(it / per, (it % per) * kTile);
+      Scratch<A> es(C * kTile);
+      for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, es.p);
       return;
     }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t it = 0; it < tiles; ++it) tile(it / per, (it % per) * kTile);
+#pragma omp parallel num_threads(nt)
+    {
+      Scratch<A> es(C * kTile);
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, es.p);
+    }
   }
 
   double run(int threads) {
@@ -536,6 +643,7 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   k.red = pr.reduction;
   k.go_arr = static_cast<const A*>(pr.grad_output);
   k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
+  k.stream = pr.grad_input && pr.outer * pr.classes * pr.inner * int64_t(sizeof(S)) >= kStreamBytes;
   k.loss_out = static_cast<A*>(pr.loss);
   Scratch<double> pos(pr.reduction == Reduction::None ? 0 : npos);
   k.pos_loss = pr.reduction == Reduction::None ? nullptr : pos.p;

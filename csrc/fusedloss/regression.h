@@ -57,6 +57,7 @@ template <class S, class Op> double regression_typed(const RegressionProblem& pr
   const A* goa = pr.reduction == Reduction::None ? static_cast<const A*>(pr.grad_output) : nullptr;
   const double go_d = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / double(pr.n) : pr.grad_output_scalar;
   const V go = V::set1(static_cast<A>(go_d));
+  const bool stream = g && pr.n * int64_t(sizeof(S)) >= kStreamBytes;
   const auto ld = [](const S* p, int64_t n) { return n >= W ? vload(p) : load_n(p, n, A(0)); };
   const double total = sum_blocks(pr.n, threads, [&](int64_t i0, int64_t i1) {
     double sum = 0;
@@ -70,12 +71,14 @@ template <class S, class Op> double regression_typed(const RegressionProblem& pr
         if (lo) n >= W ? l.store(lo + i) : store_n(lo + i, n, l);
         if (g) {
           const V gv = Op::grad(d, goa ? (n >= W ? V::load(goa + i) : load_n(goa + i, n, A(0))) : go);
-          n >= W ? vstore(g + i, gv) : store_n(g + i, n, gv);
+          if (n < W) store_n(g + i, n, gv);
+          else if (!(stream && vstream(g + i, gv))) vstore(g + i, gv);
         }
         acc = acc + l;
       }
       sum += double(hsum(acc));
     }
+    stream_fence();
     return sum;
   });
   return reduce_result(pr.reduction, total, pr.n);

@@ -142,3 +142,13 @@ inline void store_part(float* p, int64_t n, VF v) { _mm256_maskstore_ps(p, lanes
 inline void store_part(double* p, int64_t n, VD v) { _mm256_maskstore_pd(p, lanes_below64(n), v.v); }
 inline void store_part(Half* p, int64_t n, VF v) { buf_store(p, n, v); }
 inline void store_part(BF16* p, int64_t n, VF v) { buf_store(p, n, v); }
+
+// Non-temporal store of a full vector when p is aligned (big outputs only:
+// skips the read-for-ownership, so writing costs one pass, not two).
+// Returns false (nothing written) otherwise; 16-bit types never stream.
+inline bool aligned_32(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 31u) == 0; }
+inline bool vstream(float* p, VF v) { return aligned_32(p) ? (_mm256_stream_ps(p, v.v), true) : false; }
+inline bool vstream(double* p, VD v) { return aligned_32(p) ? (_mm256_stream_pd(p, v.v), true) : false; }
+inline bool vstream(Half*, VF) { return false; }
+inline bool vstream(BF16*, VF) { return false; }
+inline void stream_fence() { _mm_sfence(); }

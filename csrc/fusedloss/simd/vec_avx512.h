@@ -96,3 +96,13 @@ inline void store_part(BF16* p, int64_t n, VF v) {
   vstore(reinterpret_cast<BF16*>(b), v);
   _mm256_mask_storeu_epi16(p, mask16(n), _mm256_load_si256(reinterpret_cast<const __m256i*>(b)));
 }
+
+// Non-temporal store of a full vector when p is aligned (big outputs only:
+// skips the read-for-ownership, so writing costs one pass, not two).
+// Returns false (nothing written) otherwise; 16-bit types never stream.
+inline bool aligned_64(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 63u) == 0; }
+inline bool vstream(float* p, VF v) { return aligned_64(p) ? (_mm512_stream_ps(p, v.v), true) : false; }
+inline bool vstream(double* p, VD v) { return aligned_64(p) ? (_mm512_stream_pd(p, v.v), true) : false; }
+inline bool vstream(Half*, VF) { return false; }
+inline bool vstream(BF16*, VF) { return false; }
+inline void stream_fence() { _mm_sfence(); }

@@ -73,3 +73,7 @@ template <class S, class V> inline void vstore(S* p, V v) { put(p, v.v); }
 // One lane: a partial vector is a full one (n >= 1 here).
 template <class S> inline auto load_part(const S* p, int64_t, decltype(to_acc(*p))) { return vload(p); }
 template <class S, class V> inline void store_part(S* p, int64_t, V v) { vstore(p, v); }
+
+// No streaming stores on the baseline path.
+template <class S, class V> inline bool vstream(S*, V) { return false; }
+inline void stream_fence() {}

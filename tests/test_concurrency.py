@@ -45,7 +45,9 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
         x = rng.standard_normal((rows, 4096), dtype=np.float32)
         target = (rng.integers(0, 4096, rows) if name.startswith("cross")
                   else np.ones_like(x))
-        kwargs = {"out": np.empty_like(x)} if name.endswith("grad") else {}
+        kwargs: dict[str, Any] = {"out": np.empty_like(x)} if name.endswith("grad") else {}
+        if name in ("mse_loss_and_grad", "l1_loss_and_grad"):  # memory-bound: more streams
+            kwargs.update(reduction="none", grad_output=np.ones_like(x))
         fn(x, target, **kwargs)  # warm up (page faults of out)
         t0 = time.perf_counter()
         fn(x, target, **kwargs)
@@ -55,8 +57,8 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
         rows *= 2
 
 
-@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "cross_entropy", "mse_loss_and_grad",
-                                  "l1_loss_and_grad"])
+# One per binding (forward-only calls go through the same two bindings).
+@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "mse_loss_and_grad", "l1_loss_and_grad"])
 def test_gil_released_during_kernel(name: str) -> None:
     """A Python thread keeps running while kernels run in another thread.
 
@@ -65,8 +67,8 @@ def test_gil_released_during_kernel(name: str) -> None:
     the interpreter's switch interval (5 ms).
     """
     fl.set_num_threads(1)  # leave a core for the counting thread
-    args, kwargs, per_call = _long_call(name, 0.03)
-    assert per_call > 0.01, f"kernel too short to tell ({per_call:.4f} s)"
+    args, kwargs, per_call = _long_call(name, 0.04)
+    assert per_call > 0.02, f"kernel too short to tell ({per_call:.4f} s)"
     fn = getattr(fl, name)
     done = threading.Event()
     started = threading.Event()

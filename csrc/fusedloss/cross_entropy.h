@@ -12,7 +12,6 @@
 // for any thread count.
 #pragma once
 
-constexpr int64_t kChunk = 8192;         // elements of a row reduced as one unit
 constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
 constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
 constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
@@ -64,7 +63,9 @@ template <class S> struct CrossEntropy {
   struct Pos {
     bool valid;
     int64_t t;
-    A xt, wt, lse, a, cw, b;  // grad = p*a - cw*w_c*(q'_c) - b*[c == t]
+    // log p_c = (x_c - M) - lse: formed from the max-shifted logit, as torch
+    // does, so the rounding is that of small numbers, not of |M| (~1000).
+    A xt, wt, lse, a, cw, b;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - b*[c == t]
     A M, ra;                  // rows: row max, a / S (p*a = exp(x - M) * ra)
     double go, Q;
   };
@@ -86,7 +87,7 @@ template <class S> struct CrossEntropy {
     return p;
   }
 
-  // Gradient coefficients once lse (and Q for probability targets) is known.
+  // Gradient coefficients once the sums (and Q for probability targets) are known.
   void coefs(Pos& p, double sum = 1) const {
     if (tgt) {
       const double a = p.go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
@@ -107,7 +108,7 @@ template <class S> struct CrossEntropy {
     double l = 0;
     if (p.valid) {
       if (tgt) {
-        l = double(one_m_eps) * p.wt * (double(p.lse) - double(p.xt));
+        l = double(one_m_eps) * p.wt * (double(p.lse) - double(p.xt - p.M));
         if (smooth) l -= eps_c_d * acc;
       } else {
         l = -acc;
@@ -141,6 +142,10 @@ template <class S> struct CrossEntropy {
   // scratch (huge rows, chunk-parallel mode) pass 2 replays the same max
   // recurrence and recomputes the very same e, so both give the same bits.
   static constexpr int64_t kStep = 4 * W;
+  // Elements of a row reduced as one unit: 128 terms per float accumulator
+  // lane keeps the exp-sum within ~1e-6 even on the one-lane baseline path;
+  // chunks are combined in double.
+  static constexpr int64_t kChunk = 128 * kStep;
   struct Part { A m, s; double q; };  // one chunk's max, exp-sum (rel. to m), sum w q'
 
   // Loads [c, c + kStep); lanes at or past c1 read as pad.
@@ -197,7 +202,7 @@ template <class S> struct CrossEntropy {
   }
 
   // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
-  // smoothing / probability-target loss sum_c w_c q'_c (x_c - lse).
+  // smoothing / probability-target loss sum_c w_c q'_c log p_c.
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, const A* es,
                     const A* ms, const S* pf = nullptr) const {
     const A inf = std::numeric_limits<A>::infinity();
@@ -232,7 +237,7 @@ template <class S> struct CrossEntropy {
         if (n <= 0) break;
         V gv;
         if (loss) {
-          const V d = (es || n < W ? ldx(xr + off, n, A(0)) : xv[k]) - lse;
+          const V d = ((es || n < W ? ldx(xr + off, n, A(0)) : xv[k]) - M) - lse;
           const V wq = qr ? ldw(off, n) * qprime(ldx(qr + off, n, A(0))) : ldw(off, n);
           acc = fmadd(wq, d, acc);
           gv = fmsub(e[k], F, cw * wq);
@@ -262,7 +267,7 @@ template <class S> struct CrossEntropy {
       qs += parts[k].q;
     }
     p.M = mx;
-    p.lse = static_cast<A>(double(mx) + ::log(s));
+    p.lse = static_cast<A>(::log(s));
     p.Q = qs;
     coefs(p, s);
   }
@@ -367,7 +372,7 @@ template <class S> struct CrossEntropy {
         pos[j].Q = double(hsum(qs));
       }
     }
-    for (int v = 0; v < kRowBlock; v += int(W)) (V::load(Ms + v) + vlog(V::load(sums + v))).store(lses + v);
+    for (int v = 0; v < kRowBlock; v += int(W)) vlog(V::load(sums + v)).store(lses + v);
     for (int64_t j = 0; j < kRowBlock; ++j) {
       ras[j] = A(0);
       if (j >= nb || !pos[j].valid) continue;
@@ -395,7 +400,7 @@ template <class S> struct CrossEntropy {
         V gv = e * ra;
         if (smooth || q) {
           const V wq = q ? ldw(k * W, C - k * W) * qprime(ldx(q + r * C + k * W, C - k * W, A(0))) : ldw(k * W, C - k * W);
-          la = fmadd(wq, ldx(xr + k * W, C - k * W, A(0)) - lse, la);
+          la = fmadd(wq, (ldx(xr + k * W, C - k * W, A(0)) - V::set1(p.M)) - lse, la);
           gv = fmsub(e, ra, cw * wq);
         }
         if (gr) stx(gr + k * W, C - k * W, gv);
@@ -521,9 +526,11 @@ template <class S> struct CrossEntropy {
     alignas(64) A sums[kTile];
     for (int64_t v = 0; v < nv; ++v) {
       sv[v].store(sums + v * W);
-      lv[v] = mv[v] + vlog(sv[v]);
+      lv[v] = vlog(sv[v]);
       lv[v].store(buf + v * W);
       for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].lse = buf[v * W + k];
+      mv[v].store(buf + v * W);
+      for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].M = buf[v * W + k];
       qv[v].store(buf + v * W);
       for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].Q = double(buf[v * W + k]);
     }
@@ -546,7 +553,7 @@ template <class S> struct CrossEntropy {
           const V e = V::load(es + c * kTile + v * W);
           V gv = e * av[v];
           if (qo || smooth) {
-            const V d = ldx(xo + off, n, A(0)) - lv[v];
+            const V d = (ldx(xo + off, n, A(0)) - mv[v]) - lv[v];
             const V wq = qo ? wv * qprime(ldx(qo + off, n, A(0))) : wv;
             sv[v] = fmadd(wq, d, sv[v]);
             gv = fmsub(e, av[v], cwv[v] * wq);
@@ -643,6 +650,9 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   k.red = pr.reduction;
   k.go_arr = static_cast<const A*>(pr.grad_output);
   k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
+  // Weighted mean over zero total weight: torch's loss and gradient are NaN
+  // (0/0) on every row that is not ignored.
+  if (pr.reduction == Reduction::Mean && denom == 0) k.go_scalar = std::numeric_limits<double>::quiet_NaN();
   k.stream = pr.grad_input && pr.outer * pr.classes * pr.inner * int64_t(sizeof(S)) >= kStreamBytes;
   k.loss_out = static_cast<A*>(pr.loss);
   Scratch<double> pos(pr.reduction == Reduction::None ? 0 : npos);
@@ -650,7 +660,7 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   if (npos > 0 && pr.classes > 0) {
     const double total = k.run(threads);
     if (pr.reduction == Reduction::Sum) res.loss = total;
-    if (pr.reduction == Reduction::Mean) res.loss = total / denom;
+    if (pr.reduction == Reduction::Mean) res.loss = denom == 0 ? std::numeric_limits<double>::quiet_NaN() : total / denom;
   } else if (pr.reduction == Reduction::Mean) {
     res.loss = 0.0 / denom;  // NaN: mean over nothing
   }

@@ -4,6 +4,7 @@
 #include "fusedloss/dispatch.h"
 
 #include <omp.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cstdint>
@@ -82,10 +83,36 @@ std::atomic<const KernelTable*>& active() {
   return table;
 }
 
+// OMP_NUM_THREADS, else the cores this process may run on. Not
+// omp_get_max_threads(): torch.set_num_threads() changes that process-wide
+// libgomp setting, and fusedloss's default must not follow it.
+int default_threads() {
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && n > 0) return n > 1024 ? 1024 : static_cast<int>(n);
+  }
+  const int procs = omp_get_num_procs();
+  return procs > 0 ? procs : 1;
+}
+
+std::atomic<int>& threads();
+
+// libgomp's thread pool does not survive fork(): a parallel region in the
+// child waits forever for threads that were not copied. A forked child runs
+// the kernels on one thread (no parallel region) unless it asks for more.
+void after_fork_in_child() { threads().store(1, std::memory_order_relaxed); }
+
 std::atomic<int>& threads() {
-  static std::atomic<int> n{omp_get_max_threads() > 0 ? omp_get_max_threads() : 1};
+  static std::atomic<int> n{[] {
+    pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+    return default_threads();
+  }()};
   return n;
 }
+
+// Read the defaults at load time, before anything else can touch libgomp.
+const int kThreadsAtLoad = threads().load();
 
 }  // namespace
 

@@ -30,6 +30,7 @@ _INT64 = np.dtype(np.int64)
 _F32 = v.F32
 _F64 = v.F64
 _REDUCTIONS = v.REDUCTIONS
+_MAX_THREADS = 4096  # OpenMP takes an int; far beyond any machine's cores
 
 
 def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.ndarray:
@@ -313,7 +314,10 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the threads the kernels use (independent of torch.set_num_threads)."""
-    _core.set_num_threads(v.positive_integer(n, "n"))
+    threads = v.positive_integer(n, "n")
+    if threads > _MAX_THREADS:
+        raise ValueError(f"n: expected at most {_MAX_THREADS} threads, got {threads}")
+    _core.set_num_threads(threads)
 
 
 def cpu_capability() -> str:

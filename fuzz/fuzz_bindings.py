@@ -338,8 +338,10 @@ def decode(data: bytes) -> Case:
 
 
 def _ce_reference(x: np.ndarray, target: np.ndarray, weight: Any, ignore_index: int,
-                  reduction: str, smoothing: float, grad_output: Any) -> tuple[Any, np.ndarray]:
-    """torch.nn.functional.cross_entropy semantics in float64 NumPy: (loss, grad)."""
+                  reduction: str, smoothing: float,
+                  grad_output: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """torch.nn.functional.cross_entropy semantics in float64 NumPy: (loss, grad, terms),
+    terms being the size of the two parts of the gradient that cancel."""
     one_row = x.ndim == 1
     xs = x[None] if one_row else x
     cls = xs.shape[1]
@@ -381,10 +383,14 @@ def _ce_reference(x: np.ndarray, target: np.ndarray, weight: Any, ignore_index: 
             loss = total / denom if reduction == "mean" else total
             scale = g / denom if reduction == "mean" else g
     with np.errstate(all="ignore"):
-        grad3 = (coef.sum(axis=-1, keepdims=True) * sm - coef) * (g_el * scale)[..., None]
+        g3 = (g_el * scale)[..., None]
+        grad3 = (coef.sum(axis=-1, keepdims=True) * sm - coef) * g3
+        # the size of the two terms that cancel: the roundoff a float result may carry
+        terms3 = (np.abs(coef.sum(axis=-1, keepdims=True) * sm) + np.abs(coef)) * np.abs(g3)
     grad3 = np.where(active[..., None], grad3, 0.0)  # ignored rows: 0, as torch
     grad = np.moveaxis(grad3, -1, 1).reshape(xs.shape)
-    return loss, grad[0] if one_row else grad
+    terms = np.moveaxis(terms3, -1, 1).reshape(xs.shape)
+    return loss, grad[0] if one_row else grad, terms[0] if one_row else terms
 
 
 def _regression_reference(fn: str, x: np.ndarray, t: np.ndarray, reduction: str,
@@ -408,7 +414,8 @@ def _regression_reference(fn: str, x: np.ndarray, t: np.ndarray, reduction: str,
         return el.sum(), dgrad * g
 
 
-def _close(what: str, got: Any, ref: Any, dtype: np.dtype, case: Case) -> None:
+def _close(what: str, got: Any, ref: Any, dtype: np.dtype, case: Case,
+           terms: Any = 0.0) -> None:
     """|got - ref| <= tol * (|ref| + max|ref|) + 8 eps: relative to the array's
     magnitude, plus a few units of roundoff of 1 (a loss is the log of a sum >= 1, a
     gradient p - q cancels to O(1) roundoff: neither is better than that in float)."""
@@ -426,7 +433,8 @@ def _close(what: str, got: Any, ref: Any, dtype: np.dtype, case: Case) -> None:
         np.dtype(dtype).kind + str(np.dtype(dtype).itemsize)]
     eps = float(np.finfo(np.dtype(dtype)).eps)
     err = np.abs(g[finite] - ref[finite])
-    bound = tol * (np.abs(ref[finite]) + scale) + 8 * eps
+    terms = np.broadcast_to(np.asarray(terms, np.float64), ref.shape)[finite]
+    bound = tol * (np.abs(ref[finite]) + scale) + 8 * eps * np.maximum(1.0, terms)
     if not np.all(err <= bound):
         i = int(np.argmax(err - bound))
         raise Finding(
@@ -473,16 +481,17 @@ def _check_result(case: Case, result: Any, originals: list[Any]) -> None:
         w = None if w is None else np.asarray(w).astype(accum)
         smoothing = float(kw.get("label_smoothing") or 0.0)
         t = t0 if t0.dtype.kind in "iub" else t0.astype(dtype)
-        ref_loss, ref_grad = _ce_reference(x0.astype(np.float64), t, w,
+        ref_loss, ref_grad, terms = _ce_reference(x0.astype(np.float64), t, w,
                                            int(kw.get("ignore_index", -100)), red, smoothing,
                                            None if go_arr is None else go_arr.astype(accum))
     else:
         ref_loss, ref_grad = _regression_reference(fn, x0, t0.astype(dtype), red, go_arr)
+        terms = 0.0
     _close("loss", loss, ref_loss, dtype, case)
     if grad is not None:
         if grad.dtype != dtype or grad.shape != x0.shape:  # byte order may become native
             raise Finding(f"grad: {grad.dtype} {grad.shape} in {case.describe()}")
-        _close("grad", grad, ref_grad, dtype, case)
+        _close("grad", grad, ref_grad, dtype, case, np.nan_to_num(terms))
         if kw.get("inplace") is True and grad is not case.args[0]:
             raise Finding(f"inplace=True did not return input in {case.describe()}")
         if kw.get("out") is not None and grad is not kw["out"]:

@@ -209,6 +209,15 @@ template <class S> struct CrossEntropy {
     const V M = V::set1(p.M), ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
     const bool loss = smooth || qr;
     V acc = V::set1(0), m = V::set1(std::numeric_limits<A>::lowest());
+    // Streaming stores off the 64-byte grid: results wait one vector (prev).
+    const int delta = stream && gr ? stream_delta(gr + c0) : -1;
+    bool pend = false;
+    V prev = V::set1(0);
+    int64_t prev_off = 0;
+    const auto flush = [&] {
+      if (pend) store_lanes(gr + prev_off, prev, int(W) - delta, int(W));
+      pend = false;
+    };
     for (int64_t c = c0; c < c1; c += kStep) {
       if (es && !loss && c + kStep <= c1 && !(tgt && p.t >= c && p.t < c + kStep)) {  // the common step
         if (pf)  // the next row's pass 1 reads this right after: start its misses now
@@ -216,11 +225,19 @@ template <class S> struct CrossEntropy {
             __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
         const V F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
         for (int k = 0; k < 4; ++k) {
-          const V gv = V::load(es + c + k * W) * F;
-          if (!(stream && vstream(gr + c + k * W, gv))) vstore(gr + c + k * W, gv);
+          const int64_t off = c + k * W;
+          const V gv = V::load(es + off) * F;
+          if (delta > 0) {
+            if (pend) stream_join(gr + off - delta, prev, gv, delta);
+            else store_lanes(gr + off, gv, 0, int(W) - delta);
+            prev = gv, prev_off = off, pend = true;
+          } else if (!(stream && vstream(gr + off, gv))) {
+            vstore(gr + off, gv);
+          }
         }
         continue;
       }
+      flush();
       V F, e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
       if (es) {
         for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = V::load(es + c + k * W);
@@ -255,6 +272,7 @@ template <class S> struct CrossEntropy {
         put(gr + p.t, lane0(fmsub(V::set1(eb[j]), V::set1(fb[j % W]), V::set1(cww + p.b))));
       }
     }
+    flush();
     return double(hsum(acc));
   }
 

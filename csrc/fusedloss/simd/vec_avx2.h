@@ -152,3 +152,8 @@ inline bool vstream(double* p, VD v) { return aligned_32(p) ? (_mm256_stream_pd(
 inline bool vstream(Half*, VF) { return false; }
 inline bool vstream(BF16*, VF) { return false; }
 inline void stream_fence() { _mm_sfence(); }
+
+// No shifted streaming here (see vec_avx512.h): stream_delta is always -1.
+template <class S> inline int stream_delta(const S*) { return -1; }
+template <class S, class V> inline void stream_join(S*, V, V, int) {}
+template <class S, class V> inline void store_lanes(S*, V, int, int) {}

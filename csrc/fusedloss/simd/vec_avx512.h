@@ -106,3 +106,36 @@ inline bool vstream(double* p, VD v) { return aligned_64(p) ? (_mm512_stream_pd(
 inline bool vstream(Half*, VF) { return false; }
 inline bool vstream(BF16*, VF) { return false; }
 inline void stream_fence() { _mm_sfence(); }
+
+// Streaming into a row whose vector grid is `delta` lanes off the 64-byte
+// grid (NumPy's big arrays are 16-byte aligned): each aligned vector is the
+// last delta lanes of the previous result and the first W - delta of the
+// current one (one vpermt2ps), the row's two ends go through masked stores.
+// stream_delta: delta in lanes, or -1 where this is not possible.
+inline int stream_delta(const float* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a % 4 ? -1 : int((a % 64) / 4);
+}
+inline int stream_delta(const double* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a % 8 ? -1 : int((a % 64) / 8);
+}
+inline int stream_delta(const Half*) { return -1; }
+inline int stream_delta(const BF16*) { return -1; }
+inline void stream_join(float* aligned, VF prev, VF cur, int delta) {
+  const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32(16 - delta));
+  _mm512_stream_ps(aligned, _mm512_permutex2var_ps(prev.v, idx, cur.v));
+}
+inline void stream_join(double* aligned, VD prev, VD cur, int delta) {
+  const __m512i idx = _mm512_add_epi64(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(8 - delta));
+  _mm512_stream_pd(aligned, _mm512_permutex2var_pd(prev.v, idx, cur.v));
+}
+template <class S, class V> inline void stream_join(S*, V, V, int) {}  // never called: stream_delta is -1
+inline void store_lanes(float* p, VF v, int lo, int hi) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>(mask16(hi) & ~mask16(lo)), v.v);
+}
+inline void store_lanes(double* p, VD v, int lo, int hi) {
+  _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask16(hi) & ~mask16(lo)), v.v);
+}
+template <class S, class V> inline void store_lanes(S*, V, int, int) {}  // never called

@@ -77,3 +77,8 @@ template <class S, class V> inline void store_part(S* p, int64_t, V v) { vstore(
 // No streaming stores on the baseline path.
 template <class S, class V> inline bool vstream(S*, V) { return false; }
 inline void stream_fence() {}
+
+// No shifted streaming here (see vec_avx512.h): stream_delta is always -1.
+template <class S> inline int stream_delta(const S*) { return -1; }
+template <class S, class V> inline void stream_join(S*, V, V, int) {}
+template <class S, class V> inline void store_lanes(S*, V, int, int) {}

@@ -62,9 +62,10 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
 def test_gil_released_during_kernel(name: str) -> None:
     """A Python thread keeps running while kernels run in another thread.
 
-    With the GIL held, the counting thread would stall for a whole kernel call (its
-    longest gap would be at least one call's duration); released, its gaps stay near
-    the interpreter's switch interval (5 ms).
+    With the GIL held, the counting thread would stall for a whole kernel call, once
+    per call (6 long gaps); released, its gaps stay near the interpreter's switch
+    interval (5 ms). On a shared machine the OS may still deschedule it now and then,
+    so up to 2 long gaps are tolerated: a held GIL would give all 6.
     """
     fl.set_num_threads(1)  # leave a core for the counting thread
     args, kwargs, per_call = _long_call(name, 0.04)
@@ -80,7 +81,7 @@ def test_gil_released_during_kernel(name: str) -> None:
         done.set()
 
     count = 0
-    max_gap = 0.0
+    long_gaps: list[float] = []
     thread = threading.Thread(target=worker)
     thread.start()
     started.wait()
@@ -88,11 +89,13 @@ def test_gil_released_during_kernel(name: str) -> None:
     while not done.is_set():
         count += 1
         now = time.perf_counter()
-        max_gap = max(max_gap, now - last)
+        if now - last > per_call / 2:
+            long_gaps.append(now - last)
         last = now
     thread.join()
-    assert max_gap < per_call / 2, (
-        f"counting thread stalled {max_gap:.4f} s with {per_call:.4f} s kernel calls: GIL held?"
+    assert len(long_gaps) <= 2, (
+        f"counting thread stalled {len(long_gaps)} times ({long_gaps}) during 6 kernel calls "
+        f"of {per_call:.4f} s: GIL held?"
     )
     assert count > 1000, f"only {count} increments during 6 calls of {per_call:.4f} s"
 

@@ -148,6 +148,23 @@ double regression(RegressionFn kernel, const py::array& input, const py::array& 
   return kernel(problem, threads);
 }
 
+// Binds one elementwise loss; the kernel is read from the active table at each
+// call, so forcing a capability (tests) takes effect at once.
+template <RegressionFn KernelTable::*kernel, bool allow_complex>
+void def_regression(py::module_& m, const char* name, const char* doc) {
+  m.def(
+      name,
+      [](const py::array& input, const py::array& target, int reduction,
+         const py::object& loss_out, const py::object& grad_input,
+         const py::object& grad_output, double grad_output_scalar, bool bfloat16) {
+        return regression(active_kernels().*kernel, input, target, reduction, loss_out,
+                          grad_input, grad_output, grad_output_scalar, bfloat16, allow_complex);
+      },
+      py::arg("input"), py::arg("target"), py::arg("reduction"), py::arg("loss_out"),
+      py::arg("grad_input"), py::arg("grad_output"), py::arg("grad_output_scalar") = 1.0,
+      py::arg("bfloat16") = false, doc);
+}
+
 }  // namespace
 
 void register_losses(py::module_& m) {
@@ -159,28 +176,10 @@ void register_losses(py::module_& m) {
         "Fused softmax cross-entropy (+ gradient) over (outer, C, inner) buffers. Without\n"
         "outer/classes/inner the input must be 3-d; with them, any C-contiguous array of\n"
         "outer * classes * inner elements (targets and outputs likewise by element count).");
-  m.def(
-      "mse",
-      [](const py::array& input, const py::array& target, int reduction,
-         const py::object& loss_out, const py::object& grad_input,
-         const py::object& grad_output, double grad_output_scalar, bool bfloat16) {
-        return regression(active_kernels().mse, input, target, reduction, loss_out, grad_input,
-                          grad_output, grad_output_scalar, bfloat16, false);
-      },
-      py::arg("input"), py::arg("target"), py::arg("reduction"), py::arg("loss_out"),
-      py::arg("grad_input"), py::arg("grad_output"), py::arg("grad_output_scalar") = 1.0,
-      py::arg("bfloat16") = false, "Mean squared error (+ gradient) over flat buffers.");
-  m.def(
-      "l1",
-      [](const py::array& input, const py::array& target, int reduction,
-         const py::object& loss_out, const py::object& grad_input,
-         const py::object& grad_output, double grad_output_scalar, bool bfloat16) {
-        return regression(active_kernels().l1, input, target, reduction, loss_out, grad_input,
-                          grad_output, grad_output_scalar, bfloat16, true);
-      },
-      py::arg("input"), py::arg("target"), py::arg("reduction"), py::arg("loss_out"),
-      py::arg("grad_input"), py::arg("grad_output"), py::arg("grad_output_scalar") = 1.0,
-      py::arg("bfloat16") = false, "L1 loss (+ gradient), real or complex, over flat buffers.");
+  def_regression<&KernelTable::mse, false>(m, "mse",
+                                            "Mean squared error (+ gradient) over flat buffers.");
+  def_regression<&KernelTable::l1, true>(
+      m, "l1", "L1 loss (+ gradient), real or complex, over flat buffers.");
 }
 
 }  // namespace fusedloss::bindings

@@ -14,24 +14,55 @@ template <bool Full>
 void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   constexpr int64_t NV = kTile / W;
   const int64_t nb = Full ? kTile : kMin(kTile, I - j0), nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
+  const int64_t i0 = o * I + j0;
   const S* xo = x + base;
   const S* qo = q ? q + base : nullptr;
   S* gt_ = g ? g + base : nullptr;
-  Pos pos[kTile];
-  alignas(64) A buf[kTile];
-  for (int64_t j = 0; j < nb; ++j) pos[j] = setup(o * I + j0 + j, xo + j, I);
-  V mv[NV], sv[NV], qv[NV], lv[NV], av[NV], cwv[NV], okv[NV];
-  for (int64_t v = 0; v < nv; ++v) mv[v] = V::set1(std::numeric_limits<A>::lowest()), sv[v] = qv[v] = V::set1(0);
+  // Per-position setup as arrays along inner (lanes past nb: ignored). tb:
+  // the target class in A, -1 where there is none (ignored, probability
+  // targets, past nb), so c == t is one vector compare per class; that needs
+  // every class exact in A (float: C <= 2^24), else the scalar gather below.
+  const bool onehot = tgt && (sizeof(A) == 8 || C <= (int64_t(1) << 24));
+  alignas(64) A tb[kTile], wtb[kTile], okb[kTile], xtb[kTile];
+  alignas(64) double gob[kTile];
+  for (int64_t j = nb; j < kTile; ++j) tb[j] = A(-1), wtb[j] = okb[j] = xtb[j] = A(0), gob[j] = 0;
+  if (red == Reduction::None && go_arr) {
+    for (int64_t j = 0; j < nb; ++j) gob[j] = double(go_arr[i0 + j]);
+  } else {
+    for (int64_t j = 0; j < nb; ++j) gob[j] = go_scalar;
+  }
+  if (tgt) {
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t t = tgt[i0 + j];
+      const bool ok = t != ignore;  // otherwise in [0, C): checked before any kernel runs
+      okb[j] = ok ? A(1) : A(0);
+      tb[j] = ok ? A(t) : A(-1);
+      wtb[j] = ok ? wc(t) : A(0);
+      xtb[j] = A(0);
+    }
+    if (!onehot)  // reads the target logit before anything is written (in-place safe)
+      for (int64_t j = 0; j < nb; ++j)
+        if (okb[j] != A(0)) xtb[j] = to_acc(xo[tgt[i0 + j] * I + j]);
+  } else {
+    for (int64_t j = 0; j < nb; ++j) tb[j] = A(-1), okb[j] = A(1), wtb[j] = xtb[j] = A(0);
+  }
+  V mv[NV], sv[NV], qv[NV], lv[NV], tv[NV], xtv[NV];
+  for (int64_t v = 0; v < nv; ++v) {
+    mv[v] = V::set1(std::numeric_limits<A>::lowest()), sv[v] = qv[v] = xtv[v] = V::set1(0);
+    tv[v] = V::load(tb + v * W);
+  }
   // The next tile's rows: C strided streams are more than the hardware
   // prefetchers follow, so ask for them one tile ahead.
   const bool ahead = j0 + 2 * kTile <= I;
   for (int64_t c = 0; c < C; ++c) {
-    const V wv = V::set1(wc(c));
+    const V wv = V::set1(wc(c)), cv = V::set1(A(c));
     if (ahead)
       for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
         __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + kTile) + b, 0, 3);
     for (int64_t v = 0; v < nv; ++v) {
-      mv[v] = vmax(mv[v], ldx(xo + c * I + v * W, nb - v * W, A(0)));
+      const V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
+      mv[v] = vmax(mv[v], xv);
+      if (onehot) xtv[v] = select(eq(tv[v], cv), xv, xtv[v]);  // the target logit, read before any write
       if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
     }
   }
@@ -41,31 +72,46 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       sv[v] = sv[v] + e;
       e.store(es + c * kTile + v * W);
     }
-  alignas(64) A sums[kTile];
+  alignas(64) A sums[kTile], lseb[kTile], mb[kTile], qb[kTile];
   for (int64_t v = 0; v < nv; ++v) {
     sv[v].store(sums + v * W);
     lv[v] = vlog(sv[v]);
-    lv[v].store(buf + v * W);
-    for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].lse = buf[v * W + k];
-    mv[v].store(buf + v * W);
-    for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].M = buf[v * W + k];
-    qv[v].store(buf + v * W);
-    for (int64_t k = 0; k < W && v * W + k < nb; ++k) pos[v * W + k].Q = double(buf[v * W + k]);
+    lv[v].store(lseb + v * W);
+    mv[v].store(mb + v * W);
+    qv[v].store(qb + v * W);
+    if (onehot) xtv[v].store(xtb + v * W);
   }
-  alignas(64) A ab[kTile] = {}, cwb[kTile] = {}, okb[kTile] = {};
-  for (int64_t j = 0; j < nb; ++j) {
-    if (!pos[j].valid) continue;
-    coefs(pos[j], double(sums[j]));
-    ab[j] = pos[j].ra, cwb[j] = pos[j].cw, okb[j] = A(1);
+  // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - b * [c == t];
+  // bb = cw * w_t (smoothing) + b, the whole [c == t] term. Invalid lanes: 0.
+  alignas(64) A rab[kTile], cwb[kTile], bb[kTile];
+  if (tgt) {
+    const double ome = double(one_m_eps), ew = eps_c_d * wsum;
+    for (int64_t j = 0; j < nb; ++j) {
+      const bool ok = okb[j] != A(0);
+      const double go = gob[j];
+      const A b = static_cast<A>(go * ome * wtb[j]), cw = static_cast<A>(go * eps_c_d);
+      rab[j] = ok ? static_cast<A>(go * (ome * wtb[j] + ew) / double(sums[j])) : A(0);
+      cwb[j] = ok ? cw : A(0);
+      bb[j] = ok ? (smooth ? cw * wtb[j] : A(0)) + b : A(0);
+    }
+  } else {
+    for (int64_t j = 0; j < nb; ++j) {
+      rab[j] = static_cast<A>(gob[j] * double(qb[j]) / double(sums[j]));
+      cwb[j] = static_cast<A>(gob[j]);
+      bb[j] = A(0);
+    }
   }
+  for (int64_t j = nb; j < kTile; ++j) rab[j] = cwb[j] = bb[j] = A(0);
   alignas(64) A accb[kTile] = {};
   if (need_pass2()) {
+    V av[NV], cwv[NV], okv[NV], bv[NV];
     for (int64_t v = 0; v < nv; ++v) {
-      av[v] = V::load(ab + v * W), cwv[v] = V::load(cwb + v * W), okv[v] = V::load(okb + v * W);
+      av[v] = V::load(rab + v * W), cwv[v] = V::load(cwb + v * W), okv[v] = V::load(okb + v * W);
+      bv[v] = V::load(bb + v * W);
       sv[v] = V::set1(0);  // now the loss accumulator
     }
     for (int64_t c = 0; c < C; ++c) {
-      const V wv = V::set1(wc(c));
+      const V wv = V::set1(wc(c)), cv = V::set1(A(c));
       for (int64_t v = 0; v < nv; ++v) {
         const int64_t n = nb - v * W, off = c * I + v * W;
         const V e = V::load(es + c * kTile + v * W);
@@ -76,19 +122,36 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           sv[v] = fmadd(wq, d, sv[v]);
           gv = fmsub(e, av[v], cwv[v] * wq);
         }
-        if (gt_) stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
+        if (gt_) {
+          if (onehot) gv = select(eq(tv[v], cv), fmsub(e, av[v], bv[v]), gv);
+          stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
+        }
       }
     }
     for (int64_t v = 0; v < nv; ++v) sv[v].store(accb + v * W);
   }
-  for (int64_t j = 0; j < nb; ++j) {
-    if (gt_ && tgt && pos[j].valid) {
-      const Pos& p = pos[j];
-      const A cww = smooth ? p.cw * p.wt : A(0);
-      put(gt_ + p.t * I + j, lane0(fmsub(V::set1(es[p.t * kTile + j]), V::set1(p.ra), V::set1(cww + p.b))));
+  if (gt_ && tgt && !onehot)
+    for (int64_t j = 0; j < nb; ++j) {
+      if (okb[j] == A(0)) continue;
+      const int64_t t = tgt[i0 + j];
+      put(gt_ + t * I + j, lane0(fmsub(V::set1(es[t * kTile + j]), V::set1(rab[j]), V::set1(bb[j]))));
     }
-    finish(o * I + j0 + j, pos[j], double(accb[j]));
+  // Loss per position (as finish()).
+  alignas(64) double lb[kTile];
+  if (tgt) {
+    const double ome = double(one_m_eps);
+    for (int64_t j = 0; j < nb; ++j) {
+      double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j]));
+      if (smooth) l -= eps_c_d * accb[j];
+      lb[j] = okb[j] != A(0) ? l : 0.0;
+    }
+  } else {
+    for (int64_t j = 0; j < nb; ++j) lb[j] = -double(accb[j]);
   }
+  if (loss_out)
+    for (int64_t j = 0; j < nb; ++j) loss_out[i0 + j] = static_cast<A>(lb[j]);
+  if (pos_loss)
+    for (int64_t j = 0; j < nb; ++j) pos_loss[i0 + j] = lb[j];
 }
 
 template <class S>

@@ -20,6 +20,8 @@ already-checked shapes (``fusedloss.torch`` guarantees it).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,7 @@ def _ce_geometry(x: Tensor) -> tuple[int, int, int]:
     if len(shape) == 1:
         return 1, shape[0], 1
     outer, classes = shape[0], shape[1]
-    return outer, classes, x.numel() // (outer * classes)
+    return outer, classes, math.prod(shape[2:])
 
 
 def _ce_loss_shape(x: Tensor) -> list[int]:

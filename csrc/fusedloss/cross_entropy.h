@@ -236,15 +236,28 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   // Pre-pass over targets: first invalid one, and the mean's denominator.
   double denom = double(npos);
   if (tgt) {
-    denom = 0;
+    // Branch-free first (vectorises); the exact position only on failure.
+    int64_t bad = 0, cnt = 0;
     for (int64_t i = 0; i < npos; ++i) {
       const int64_t t = tgt[i];
-      if (t == pr.ignore_index) continue;
-      if (t < 0 || t >= pr.classes) {
-        res.bad_target_position = i;
-        return res;
+      const bool keep = t != pr.ignore_index;
+      bad |= int64_t(keep & ((t < 0) | (t >= pr.classes)));
+      cnt += int64_t(keep);
+    }
+    if (bad) {
+      for (int64_t i = 0; i < npos; ++i) {
+        const int64_t t = tgt[i];
+        if (t != pr.ignore_index && (t < 0 || t >= pr.classes)) {
+          res.bad_target_position = i;
+          return res;
+        }
       }
-      denom += w ? double(w[t]) : 1.0;
+    }
+    denom = double(cnt);  // unweighted: a count, exact (as the sum of ones was)
+    if (w) {
+      denom = 0;
+      for (int64_t i = 0; i < npos; ++i)
+        if (tgt[i] != pr.ignore_index) denom += double(w[tgt[i]]);
     }
   }
   CrossEntropy<S> k{};

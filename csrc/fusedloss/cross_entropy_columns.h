@@ -7,7 +7,8 @@
 // A tile is kTile positions x C classes; each position's math depends on
 // nothing else, so tiling and threading cannot change results.
 // es: scratch for e = exp(x - max) of the tile (C x kTile), so the gradient
-// pass reads e back from cache instead of computing exp a second time.
+// pass reads e back from cache instead of computing exp a second time, then
+// the tile's logits (C x kTile).
 // Full: kTile positions, a compile-time trip count (registers, no tails).
 template <class S>
 template <bool Full>
@@ -18,6 +19,10 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   const S* xo = x + base;
   const S* qo = q ? q + base : nullptr;
   S* gt_ = g ? g + base : nullptr;
+  // xs: the tile's logits, copied by pass 1 so that x is read from memory
+  // once: its C rows lie I apart (often a multiple of 4 KiB, all in the same
+  // cache sets), the contiguous copy does not.
+  A* xs = es + C * kTile;
   // Per-position setup as arrays along inner (lanes past nb: ignored). tb:
   // the target class in A, -1 where there is none (ignored, probability
   // targets, past nb), so c == t is one vector compare per class; that needs
@@ -32,13 +37,19 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     for (int64_t j = 0; j < nb; ++j) gob[j] = go_scalar;
   }
   if (tgt) {
+    // Branch-free loops (they vectorise); t is in [0, C) unless ignored
+    // (checked before any kernel runs).
+    const int64_t* tt = tgt + i0;
     for (int64_t j = 0; j < nb; ++j) {
-      const int64_t t = tgt[i0 + j];
-      const bool ok = t != ignore;  // otherwise in [0, C): checked before any kernel runs
+      const bool ok = tt[j] != ignore;
       okb[j] = ok ? A(1) : A(0);
-      tb[j] = ok ? A(t) : A(-1);
-      wtb[j] = ok ? wc(t) : A(0);
+      tb[j] = ok ? static_cast<A>(tt[j]) : A(-1);
       xtb[j] = A(0);
+    }
+    if (w) {
+      for (int64_t j = 0; j < nb; ++j) wtb[j] = tt[j] != ignore ? w[tt[j]] : A(0);
+    } else {
+      for (int64_t j = 0; j < nb; ++j) wtb[j] = okb[j];
     }
     if (!onehot)  // reads the target logit before anything is written (in-place safe)
       for (int64_t j = 0; j < nb; ++j)
@@ -53,7 +64,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   }
   // The next tile's rows: C strided streams are more than the hardware
   // prefetchers follow, so ask for them one tile ahead.
-  const bool ahead = j0 + 2 * kTile <= I;
+const bool ahead = j0 + 2 * kTile <= I;
   for (int64_t c = 0; c < C; ++c) {
     const V wv = V::set1(wc(c)), cv = V::set1(A(c));
     if (ahead)
@@ -61,6 +72,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
         __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + kTile) + b, 0, 3);
     for (int64_t v = 0; v < nv; ++v) {
       const V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
+      xv.store(xs + c * kTile + v * W);
       mv[v] = vmax(mv[v], xv);
       if (onehot) xtv[v] = select(eq(tv[v], cv), xv, xtv[v]);  // the target logit, read before any write
       if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
@@ -68,7 +80,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t v = 0; v < nv; ++v) {
-      const V e = vexp(ldx(xo + c * I + v * W, nb - v * W, A(0)) - mv[v]);
+      const V e = vexp(V::load(xs + c * kTile + v * W) - mv[v]);
       sv[v] = sv[v] + e;
       e.store(es + c * kTile + v * W);
     }
@@ -82,18 +94,21 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     if (onehot) xtv[v].store(xtb + v * W);
   }
   // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - b * [c == t];
-  // bb = cw * w_t (smoothing) + b, the whole [c == t] term. Invalid lanes: 0.
+  // bb = cw * w_t (smoothing) + b, the whole [c == t] term. Invalid lanes
+  // may hold anything: their gradient is zeroed by okb, their loss unused.
   alignas(64) A rab[kTile], cwb[kTile], bb[kTile];
   if (tgt) {
     const double ome = double(one_m_eps), ew = eps_c_d * wsum;
     for (int64_t j = 0; j < nb; ++j) {
-      const bool ok = okb[j] != A(0);
       const double go = gob[j];
-      const A b = static_cast<A>(go * ome * wtb[j]), cw = static_cast<A>(go * eps_c_d);
-      rab[j] = ok ? static_cast<A>(go * (ome * wtb[j] + ew) / double(sums[j])) : A(0);
-      cwb[j] = ok ? cw : A(0);
-      bb[j] = ok ? (smooth ? cw * wtb[j] : A(0)) + b : A(0);
+      rab[j] = static_cast<A>(go * (ome * wtb[j] + ew) / double(sums[j]));
+      cwb[j] = static_cast<A>(go * eps_c_d);
+      bb[j] = static_cast<A>(go * ome * wtb[j]);
     }
+    if (smooth)
+      for (int64_t j = 0; j < nb; ++j) bb[j] = cwb[j] * wtb[j] + bb[j];
+    else
+      for (int64_t j = 0; j < nb; ++j) bb[j] = A(0) + bb[j];
   } else {
     for (int64_t j = 0; j < nb; ++j) {
       rab[j] = static_cast<A>(gob[j] * double(qb[j]) / double(sums[j]));
@@ -117,7 +132,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
         const V e = V::load(es + c * kTile + v * W);
         V gv = e * av[v];
         if (qo || smooth) {
-          const V d = (ldx(xo + off, n, A(0)) - mv[v]) - lv[v];
+          const V d = (V::load(xs + c * kTile + v * W) - mv[v]) - lv[v];
           const V wq = qo ? wv * qprime(ldx(qo + off, n, A(0))) : wv;
           sv[v] = fmadd(wq, d, sv[v]);
           gv = fmsub(e, av[v], cwv[v] * wq);
@@ -158,13 +173,13 @@ template <class S>
 void CrossEntropy<S>::columns(int nt) {
   const int64_t per = (I + kTile - 1) / kTile, tiles = N * per;
   if (nt <= 1) {
-    Scratch<A> es(C * kTile);
+    Scratch<A> es(2 * C * kTile);
     for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, es.p);
     return;
   }
 #pragma omp parallel num_threads(nt)
   {
-    Scratch<A> es(C * kTile);
+    Scratch<A> es(2 * C * kTile);
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, es.p);
   }

@@ -62,14 +62,18 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     mv[v] = V::set1(std::numeric_limits<A>::lowest()), sv[v] = qv[v] = xtv[v] = V::set1(0);
     tv[v] = V::load(tb + v * W);
   }
-  // The next tile's rows: C strided streams are more than the hardware
-  // prefetchers follow, so ask for them one tile ahead.
-const bool ahead = j0 + 2 * kTile <= I;
+  // The rows of the tile after next (x, and g for writing): C strided
+  // streams are more than the hardware prefetchers follow, so ask for them
+  // two tiles ahead, into L2 (rows I apart share cache sets, so L1 would
+  // evict them before use).
+  const bool ahead = j0 + 3 * kTile <= I;
   for (int64_t c = 0; c < C; ++c) {
     const V wv = V::set1(wc(c)), cv = V::set1(A(c));
     if (ahead)
-      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + kTile) + b, 0, 3);
+      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
+        if (gt_) __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
+      }
     for (int64_t v = 0; v < nv; ++v) {
       const V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
       xv.store(xs + c * kTile + v * W);

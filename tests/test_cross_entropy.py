@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 
 import fusedloss as fl
@@ -359,3 +360,15 @@ def test_capabilities_start_with_baseline():
     assert CAPABILITIES[0] == "baseline"
     with forced_capability(CAPABILITIES[-1]):
         assert fl.cpu_capability() == CAPABILITIES[-1]
+
+
+def test_ignore_index_with_probabilities_is_rejected_as_in_torch() -> None:
+    """torch raises for a non-default ignore_index with class-probability targets."""
+    x = np.zeros((3, 4), np.float32)
+    probs = np.full((3, 4), 0.25, np.float32)
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        F.cross_entropy(torch.from_numpy(x), torch.from_numpy(probs), ignore_index=1)
+    for fn in (fl.cross_entropy, fl.cross_entropy_and_grad):
+        with pytest.raises(ValueError, match="ignore_index"):
+            fn(x, probs, ignore_index=1)
+    assert np.isclose(fl.cross_entropy(x, probs, ignore_index=-100), np.log(4))

@@ -407,7 +407,8 @@ def ce_layout_case(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, dict[str, A
             idx = np.where(idx < 0, 0, idx)
         target = np.repeat(idx.astype(tdtype)[..., None], 2, axis=-1)[..., ::-2][..., 0] \
             if ndim > 1 else idx.astype(tdtype)
-    kw: dict[str, Any] = {"ignore_index": -1,
+    # ignore_index only for class indices (torch rejects it with probabilities)
+    kw: dict[str, Any] = {"ignore_index": -100 if target.dtype.kind == "f" else -1,
                           "reduction": draw(st.sampled_from(REDUCTIONS)),
                           "label_smoothing": draw(st.sampled_from([0.0, 0.25, 1.0]))}
     if draw(st.booleans()):

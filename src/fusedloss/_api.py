@@ -113,6 +113,10 @@ def _cross_entropy(
         and t.flags.c_contiguous
     ):
         t = _cross_entropy_target(target, x, loss_shape)
+        if t.dtype is not _INT64 and ignore_index != -100:
+            raise ValueError(  # as torch: probabilities have no class to ignore
+                f"ignore_index: not supported with class-probability targets, got {ignore_index}"
+            )
 
     w = None
     if weight is not None:

@@ -521,3 +521,16 @@ def test_cpu_autocast_dtypes_like_torch(dtype, reduction):
         rtol, atol = tolerances(dtype)
         torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a[1], b[1], rtol=rtol, atol=atol * float(b[1].abs().max()))
+
+
+def test_torch_func_transforms_use_torch_semantics() -> None:
+    """Under torch.func (grad, vmap) the losses give torch's results (torch's own code runs)."""
+    x = torch.randn(4, 5, dtype=torch.float64)
+    t = torch.randint(0, 5, (4,))
+    ours = torch.func.grad(lambda z: flt.cross_entropy(z, t, label_smoothing=0.1))(x)
+    ref = torch.func.grad(lambda z: F.cross_entropy(z, t, label_smoothing=0.1))(x)
+    torch.testing.assert_close(ours, ref)
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(
+        torch.func.vmap(flt.l1_loss)(a, b), torch.func.vmap(F.l1_loss)(a, b)
+    )

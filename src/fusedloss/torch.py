@@ -58,6 +58,11 @@ def _float32_loss(input: Tensor) -> bool:
     return input.dtype in _HALF and _is_autocast("cpu")
 
 
+# torch.func transforms (grad, vmap, jacrev) need autograd.Functions with
+# setup_context and vmap rules; under them the losses use torch's own code.
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 def _reduction_code(reduction) -> int | None:
     return _REDUCTIONS.get(reduction) if type(reduction) is str else None
 
@@ -66,7 +71,7 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
     """True when the kernel computes exactly what F.cross_entropy would."""
     if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
         return False
-    if has_torch_function_variadic(input, target, weight):
+    if has_torch_function_variadic(input, target, weight) or _functorch_active():
         return False
     if input.dtype not in _DTYPES or not (input.is_cpu and target.is_cpu):
         return False
@@ -173,6 +178,7 @@ def _regression_fusable(input, target) -> bool:
         isinstance(input, Tensor)
         and isinstance(target, Tensor)
         and not has_torch_function_variadic(input, target)
+        and not _functorch_active()
         and input.dtype in _DTYPES
         and target.dtype is input.dtype
         and input.is_cpu

@@ -1,5 +1,6 @@
 // The compiled module fusedloss._core: registers the loss bindings and the
 // runtime controls (threads, instruction set).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -37,4 +38,31 @@ PYBIND11_MODULE(_core, m) {
         }
       },
       py::arg("name"), "Force a compiled path (for tests).");
+  m.def(
+      "elementwise_math",
+      [](const std::string& op, const py::array& values) {
+        const bool is_double = values.dtype().equal(py::dtype::of<double>());
+        if (!is_double && !values.dtype().equal(py::dtype::of<float>())) {
+          throw py::type_error("values: expected a float32 or float64 array");
+        }
+        if (!(values.flags() & py::array::c_style)) {
+          throw py::value_error("values: must be C-contiguous");
+        }
+        if (op != "exp" && op != "log") throw py::value_error("op: expected 'exp' or 'log'");
+        py::array result(values.dtype(), std::vector<py::ssize_t>(values.shape(),
+                                                                  values.shape() + values.ndim()));
+        const auto n = static_cast<int64_t>(values.size());
+        const void* in = values.data();
+        void* out = result.mutable_data();
+        const fusedloss::KernelTable& kernels = fusedloss::active_kernels();
+        {
+          py::gil_scoped_release release;
+          kernels.math(op == "exp" ? fusedloss::MathOp::Exp : fusedloss::MathOp::Log,
+                       is_double ? fusedloss::DType::Float64 : fusedloss::DType::Float32, in,
+                       out, n);
+        }
+        return result;
+      },
+      py::arg("op"), py::arg("values"),
+      "The kernels' own exp or log, elementwise, on the active path (for tests).");
 }

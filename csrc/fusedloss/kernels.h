@@ -76,11 +76,17 @@ struct RegressionProblem {
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
 using RegressionFn = double (*)(const RegressionProblem&, int threads);
 
+// The kernels' own exp/log over n contiguous Float32 or Float64 values
+// (for the tests that bound their error; one thread).
+enum class MathOp : int { Exp = 0, Log = 1 };
+using MathFn = void (*)(MathOp op, DType dtype, const void* in, void* out, int64_t n);
+
 struct KernelTable {
   const char* name;  // "baseline", "avx2", "avx512"
   CrossEntropyFn cross_entropy;
   RegressionFn mse;
   RegressionFn l1;
+  MathFn math;
 };
 
 // One per ISA build; each lives in its own translation unit and namespace.

@@ -25,11 +25,15 @@ namespace avx2 {
 #include "fusedloss/simd/math.h"
 #include "fusedloss/cross_entropy.h"
 #include "fusedloss/regression.h"
+#include "fusedloss/elementwise_math.h"
 // clang-format on
 }  // namespace avx2
 
 const KernelTable& avx2_kernels() {
-  static const KernelTable table{"avx2", &avx2::cross_entropy, &avx2::mse, &avx2::l1};
+  static const KernelTable table{"avx2", &avx2::cross_entropy,
+                                 &avx2::mse,
+                                 &avx2::l1,
+                                 &avx2::elementwise_math};
   return table;
 }
 

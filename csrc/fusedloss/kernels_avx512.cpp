@@ -30,11 +30,15 @@ namespace avx512 {
 #include "fusedloss/simd/math.h"
 #include "fusedloss/cross_entropy.h"
 #include "fusedloss/regression.h"
+#include "fusedloss/elementwise_math.h"
 // clang-format on
 }  // namespace avx512
 
 const KernelTable& avx512_kernels() {
-  static const KernelTable table{"avx512", &avx512::cross_entropy, &avx512::mse, &avx512::l1};
+  static const KernelTable table{"avx512", &avx512::cross_entropy,
+                                 &avx512::mse,
+                                 &avx512::l1,
+                                 &avx512::elementwise_math};
   return table;
 }
 

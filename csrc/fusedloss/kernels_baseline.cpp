@@ -24,11 +24,15 @@ namespace baseline {
 #include "fusedloss/simd/math.h"
 #include "fusedloss/cross_entropy.h"
 #include "fusedloss/regression.h"
+#include "fusedloss/elementwise_math.h"
 // clang-format on
 }  // namespace baseline
 
 const KernelTable& baseline_kernels() {
-  static const KernelTable table{"baseline", &baseline::cross_entropy, &baseline::mse, &baseline::l1};
+  static const KernelTable table{"baseline", &baseline::cross_entropy,
+                                 &baseline::mse,
+                                 &baseline::l1,
+                                 &baseline::elementwise_math};
   return table;
 }
 

@@ -66,3 +66,6 @@ def cpu_capability() -> str: ...
 def supported_capabilities() -> list[str]: ...
 def set_capability(name: str) -> None:
     """Force a compiled path (tests). ValueError if unknown or unsupported."""
+def elementwise_math(op: str, values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    """The kernels' own vector exp ('exp') or log ('log') on the active path, elementwise
+    over a C-contiguous float32/float64 array (tests bound its error)."""

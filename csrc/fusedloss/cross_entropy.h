@@ -16,6 +16,7 @@
 
 constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
 constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
+constexpr int64_t kPrefetchBytes = 2048;  // forward-only rows: read-ahead distance
 constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
 
 // Heap scratch without std:: templates (see kernels_*.cpp on the ODR trap).

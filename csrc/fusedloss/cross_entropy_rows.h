@@ -15,20 +15,23 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
     load_step(xr, c, c1, -inf, xv);
     const V mn = vmax(m, max4(xv));
     if (c != c0 && any(gt(mn, m))) {  // (first step: the sums are still 0)
-      const V f = vexp(m - mn);
+      const V f = vexp_nonpos(m - mn);
       for (V& sk : sum) sk = sk * f;
     }
     m = mn;
     if (c + kStep <= c1) {  // full step: constant trip count, stays in registers
+      if (!es)  // forward only: compute-bound, so ask for the data ahead of the prefetchers
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(xr + c) + kPrefetchBytes + b, 0, 3);
       for (int k = 0; k < 4; ++k) {
-        const V e = vexp(xv[k] - m);
+        const V e = vexp_nonpos(xv[k] - m);
         sum[k] = sum[k] + e;
         if (es) e.store(es + c + k * W);
       }
     } else {
       for (int k = 0; k < 4; ++k) {
         if (c + k * W >= c1) break;  // all-pad vectors would add 0
-        const V e = vexp(xv[k] - m);
+        const V e = vexp_nonpos(xv[k] - m);
         sum[k] = sum[k] + e;
         if (es) e.store(es + c + k * W);
       }
@@ -42,7 +45,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   }
   Part part;
   part.m = hmax(m);
-  part.s = hsum(((sum[0] + sum[1]) + (sum[2] + sum[3])) * vexp(m - V::set1(part.m)));
+  part.s = hsum(((sum[0] + sum[1]) + (sum[2] + sum[3])) * vexp_nonpos(m - V::set1(part.m)));
   part.q = double(hsum(qa));
   return part;
 }
@@ -91,7 +94,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
     } else {
       load_step(xr, c, c1, -inf, xv);
       m = vmax(m, max4(xv));
-      for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp(xv[k] - m);
+      for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp_nonpos(xv[k] - m);
       F = vexp(m - M) * ra;
     }
     const bool st = stream && !(tgt && p.t >= c && p.t < c + kStep);  // the target lane is rewritten below
@@ -200,7 +203,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     for (int k = 1; k < NV; ++k) mx = vmax(mx, xv[k]);
     Ms[j] = hmax(mx);
     for (int k = 0; k < NV; ++k) {
-      const V e = vexp(xv[k] - V::set1(Ms[j]));
+      const V e = vexp_nonpos(xv[k] - V::set1(Ms[j]));
       es = es + e;
       e.store(eb[j] + k * W);
     }

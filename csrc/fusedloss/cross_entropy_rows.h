@@ -190,6 +190,9 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
   alignas(64) A eb[kRowBlock][NV * W];
   alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock];
   const int64_t nb = r1 - r0;
+  // Two sweeps over the block (max, then exp-sum): each row's chain
+  // (reduction, exp, reduction) is long, so rows are kept independent for
+  // the CPU to overlap rather than one row's whole chain after another's.
   for (int64_t j = 0; j < kRowBlock; ++j) {
     Ms[j] = A(0), sums[j] = A(1);
     if (j >= nb) continue;
@@ -197,13 +200,17 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     const S* xr = x + r * C;
     pos[j] = setup(r, xr, 1);
     if (!pos[j].valid) continue;
-    V xv[NV], mx, es = V::set1(0);
-    for (int k = 0; k < NV; ++k) xv[k] = ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity());
-    mx = xv[0];
-    for (int k = 1; k < NV; ++k) mx = vmax(mx, xv[k]);
+    V mx = ldx(xr, C, -std::numeric_limits<A>::infinity());
+    for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity()));
     Ms[j] = hmax(mx);
+  }
+  for (int64_t j = 0; j < nb; ++j) {
+    if (!pos[j].valid) continue;
+    const int64_t r = r0 + j;
+    const S* xr = x + r * C;
+    V es = V::set1(0);
     for (int k = 0; k < NV; ++k) {
-      const V e = vexp_nonpos(xv[k] - V::set1(Ms[j]));
+      const V e = vexp_nonpos(ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity()) - V::set1(Ms[j]));
       es = es + e;
       e.store(eb[j] + k * W);
     }
@@ -247,7 +254,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       }
       if (gr) stx(gr + k * W, C - k * W, gv);
     }
-    acc = double(hsum(la));
+    if (smooth || q) acc = double(hsum(la));  // else la is 0
     if (gr && tgt) {
       const A cww = smooth ? p.cw * p.wt : A(0);
       put(gr + p.t, lane0(fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b))));

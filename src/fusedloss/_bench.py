@@ -26,7 +26,8 @@ import numpy as np
 
 import fusedloss as fl
 
-from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py)
+from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
+    HEADER,
     Row,
     cpu_model,
     extras_table,

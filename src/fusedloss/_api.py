@@ -33,6 +33,18 @@ _REDUCTIONS = v.REDUCTIONS
 _MAX_THREADS = 4096  # OpenMP takes an int; far beyond any machine's cores
 
 
+def _input(input: Any, allow_complex: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(the caller's array, the array the kernel reads: itself or a C-contiguous
+    float copy). Checks the common case itself before the general validation:
+    that saves ~0.2 us of a ~3 us call at 64 x 10."""
+    if type(input) is np.ndarray:
+        dtype = input.dtype
+        if (dtype is _F32 or dtype is _F64) and input.flags.c_contiguous:
+            return input, input
+    original = v.array(input, "input")
+    return original, v.float_array(original, "input", allow_complex)
+
+
 def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.ndarray:
     v.same_shape(target, loss_shape, "target", "class indices: the input's shape without dim C")
     if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
@@ -72,12 +84,8 @@ def _cross_entropy(
     # The common case (contiguous float32/float64, int64 targets, default
     # options) takes only identity checks here: at 64 x 10 the Python layer
     # costs more than the kernel, so every attribute read counts.
-    original = input if type(input) is np.ndarray else v.array(input, "input")
-    x = original
+    original, x = _input(input, False)
     dtype = x.dtype
-    if not ((dtype is _F32 or dtype is _F64) and x.flags.c_contiguous):
-        x = v.float_array(original, "input")
-        dtype = x.dtype
     shape = x.shape
     ndim = len(shape)
     if ndim == 2:
@@ -103,7 +111,7 @@ def _cross_entropy(
         label_smoothing = v.label_smoothing_value(label_smoothing)
     if type(ignore_index) is not int or not -(2**63) <= ignore_index < 2**63:
         ignore_index = v.integer_value(ignore_index, "ignore_index")
-    accum = _F64 if dtype is _F64 else v.accumulation_dtype(dtype)
+    accum = v.accumulation_dtype(dtype)
 
     t = target
     if not (
@@ -130,14 +138,9 @@ def _cross_entropy(
     grad_buf = copy_back = go = None
     go_scalar = 1.0
     if want_grad:
-        if grad_output is not None:
-            go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
-        if out is None and inplace is False:
-            grad_buf = np.empty_like(x)
-        else:
-            grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
-            if out is not None:
-                v.check_no_overlap(out, original, {"target": t, "weight": w, "grad_output": go})
+        grad_buf, copy_back, go, go_scalar = _gradient_destination(
+            x, original, red, loss_shape, accum, grad_output, out, inplace, t, w
+        )
 
     total = _core.cross_entropy(
         x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
@@ -147,6 +150,26 @@ def _cross_entropy(
     if grad_buf is None:
         return loss, None
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+
+def _gradient_destination(
+    x: np.ndarray,
+    original: np.ndarray,
+    red: int,
+    loss_shape: tuple[int, ...],
+    accum: np.dtype,
+    grad_output: Any,
+    out: Any,
+    inplace: Any,
+    target: np.ndarray,
+    weight: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
+    """(kernel gradient buffer, caller array to copy it into, grad_output array, scalar)."""
+    go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
+    grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
+    if out is not None:
+        v.check_no_overlap(out, original, {"target": target, "weight": weight, "grad_output": go})
+    return grad_buf, copy_back, go, go_scalar
 
 
 def _shape_loss(loss_buf: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -226,12 +249,8 @@ def _regression(
     inplace: Any,
     allow_complex: bool,
 ) -> tuple[Any, np.ndarray | None]:
-    original = input if type(input) is np.ndarray else v.array(input, "input")
-    x = original
+    original, x = _input(input, allow_complex)
     dtype = x.dtype
-    if not ((dtype is _F32 or dtype is _F64) and x.flags.c_contiguous):
-        x = v.float_array(original, "input", allow_complex)
-        dtype = x.dtype
     t = target
     if not (type(t) is np.ndarray and t.dtype is dtype and t.shape == x.shape
             and t.flags.c_contiguous):
@@ -245,23 +264,18 @@ def _regression(
     red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
     if red is None:
         red = v.reduction_code(reduction)
-    accum = _F64 if dtype is _F64 else v.accumulation_dtype(dtype)
+    accum = v.accumulation_dtype(dtype)
 
     loss_buf = np.empty(x.shape, dtype=accum) if red == 0 else None
     grad_buf = copy_back = go = None
     go_scalar = 1.0
     if want_grad:
-        if grad_output is not None:
-            go, go_scalar = v.grad_output_value(grad_output, red, x.shape, accum)
-        if out is None and inplace is False:
-            grad_buf = np.empty_like(x)
-        else:
-            grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
-            if out is not None:
-                v.check_no_overlap(out, original, {"target": t, "grad_output": go})
+        grad_buf, copy_back, go, go_scalar = _gradient_destination(
+            x, original, red, x.shape, accum, grad_output, out, inplace, t, None
+        )
     total = kernel(x, t, red, loss_buf, grad_buf, go, go_scalar)
     if loss_buf is None:
-        loss = (dtype if dtype is _F32 or dtype is _F64 else v.real_dtype(dtype)).type(total)
+        loss = v.real_dtype(dtype).type(total)
     else:
         loss = _shape_loss(loss_buf, dtype)
     if grad_buf is None:

@@ -26,11 +26,15 @@ REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
     """float64 for float64 (and complex128) data, float32 for everything else."""
+    if dtype is _F64 or dtype is _F32:  # identity first: the per-call hot path
+        return dtype
     return _F64 if dtype in (_F64, _C128) else _F32
 
 
 def real_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a loss value of `dtype` data has (complex -> its real part)."""
+    if dtype is _F64 or dtype is _F32:
+        return dtype
     if dtype == _C64:
         return _F32
     if dtype == _C128:
@@ -139,6 +143,8 @@ def gradient_buffer(
     dtype and shape; copy_back, when set, is the caller's non-contiguous `out`
     (or `input` for inplace=True) that receives kernel_buffer afterwards.
     """
+    if out is None and inplace is False:  # the common case first
+        return np.empty_like(x), None
     if not isinstance(inplace, (bool, np.bool_)):
         raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
     if inplace:

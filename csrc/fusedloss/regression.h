@@ -32,6 +32,12 @@ inline double reduce_result(Reduction red, double total, int64_t n) {
   return total / double(n);  // n == 0: 0/0 = NaN, as torch
 }
 
+// The upstream gradient every element's gradient is scaled by when no
+// per-element grad_output is given (a mean divides it by n).
+inline double upstream_scalar(const RegressionProblem& pr) {
+  return pr.reduction == Reduction::Mean ? pr.grad_output_scalar / double(pr.n) : pr.grad_output_scalar;
+}
+
 struct MseOp {
   template <class V> static V loss(V d) { return d * d; }
   // d/dx (x-t)^2 * g = 2 d g; the 2 is folded into g (exact).
@@ -55,7 +61,7 @@ template <class S, class Op> double regression_typed(const RegressionProblem& pr
   S* g = static_cast<S*>(pr.grad_input);
   A* lo = static_cast<A*>(pr.loss);
   const A* goa = pr.reduction == Reduction::None ? static_cast<const A*>(pr.grad_output) : nullptr;
-  const double go_d = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / double(pr.n) : pr.grad_output_scalar;
+  const double go_d = upstream_scalar(pr);
   const V go = V::set1(static_cast<A>(go_d));
   const bool stream = g && pr.n * int64_t(sizeof(S)) >= kStreamBytes;
   const auto ld = [](const S* p, int64_t n) { return n >= W ? vload(p) : load_n(p, n, A(0)); };
@@ -92,7 +98,7 @@ template <class S> double l1_complex_typed(const RegressionProblem& pr, int thre
   S* g = static_cast<S*>(pr.grad_input);
   S* lo = static_cast<S*>(pr.loss);
   const S* goa = pr.reduction == Reduction::None ? static_cast<const S*>(pr.grad_output) : nullptr;
-  const double go = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / double(pr.n) : pr.grad_output_scalar;
+  const double go = upstream_scalar(pr);
   const double total = sum_blocks(pr.n, threads, [&](int64_t i0, int64_t i1) {
     double sum = 0;
     for (int64_t i = i0; i < i1; ++i) {

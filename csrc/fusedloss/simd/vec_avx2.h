@@ -27,6 +27,9 @@
   inline M gt(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_GT_OQ)}; }             \
   inline M eq(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_EQ_OQ)}; }             \
   inline M isnan_v(V a) { return {_mm256_cmp_##SFX(a.v, a.v, _CMP_UNORD_Q)}; }           \
+  /* Not greater-or-equal: true where a < b or either is NaN. */                         \
+  inline M nge(V a, V b) { return {_mm256_cmp_##SFX(a.v, b.v, _CMP_NGE_UQ)}; }            \
+  inline M operator|(M a, M b) { return {_mm256_or_##SFX(a.m, b.m)}; }                   \
   inline V select(M m, V a, V b) { return {_mm256_blendv_##SFX(b.v, a.v, m.m)}; }        \
   inline bool any(M m) { return _mm256_movemask_##SFX(m.m) != 0; }                       \
   inline V vround(V a) {                                                                 \
@@ -37,7 +40,9 @@
   inline V ldexp_v(V p, V n) {                                                           \
     const V n1 = {_mm256_floor_##SFX(_mm256_mul_##SFX(n.v, _mm256_set1_##SFX(0.5)))};    \
     return p * pow2i(n1) * pow2i(n - n1);                                                \
-  }
+  }                                                                                      \
+  /* p * 2^n where 2^n and the result are normal: one exact scaling. */                  \
+  inline V ldexp_normal(V p, V n) { return p * pow2i(n); }
 
 struct VF; struct VD;
 inline VF pow2i(VF k);
@@ -45,6 +50,8 @@ inline VD pow2i(VD k);
 FL_AVX2_VEC(VF, MF, float, __m256, ps, 8)
 FL_AVX2_VEC(VD, MD, double, __m256d, pd, 4)
 #undef FL_AVX2_VEC
+
+constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes ldexp_normal when it can
 
 inline float lane0(VF a) { return _mm256_cvtss_f32(a.v); }
 inline double lane0(VD a) { return _mm256_cvtsd_f64(a.v); }

@@ -27,6 +27,8 @@
   inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
   inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \
   inline M isnan_v(V a) { return {_mm512_cmp_##SFX##_mask(a.v, a.v, _CMP_UNORD_Q)}; }      \
+  inline M nge(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_NGE_UQ)}; }      \
+  inline M operator|(M a, M b) { return {static_cast<KM>(a.k | b.k)}; }                    \
   inline V select(M m, V a, V b) { return {_mm512_mask_blend_##SFX(m.k, b.v, a.v)}; }      \
   inline bool any(M m) { return m.k != 0; }                                                \
   inline V vround(V a) {                                                                   \
@@ -44,6 +46,8 @@
 FL_AVX512_VEC(VF, MF, __mmask16, float, __m512, ps, 16)
 FL_AVX512_VEC(VD, MD, __mmask8, double, __m512d, pd, 8)
 #undef FL_AVX512_VEC
+
+constexpr bool kLdexpIsOneOp = true;  // vscalef: exact, denormals included
 
 inline float lane0(VF a) { return _mm512_cvtss_f32(a.v); }
 inline double lane0(VD a) { return _mm512_cvtsd_f64(a.v); }

@@ -27,6 +27,7 @@
   inline bool gt(V a, V b) { return a.v > b.v; }                                    \
   inline bool eq(V a, V b) { return a.v == b.v; }                                   \
   inline bool isnan_v(V a) { return a.v != a.v; }                                   \
+  inline bool nge(V a, V b) { return !(a.v >= b.v); }                               \
   inline V select(bool m, V a, V b) { return m ? a : b; }                           \
   inline TT hsum(V a) { return a.v; }                                               \
   inline TT hmax(V a) { return a.v; }                                               \
@@ -47,6 +48,13 @@
     memcpy(&s2, &e2, sizeof(TT));                                                   \
     return {p.v * s1 * s2};                                                         \
   }                                                                                 \
+  /* p * 2^n where 2^n and the result are normal: one exact scaling. */             \
+  inline V ldexp_normal(V p, V n) {                                                 \
+    const UINT e = static_cast<UINT>(static_cast<long>(n.v) + BIAS) << MANT;        \
+    TT s;                                                                           \
+    memcpy(&s, &e, sizeof(TT));                                                     \
+    return {p.v * s};                                                               \
+  }                                                                                 \
   /* x positive, normal, finite: x = m * 2^e with m in [1, 2). */                  \
   inline V frexp_v(V x, V& e) {                                                     \
     UINT u;                                                                         \
@@ -63,6 +71,7 @@ FL_SCALAR_VEC(VD, double, uint64_t, 52, 1023)
 #undef FL_SCALAR_VEC
 
 inline bool any(bool m) { return m; }
+constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes ldexp_normal when it can
 
 inline VF vload(const float* p) { return {*p}; }
 inline VD vload(const double* p) { return {*p}; }

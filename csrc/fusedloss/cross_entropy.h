@@ -16,7 +16,6 @@
 
 constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
 constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
-constexpr int64_t kPrefetchBytes = 2048;  // forward-only rows: read-ahead distance
 constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
 
 // Heap scratch without std:: templates (see kernels_*.cpp on the ODR trap).
@@ -138,12 +137,12 @@ template <class S> struct CrossEntropy {
   }
 
   // ---- rows (inner == 1): vectorised along C ----
-  // A row is swept in steps of 4 vectors. Pass 1 keeps a per-lane running max
-  // m and exp-sum (rescaled when m grows) and may store e = exp(x - m) and the
-  // step's m in scratch; pass 2 writes grad = e * exp(m - M) * a/S - ...
-  // reading e back from cache: one exp per element plus one per step. Without
-  // scratch (huge rows, chunk-parallel mode) pass 2 replays the same max
-  // recurrence and recomputes the very same e, so both give the same bits.
+  // A row is swept in steps of 4 vectors, chunk by chunk. Pass 1 finds the
+  // chunk's max m, then (the chunk now in L1) e = exp(x - m) and its sum, and
+  // may store e in scratch; pass 2 writes grad = e * exp(m - M) * a/S - ...
+  // reading e back from cache: one exp per element plus one per chunk.
+  // Without scratch (huge rows, chunk-parallel mode) pass 2 recomputes the
+  // very same e from x and m, so both give the same bits.
   static constexpr int64_t kStep = 4 * W;
   // Elements of a row reduced as one unit: 128 terms per float accumulator
   // lane keeps the exp-sum within ~1e-6 even on the one-lane baseline path;
@@ -161,10 +160,10 @@ template <class S> struct CrossEntropy {
   }
   static V max4(const V* v) { return vmax(vmax(v[0], v[1]), vmax(v[2], v[3])); }
 
-  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* ms) const;
+  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es) const;
 
-  double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, const A* es,
-                    const A* ms, const S* pf = nullptr) const;
+  double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es,
+                    const S* pf = nullptr) const;
 
   void combine(Pos& p, const Part* parts, int64_t nch) const {
     A mx = parts[0].m;
@@ -183,10 +182,10 @@ template <class S> struct CrossEntropy {
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   bool need_pass2() const { return g || smooth || q; }
 
-  // Scratch for e and the step maxima: only while it stays in L2 with the row.
+  // Scratch for e: only while it stays in L2 with the row.
   bool use_scratch() const { return g && C * int64_t(sizeof(A)) <= (int64_t(1) << 18); }
   int64_t padded() const { return (C + kStep - 1) / kStep * kStep; }
-  int64_t scratch_len() const { return use_scratch() ? padded() + padded() / kStep * W : 0; }
+  int64_t scratch_len() const { return use_scratch() ? padded() : 0; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
 
   void row_serial(int64_t r, Part* parts) const;

@@ -3,61 +3,58 @@
 // namespace; see there for the row scheme (chunks, pass 1 / pass 2).
 #pragma once
 
-// Pass 1 over [c0, c1) (c0 a multiple of kStep); es/ms: optional scratch,
-// indexed by absolute class (e) and step (m, W values per step).
+// Pass 1 over [c0, c1) (c0 a multiple of kStep): the chunk's max, then
+// e = exp(x - m) and its sum, the chunk re-read from L1; es: optional scratch
+// for e, indexed by absolute class.
 template <class S>
-typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* ms) const {
+typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es) const {
   const A inf = std::numeric_limits<A>::infinity();
-  V m = V::set1(std::numeric_limits<A>::lowest());  // not -inf: exp(-inf - -inf) is NaN
+  V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
+  for (int64_t c = c0; c < c1; c += kStep) {
+    V xv[4];
+    load_step(xr, c, c1, -inf, xv);
+    for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
+  }
+  Part part;
+  part.m = hmax(max4(mk));
+  if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
+  const V m = V::set1(part.m);
+  // Without scratch nothing else keeps memory busy while the exps run: ask for
+  // the next chunk (or row: rows are contiguous) now. Prefetches never fault.
+  const char* ahead = es ? nullptr : reinterpret_cast<const char*>(xr + c1);
   V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, qa = V::set1(0);
   for (int64_t c = c0; c < c1; c += kStep) {
     V xv[4];
     load_step(xr, c, c1, -inf, xv);
-    const V mn = vmax(m, max4(xv));
-    if (c != c0 && any(gt(mn, m))) {  // (first step: the sums are still 0)
-      const V f = vexp_nonpos(m - mn);
-      for (V& sk : sum) sk = sk * f;
+    if (ahead)
+      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, 3);
+    for (int k = 0; k < 4; ++k) {
+      if (c + k * W >= c1) break;  // all-pad vectors would add 0
+      const V e = vexp_nonpos(xv[k] - m);
+      sum[k] = sum[k] + e;
+      if (es) e.store(es + c + k * W);
     }
-    m = mn;
-    if (c + kStep <= c1) {  // full step: constant trip count, stays in registers
-      if (!es)  // forward only: compute-bound, so ask for the data ahead of the prefetchers
-        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(xr + c) + kPrefetchBytes + b, 0, 3);
-      for (int k = 0; k < 4; ++k) {
-        const V e = vexp_nonpos(xv[k] - m);
-        sum[k] = sum[k] + e;
-        if (es) e.store(es + c + k * W);
-      }
-    } else {
-      for (int k = 0; k < 4; ++k) {
-        if (c + k * W >= c1) break;  // all-pad vectors would add 0
-        const V e = vexp_nonpos(xv[k] - m);
-        sum[k] = sum[k] + e;
-        if (es) e.store(es + c + k * W);
-      }
-    }
-    if (ms) m.store(ms + (c / kStep) * W);
     if (qr) {
       V qv[4];
       load_step(qr, c, c1, A(0), qv);
       for (int k = 0; k < 4; ++k) qa = fmadd(ldw(c + k * W, c1 - c - k * W), qprime(qv[k]), qa);
     }
   }
-  Part part;
-  part.m = hmax(m);
-  part.s = hsum(((sum[0] + sum[1]) + (sum[2] + sum[3])) * vexp_nonpos(m - V::set1(part.m)));
+  part.s = hsum((sum[0] + sum[1]) + (sum[2] + sum[3]));
   part.q = double(hsum(qa));
   return part;
 }
 
 // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
-// smoothing / probability-target loss sum_c w_c q'_c log p_c.
+// smoothing / probability-target loss sum_c w_c q'_c log p_c. cm: the chunk's
+// max from pass 1; e is read from es or recomputed, the same bits either way.
 template <class S>
-double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, const A* es, const A* ms, const S* pf) const {
+double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es, const S* pf) const {
   const A inf = std::numeric_limits<A>::infinity();
-  const V M = V::set1(p.M), ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
+  const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
+  const V F = vexp(m - M) * V::set1(p.ra);  // p = e * F * S / a
   const bool loss = smooth || qr;
-  V acc = V::set1(0), m = V::set1(std::numeric_limits<A>::lowest());
+  V acc = V::set1(0);
   // Streaming stores off the 64-byte grid: results wait one vector (prev).
   const int delta = stream && gr ? stream_delta(gr + c0) : -1;
   bool pend = false;
@@ -72,7 +69,6 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       if (pf)  // the next row's pass 1 reads this right after: start its misses now
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
-      const V F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
       for (int k = 0; k < 4; ++k) {
         const int64_t off = c + k * W;
         const V gv = V::load(es + off) * F;
@@ -87,15 +83,12 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       continue;
     }
     flush();
-    V F, e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
+    V e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
     if (es) {
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = V::load(es + c + k * W);
-      F = vexp(V::load(ms + (c / kStep) * W) - M) * ra;
     } else {
       load_step(xr, c, c1, -inf, xv);
-      m = vmax(m, max4(xv));
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp_nonpos(xv[k] - m);
-      F = vexp(m - M) * ra;
     }
     const bool st = stream && !(tgt && p.t >= c && p.t < c + kStep);  // the target lane is rewritten below
     for (int k = 0; k < 4; ++k) {
@@ -113,12 +106,10 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       if (gr && !(st && n >= W && vstream(gr + off, gv))) stx(gr + off, n, gv);
     }
     if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
-      alignas(64) A eb[4 * W], fb[W];
+      alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
-      F.store(fb);
       const A cww = smooth ? p.cw * p.wt : A(0);
-      const int64_t j = p.t - c;
-      put(gr + p.t, lane0(fmsub(V::set1(eb[j]), V::set1(fb[j % W]), V::set1(cww + p.b))));
+      put(gr + p.t, lane0(fmsub(V::set1(eb[p.t - c]), F, V::set1(cww + p.b))));
     }
   }
   flush();
@@ -134,10 +125,10 @@ void CrossEntropy<S>::row_serial(int64_t r, Part* parts) const {
   double acc = 0;
   if (p.valid) {
     const int64_t nch = chunks();
-    for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), nullptr, nullptr);
+    for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), nullptr);
     combine(p, parts, nch);
     if (need_pass2())
-      for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, nullptr, nullptr);
+      for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, parts[k].m, nullptr);
   } else if (gr) {
     zero(gr, C);
   }
@@ -156,7 +147,7 @@ void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1) const {
   Part* parts[2] = {pbuf.p, pbuf.p + nch};
   A* es[2] = {sbuf.p, sbuf.p + len};
   const auto stats = [&](int64_t r, Pos& p, int b, int64_t k) {
-    if (p.valid) parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b], es[b] + padded());
+    if (p.valid) parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b]);
   };
   int cur = 0;
   Pos p = r0 < r1 ? setup(r0, x + r0 * C, 1) : Pos{};
@@ -171,7 +162,7 @@ void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1) const {
       const int64_t c0 = k * kChunk;
       if (!p.valid) zero(gr + c0, chunk_end(c0) - c0);
       else
-        acc += chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, chunk_end(c0), p, es[cur], es[cur] + padded(),
+        acc += chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, chunk_end(c0), p, parts[cur][k].m, es[cur],
                           more ? x + (r + 1) * C : nullptr);
       if (more) stats(r + 1, pn, 1 - cur, k);
     }
@@ -277,7 +268,7 @@ void CrossEntropy<S>::rows_chunked(int nt) {
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t r = it / nch, c0 = (it % nch) * kChunk;
-      if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, chunk_end(c0), nullptr, nullptr);
+      if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, chunk_end(c0), nullptr);
     }
 #pragma omp single
     for (int64_t r = 0; r < N; ++r)
@@ -292,7 +283,7 @@ void CrossEntropy<S>::rows_chunked(int nt) {
         if (gr) zero(gr + c0, n);
         continue;
       }
-      if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, nullptr, nullptr);
+      if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, parts[it].m, nullptr);
     }
     stream_fence();
   }

@@ -84,7 +84,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   }
   for (int64_t c = 0; c < C; ++c)
     for (int64_t v = 0; v < nv; ++v) {
-      const V e = vexp(V::load(xs + c * kTile + v * W) - mv[v]);
+      const V e = vexp_nonpos(V::load(xs + c * kTile + v * W) - mv[v]);  // x - max <= 0 (or NaN)
       sv[v] = sv[v] + e;
       e.store(es + c * kTile + v * W);
     }

@@ -23,6 +23,7 @@ template <> struct MathConsts<float> {
   static constexpr float min_normal = 1.17549435e-38f, denorm_scale = 16777216.0f, denorm_exp = 24.0f;
   // exp's results are normal (2^n a normal power, no NaN) for x in [normal_lo, normal_hi].
   static constexpr float normal_lo = -86.6f, normal_hi = 87.9f;
+  static constexpr float round_shift = 12583039.0f;  // 1.5 * 2^23 + 127 (bias): see vexp_clamped
   // exp(r) on |r| <= ln2/2: 1 + r + c2 r^2 + ... + c6 r^6, c2..c6 minimax for
   // relative error with c0 = c1 = 1 held exact (a linear program on 4001
   // points, coefficients rounded to float): 5e-9 = 0.04 ULP of approximation
@@ -46,6 +47,7 @@ template <> struct MathConsts<double> {
   static constexpr double min_normal = 2.2250738585072014e-308, denorm_scale = 18014398509481984.0,
                           denorm_exp = 54.0;
   static constexpr double normal_lo = -707.0, normal_hi = 708.5;
+  static constexpr double round_shift = 6755399441056767.0;  // 1.5 * 2^52 + 1023
   static constexpr int exp_terms = 13;  // Taylor, r^14/14! < 2^-58
   static constexpr const double* exp_coef = kInvFact;
   static constexpr int log_terms = 10;  // s^22/23 < 2^-60
@@ -57,7 +59,11 @@ template <> struct MathConsts<double> {
 template <bool kUpper, class V> inline V vexp_clamped(V x) {
   using T = typename V::T;
   using K = MathConsts<T>;
-  const V n = vround(x * V::set1(K::log2e));
+  // n = round(x log2e) by adding round_shift, where the spacing of T is 1:
+  // t then holds n + bias in its low mantissa bits, which pow2_shifted moves
+  // into the exponent field to make 2^n without a conversion.
+  const V t = fmadd(x, V::set1(K::log2e), V::set1(K::round_shift));
+  const V n = t - V::set1(K::round_shift);
   V r = fmadd(n, V::set1(-K::ln2_hi), x);
   r = fmadd(n, V::set1(-K::ln2_lo), r);
   V p = V::set1(static_cast<T>(K::exp_coef[K::exp_terms]));
@@ -70,7 +76,7 @@ template <bool kUpper, class V> inline V vexp_clamped(V x) {
     // 2^n. Softmax rarely leaves it: only lanes e^-86 below the row max do.
     auto out = nge(x, V::set1(K::normal_lo));
     if constexpr (kUpper) out = out | gt(x, V::set1(K::normal_hi));
-    return any(out) ? ldexp_v(p, n) : ldexp_normal(p, n);
+    return any(out) ? ldexp_v(p, n) : p * pow2_shifted(t);
   }
 }
 

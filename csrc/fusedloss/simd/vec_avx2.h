@@ -32,17 +32,12 @@
   inline M operator|(M a, M b) { return {_mm256_or_##SFX(a.m, b.m)}; }                   \
   inline V select(M m, V a, V b) { return {_mm256_blendv_##SFX(b.v, a.v, m.m)}; }        \
   inline bool any(M m) { return _mm256_movemask_##SFX(m.m) != 0; }                       \
-  inline V vround(V a) {                                                                 \
-    return {_mm256_round_##SFX(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};     \
-  }                                                                                      \
   /* p * 2^n, n integer-valued, |n| up to twice the exponent bias: two normal-range */   \
   /* factors, so a denormal result is rounded once, correctly. */                        \
   inline V ldexp_v(V p, V n) {                                                           \
     const V n1 = {_mm256_floor_##SFX(_mm256_mul_##SFX(n.v, _mm256_set1_##SFX(0.5)))};    \
     return p * pow2i(n1) * pow2i(n - n1);                                                \
-  }                                                                                      \
-  /* p * 2^n where 2^n and the result are normal: one exact scaling. */                  \
-  inline V ldexp_normal(V p, V n) { return p * pow2i(n); }
+  }
 
 struct VF; struct VD;
 inline VF pow2i(VF k);
@@ -51,7 +46,7 @@ FL_AVX2_VEC(VF, MF, float, __m256, ps, 8)
 FL_AVX2_VEC(VD, MD, double, __m256d, pd, 4)
 #undef FL_AVX2_VEC
 
-constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes ldexp_normal when it can
+constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
 
 inline float lane0(VF a) { return _mm256_cvtss_f32(a.v); }
 inline double lane0(VD a) { return _mm256_cvtsd_f64(a.v); }
@@ -85,6 +80,11 @@ inline VD pow2i(VD k) {
   const __m256d t = _mm256_add_pd(k.v, _mm256_set1_pd(4503599627371519.0));
   return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t), 52))};
 }
+
+// 2^n from t = 1.5 * 2^MANT + bias + n, n in the normal exponent range: the
+// low bits of t's mantissa field (bias + n) shifted into the exponent field.
+inline VF pow2_shifted(VF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
+inline VD pow2_shifted(VD t) { return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t.v), 52))}; }
 
 // x positive, normal, finite: returns m in [1, 2) and sets e with x = m * 2^e.
 inline VF frexp_v(VF x, VF& e) {

@@ -31,9 +31,6 @@
   inline M operator|(M a, M b) { return {static_cast<KM>(a.k | b.k)}; }                    \
   inline V select(M m, V a, V b) { return {_mm512_mask_blend_##SFX(m.k, b.v, a.v)}; }      \
   inline bool any(M m) { return m.k != 0; }                                                \
-  inline V vround(V a) {                                                                   \
-    return {_mm512_roundscale_##SFX(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};  \
-  }                                                                                        \
   inline V ldexp_v(V p, V n) { return {_mm512_scalef_##SFX(p.v, n.v)}; }                   \
   /* x positive, normal or denormal, finite: m in [1, 2), x = m * 2^e. */                  \
   inline V frexp_v(V x, V& e) {                                                            \

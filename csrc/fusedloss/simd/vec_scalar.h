@@ -32,11 +32,6 @@
   inline TT hsum(V a) { return a.v; }                                               \
   inline TT hmax(V a) { return a.v; }                                               \
   inline TT lane0(V a) { return a.v; }                                              \
-  /* Round to nearest even for |x| < 2^(MANT-1) by the add-magic trick. */          \
-  inline V vround(V a) {                                                            \
-    const TT magic = static_cast<TT>(1.5) * static_cast<TT>(UINT(1) << MANT);      \
-    return {(a.v + magic) - magic}; /* no -ffast-math: never folded */              \
-  }                                                                                 \
   /* p * 2^n for integer n with |n| <= 2*BIAS: two exact-range scalings, so a */    \
   /* denormal result is rounded once, correctly. */                                 \
   inline V ldexp_v(V p, V n) {                                                      \
@@ -48,12 +43,15 @@
     memcpy(&s2, &e2, sizeof(TT));                                                   \
     return {p.v * s1 * s2};                                                         \
   }                                                                                 \
-  /* p * 2^n where 2^n and the result are normal: one exact scaling. */             \
-  inline V ldexp_normal(V p, V n) {                                                 \
-    const UINT e = static_cast<UINT>(static_cast<long>(n.v) + BIAS) << MANT;        \
-    TT s;                                                                           \
-    memcpy(&s, &e, sizeof(TT));                                                     \
-    return {p.v * s};                                                               \
+  /* 2^n from t = 1.5 * 2^MANT + BIAS + n (n in the normal exponent range): */     \
+  /* the low bits of t's mantissa field shifted into the exponent field. */         \
+  inline V pow2_shifted(V t) {                                                      \
+    UINT u;                                                                         \
+    memcpy(&u, &t.v, sizeof(TT));                                                   \
+    u <<= MANT;                                                                     \
+    V r;                                                                            \
+    memcpy(&r.v, &u, sizeof(TT));                                                   \
+    return r;                                                                       \
   }                                                                                 \
   /* x positive, normal, finite: x = m * 2^e with m in [1, 2). */                  \
   inline V frexp_v(V x, V& e) {                                                     \
@@ -71,7 +69,7 @@ FL_SCALAR_VEC(VD, double, uint64_t, 52, 1023)
 #undef FL_SCALAR_VEC
 
 inline bool any(bool m) { return m; }
-constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes ldexp_normal when it can
+constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
 
 inline VF vload(const float* p) { return {*p}; }
 inline VD vload(const double* p) { return {*p}; }

@@ -29,6 +29,16 @@ bool has_dtype(const py::array& array, DType dtype, bool complex_input) {
   return false;
 }
 
+// Byte range [first, last) of a C-contiguous array.
+std::pair<uintptr_t, uintptr_t> byte_range(const py::array& array) {
+  const auto first = reinterpret_cast<uintptr_t>(array.data());
+  return {first, first + static_cast<uintptr_t>(array.nbytes())};
+}
+
+bool overlap(std::pair<uintptr_t, uintptr_t> a, std::pair<uintptr_t, uintptr_t> b) {
+  return a.first < b.second && b.first < a.second;
+}
+
 const char* dtype_name(DType dtype) {
   switch (dtype) {
     case DType::Float32: return "float32";
@@ -97,6 +107,23 @@ Reduction to_reduction(int reduction) {
                           std::to_string(reduction));
   }
   return static_cast<Reduction>(reduction);
+}
+
+void require_no_aliasing(const py::array& grad, const py::array& input,
+                         std::initializer_list<std::pair<const char*, const py::object*>> others) {
+  const auto g = byte_range(grad);
+  if (g.first == g.second) return;  // nothing written
+  const bool in_place = byte_range(input) == g;
+  if (!in_place && overlap(g, byte_range(input))) {
+    throw py::value_error("out: overlaps input without being the same array");
+  }
+  for (const auto& [name, other] : others) {
+    if (!other->is_none() && overlap(g, byte_range(py::reinterpret_borrow<py::array>(*other)))) {
+      throw py::value_error(std::string(in_place ? "input: written in place but shares memory with "
+                                                 : "out: shares memory with ") +
+                            name);
+    }
+  }
 }
 
 }  // namespace fusedloss::bindings

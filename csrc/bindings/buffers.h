@@ -10,6 +10,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,13 @@ void require_output(const py::array& array, DType dtype, const std::vector<int64
                     const char* name, bool complex_input = false);
 
 Reduction to_reduction(int reduction);
+
+// The gradient is written while the operands are read: raises ValueError
+// unless `grad` (C-contiguous, like every buffer here) is exactly `input` (in
+// place) or disjoint from it, and disjoint from each other operand given
+// (None skipped). Messages use the caller's names: out=, or input in place.
+void require_no_aliasing(const py::array& grad, const py::array& input,
+                         std::initializer_list<std::pair<const char*, const py::object*>> others);
 
 // nullptr for None, else the array's data pointer (after the caller's checks).
 inline const void* data_or_null(const py::object& obj) {

@@ -93,6 +93,12 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   }
   const OptionalBuffers buffers = check_optional_buffers(
       loss_out, grad_input, grad_output, reduction, dtype, loss_shape, input_shape, false);
+  if (!grad_input.is_none()) {
+    const py::object target_obj = target;
+    require_no_aliasing(py::reinterpret_borrow<py::array>(grad_input), input,
+                        {{"target", &target_obj}, {"weight", &weight}, {"grad_output", &grad_output},
+                         {"loss_out", &loss_out}});
+  }
   problem.grad_output = buffers.grad_output;
   problem.loss = buffers.loss;
   problem.grad_input = buffers.grad_input;
@@ -139,6 +145,11 @@ double regression(RegressionFn kernel, const py::array& input, const py::array& 
   problem.grad_output_scalar = grad_output_scalar;
   const OptionalBuffers buffers = check_optional_buffers(
       loss_out, grad_input, grad_output, reduction, dtype, shape, shape, complex_input);
+  if (!grad_input.is_none()) {
+    const py::object target_obj = target;
+    require_no_aliasing(py::reinterpret_borrow<py::array>(grad_input), input,
+                        {{"target", &target_obj}, {"grad_output", &grad_output}, {"loss_out", &loss_out}});
+  }
   problem.grad_output = buffers.grad_output;
   problem.loss = buffers.loss;
   problem.grad_input = buffers.grad_input;

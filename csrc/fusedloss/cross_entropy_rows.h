@@ -195,13 +195,20 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity()));
     Ms[j] = hmax(mx);
   }
+  // The last vector's pad lanes read the row max (e = 1, then zeroed), not
+  // -inf: exp's fast path needs every lane in its normal range.
+  alignas(64) A lane[W];
+  for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
+  const auto real = lt(V::load(lane), V::set1(A(C - (NV - 1) * W)));
   for (int64_t j = 0; j < nb; ++j) {
     if (!pos[j].valid) continue;
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
+    const V mj = V::set1(Ms[j]);
     V es = V::set1(0);
     for (int k = 0; k < NV; ++k) {
-      const V e = vexp_nonpos(ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity()) - V::set1(Ms[j]));
+      V e = vexp_nonpos(ldx(xr + k * W, C - k * W, Ms[j]) - mj);
+      if (k == NV - 1) e = select(real, e, V::set1(0));
       es = es + e;
       e.store(eb[j] + k * W);
     }

@@ -165,6 +165,13 @@ def _gradient_destination(
     weight: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
     """(kernel gradient buffer, caller array to copy it into, grad_output array, scalar)."""
+    if grad_output is None and inplace is False:  # the common cases, ~1 us cheaper at 64 x 10
+        if out is None:
+            return np.empty_like(x), None, None, 1.0
+        if type(out) is np.ndarray and x is original and out.dtype is x.dtype and out.shape == x.shape:
+            flags = out.flags
+            if flags.c_contiguous and flags.writeable:
+                return out, None, None, 1.0  # the binding rejects any aliasing of the operands
     go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
     grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
     if out is not None:

@@ -106,6 +106,11 @@ template <class S> struct CrossEntropy {
 
   V qprime(V qv) const { return fmadd(qv, V::set1(one_m_eps), V::set1(eps_c)); }
 
+  void store_loss(int64_t i, double l) const {
+    if (loss_out) loss_out[i] = static_cast<A>(l);
+    if (pos_loss) pos_loss[i] = l;
+  }
+
   void finish(int64_t i, const Pos& p, double acc) const {
     double l = 0;
     if (p.valid) {
@@ -116,8 +121,7 @@ template <class S> struct CrossEntropy {
         l = -acc;
       }
     }
-    if (loss_out) loss_out[i] = static_cast<A>(l);
-    if (pos_loss) pos_loss[i] = l;
+    store_loss(i, l);
   }
 
   V ldx(const S* p, int64_t n, A pad) const { return n >= W ? vload(p) : load_n(p, n, pad); }
@@ -196,7 +200,11 @@ template <class S> struct CrossEntropy {
   // overlaps, and the long-latency steps (log, division) run once per block
   // as vectors. Chosen by shape alone.
   static constexpr int kRowBlock = 16;
-  template <int NV> void rows_small(int64_t r0, int64_t r1) const;
+  // kPlain: index targets and nothing else (no weights, smoothing or
+  // per-position upstream gradient), the common case: Pos's arithmetic
+  // reduces to a few lines, kept in arrays instead (same bits).
+  bool plain_rows() const { return tgt && !w && !smooth && !go_arr; }
+  template <int NV, bool kPlain> void rows_small(int64_t r0, int64_t r1) const;
 
   void rows_chunked(int nt);
   void rows(int nt);

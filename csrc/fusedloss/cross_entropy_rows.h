@@ -175,24 +175,33 @@ void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1) const {
 }
 
 template <class S>
-template <int NV>
+template <int NV, bool kPlain>
 void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
-  Pos pos[kRowBlock];
+  constexpr A inf = std::numeric_limits<A>::infinity();
+  Pos pos[kPlain ? 1 : kRowBlock];
+  // kPlain: per-row state in arrays, as Pos would hold it with eps = 0, w = 1.
   alignas(64) A eb[kRowBlock][NV * W];
-  alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock];
+  alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock], xts[kRowBlock];
+  bool ok[kRowBlock];
   const int64_t nb = r1 - r0;
   // Two sweeps over the block (max, then exp-sum): each row's chain
   // (reduction, exp, reduction) is long, so rows are kept independent for
   // the CPU to overlap rather than one row's whole chain after another's.
   for (int64_t j = 0; j < kRowBlock; ++j) {
-    Ms[j] = A(0), sums[j] = A(1);
+    Ms[j] = A(0), sums[j] = A(1), ok[j] = false;
     if (j >= nb) continue;
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
-    pos[j] = setup(r, xr, 1);
-    if (!pos[j].valid) continue;
-    V mx = ldx(xr, C, -std::numeric_limits<A>::infinity());
-    for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -std::numeric_limits<A>::infinity()));
+    if constexpr (kPlain) {
+      ok[j] = tgt[r] != ignore;
+      if (ok[j]) xts[j] = to_acc(xr[tgt[r]]);  // read before anything is written (in-place safe)
+    } else {
+      pos[j] = setup(r, xr, 1);
+      ok[j] = pos[j].valid;
+    }
+    if (!ok[j]) continue;
+    V mx = ldx(xr, C, -inf);
+    for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -inf));
     Ms[j] = hmax(mx);
   }
   // The last vector's pad lanes read the row max (e = 1, then zeroed), not
@@ -201,7 +210,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
   for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
   const auto real = lt(V::load(lane), V::set1(A(C - (NV - 1) * W)));
   for (int64_t j = 0; j < nb; ++j) {
-    if (!pos[j].valid) continue;
+    if (!ok[j]) continue;
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
     const V mj = V::set1(Ms[j]);
@@ -213,34 +222,49 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       e.store(eb[j] + k * W);
     }
     sums[j] = hsum(es);
-    if (q) {
+    if (!kPlain && q) {
       V qs = V::set1(0);
       for (int k = 0; k < NV; ++k) qs = fmadd(ldw(k * W, C - k * W), qprime(ldx(q + r * C + k * W, C - k * W, A(0))), qs);
       pos[j].Q = double(hsum(qs));
     }
   }
   for (int v = 0; v < kRowBlock; v += int(W)) vlog(V::load(sums + v)).store(lses + v);
-  for (int64_t j = 0; j < kRowBlock; ++j) {
-    ras[j] = A(0);
-    if (j >= nb || !pos[j].valid) continue;
-    pos[j].M = Ms[j], pos[j].lse = lses[j];
-    coefs(pos[j]);  // ra = a here; divided by the sums below
-    ras[j] = pos[j].ra;
+  // ra = a / S: a in double as coefs() forms it, the division by S in A.
+  if constexpr (kPlain) {
+    for (int64_t j = 0; j < kRowBlock; ++j) ras[j] = static_cast<A>(go_scalar);
+  } else {
+    for (int64_t j = 0; j < kRowBlock; ++j) {
+      ras[j] = A(0);
+      if (!ok[j]) continue;
+      pos[j].M = Ms[j], pos[j].lse = lses[j];
+      coefs(pos[j]);  // ra = a here (sum 1)
+      ras[j] = pos[j].ra;
+    }
   }
   for (int v = 0; v < kRowBlock; v += int(W)) (V::load(ras + v) / V::load(sums + v)).store(ras + v);
   for (int64_t j = 0; j < nb; ++j) {
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
     S* gr = g ? g + r * C : nullptr;
-    Pos& p = pos[j];
-    double acc = 0;
-    if (!p.valid) {
+    if (!ok[j]) {
       if (gr) zero(gr, C);
-      finish(r, p, acc);
+      if constexpr (kPlain) store_loss(r, 0.0);
+      else finish(r, pos[j], 0.0);
       continue;
     }
+    const V ra = V::set1(ras[j]);
+    if constexpr (kPlain) {
+      if (gr) {
+        for (int k = 0; k < NV; ++k) stx(gr + k * W, C - k * W, V::load(eb[j] + k * W) * ra);
+        const A b = static_cast<A>(go_scalar);
+        put(gr + tgt[r], lane0(fmsub(V::set1(eb[j][tgt[r]]), ra, V::set1(b))));
+      }
+      store_loss(r, double(lses[j]) - double(xts[j] - Ms[j]));  // finish() with eps = 0, w = 1
+      continue;
+    }
+    Pos& p = pos[j];
     p.ra = ras[j];
-    const V ra = V::set1(p.ra), cw = V::set1(p.cw), lse = V::set1(p.lse);
+    const V cw = V::set1(p.cw), lse = V::set1(p.lse);
     V la = V::set1(0);
     for (int k = 0; k < NV; ++k) {
       const V e = V::load(eb[j] + k * W);
@@ -252,7 +276,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       }
       if (gr) stx(gr + k * W, C - k * W, gv);
     }
-    if (smooth || q) acc = double(hsum(la));  // else la is 0
+    const double acc = smooth || q ? double(hsum(la)) : 0.0;  // else la is 0
     if (gr && tgt) {
       const A cww = smooth ? p.cw * p.wt : A(0);
       put(gr + p.t, lane0(fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b))));
@@ -305,9 +329,11 @@ template <class S>
 void CrossEntropy<S>::rows(int nt) {
   if (C <= kStep) {
     using Fn = void (CrossEntropy::*)(int64_t, int64_t) const;
-    const Fn fns[4] = {&CrossEntropy::rows_small<1>, &CrossEntropy::rows_small<2>, &CrossEntropy::rows_small<3>,
-                       &CrossEntropy::rows_small<4>};
-    const Fn fn = fns[(C - 1) / W];
+    const Fn general[4] = {&CrossEntropy::rows_small<1, false>, &CrossEntropy::rows_small<2, false>,
+                           &CrossEntropy::rows_small<3, false>, &CrossEntropy::rows_small<4, false>};
+    const Fn plain[4] = {&CrossEntropy::rows_small<1, true>, &CrossEntropy::rows_small<2, true>,
+                         &CrossEntropy::rows_small<3, true>, &CrossEntropy::rows_small<4, true>};
+    const Fn fn = (plain_rows() ? plain : general)[(C - 1) / W];
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     if (nt <= 1) {
       for (int64_t b = 0; b < blocks; ++b) (this->*fn)(b * kRowBlock, kMin(N, (b + 1) * kRowBlock));

@@ -198,7 +198,7 @@ def _finish_grad(
         return original
     if out is not None:
         return out
-    return grad_buf.reshape(original.shape)
+    return grad_buf  # shaped like x, which is shaped like original
 
 
 def cross_entropy(

@@ -12,6 +12,11 @@ namespace fusedloss::bindings {
 
 namespace {
 
+// Below this many elements a kernel runs in about a microsecond: releasing
+// and re-taking the GIL would add a tenth of that, and no other thread could
+// do much in the gap.
+constexpr int64_t kKeepGilBelow = 4096;
+
 // Optional accumulation-type buffers shared by all losses.
 struct OptionalBuffers {
   const void* grad_output = nullptr;
@@ -106,7 +111,9 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   const KernelTable& kernels = active_kernels();
   const int threads = get_num_threads();
   CrossEntropyResult result;
-  {
+  if (outer * classes * inner < kKeepGilBelow) {
+    result = kernels.cross_entropy(problem, threads);
+  } else {
     py::gil_scoped_release release;
     result = kernels.cross_entropy(problem, threads);
   }
@@ -155,6 +162,7 @@ double regression(RegressionFn kernel, const py::array& input, const py::array& 
   problem.grad_input = buffers.grad_input;
 
   const int threads = get_num_threads();
+  if (n < kKeepGilBelow) return kernel(problem, threads);
   py::gil_scoped_release release;
   return kernel(problem, threads);
 }

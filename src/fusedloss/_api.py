@@ -147,8 +147,8 @@ def _cross_entropy(
         False, outer, classes, inner,
     )
     loss = dtype.type(total) if loss_buf is None else _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
+    if grad_buf is None or (copy_back is None and inplace is False and (out is None or out is grad_buf)):
+        return loss, grad_buf
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
 
 
@@ -285,8 +285,8 @@ def _regression(
         loss = v.real_dtype(dtype).type(total)
     else:
         loss = _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
+    if grad_buf is None or (copy_back is None and inplace is False and (out is None or out is grad_buf)):
+        return loss, grad_buf
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
 
 

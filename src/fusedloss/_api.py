@@ -69,6 +69,74 @@ def _cross_entropy_target(
     )
 
 
+def _plain_cross_entropy(
+    input: Any,
+    target: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    want_grad: bool,
+    grad_output: Any,
+    out: Any,
+    inplace: Any,
+) -> tuple[Any, np.ndarray | None] | None:
+    """The common call, recognised by identity checks and run directly, or None.
+
+    That call: C-contiguous float32/float64 (N, C) logits, C-contiguous int64 (N,)
+    targets, mean or sum, no weight, grad_output or inplace, and out= either None
+    or a matching C-contiguous writeable array (the binding rejects aliasing).
+    _cross_entropy would do the same kernel call; at 64 x 10 its general checks
+    cost ~0.7 us of a ~3 us call, so this route skips them.
+    """
+    if not (
+        type(input) is np.ndarray
+        and type(target) is np.ndarray
+        and weight is None
+        and grad_output is None
+        and inplace is False
+        and type(reduction) is str
+        and type(label_smoothing) is float
+        and type(ignore_index) is int
+    ):
+        return None
+    dtype = input.dtype
+    shape = input.shape
+    red = _REDUCTIONS.get(reduction)
+    if not (
+        (dtype is _F32 or dtype is _F64)
+        and len(shape) == 2
+        and shape[1]
+        and red  # mean or sum: "none" returns an array
+        and target.dtype is _INT64
+        and target.shape == shape[:1]
+        and 0.0 <= label_smoothing <= 1.0
+        and -(2**63) <= ignore_index < 2**63
+        and input.flags.c_contiguous
+        and target.flags.c_contiguous
+    ):
+        return None
+    grad = None
+    if want_grad:
+        if out is None:
+            grad = np.empty_like(input)
+        elif (
+            type(out) is np.ndarray
+            and out.dtype is dtype
+            and out.shape == shape
+            and out.flags.c_contiguous
+            and out.flags.writeable
+        ):
+            grad = out
+        else:
+            return None
+    total = _core.cross_entropy(
+        input, target, None, ignore_index, label_smoothing, red, None, grad, None, 1.0, False,
+        shape[0], shape[1], 1,
+    )
+    return dtype.type(total), grad
+
+
 def _cross_entropy(
     input: Any,
     target: Any,
@@ -216,6 +284,11 @@ def cross_entropy(
     probabilities shaped like input. Returns a scalar of input's dtype for
     mean/sum, or the per-element loss for reduction="none".
     """
+    plain = _plain_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, False, None, None, False
+    )
+    if plain is not None:
+        return plain[0]
     loss, _ = _cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, False)
     return loss
 
@@ -237,12 +310,17 @@ def cross_entropy_and_grad(
     to 1 and has the loss's shape). ``out=`` receives the gradient;
     ``inplace=True`` overwrites ``input`` with it (no extra memory).
     """
-    loss, grad = _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, True,
-        grad_output, out, inplace,
+    result = _plain_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, True, grad_output, out,
+        inplace,
     )
-    assert grad is not None
-    return loss, grad
+    if result is None:
+        result = _cross_entropy(
+            input, target, weight, ignore_index, reduction, label_smoothing, True,
+            grad_output, out, inplace,
+        )
+    assert result[1] is not None
+    return result  # type: ignore[return-value]
 
 
 def _regression(

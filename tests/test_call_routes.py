@@ -1,0 +1,127 @@
+"""Shortcuts for the common call give the bits of the general route.
+
+Two shortcuts keep small calls cheap, and each must be invisible:
+
+- ``_api._plain_cross_entropy``: the NumPy API recognises the plain call (float
+  (N, C) logits, int64 targets, mean/sum, no weight) by identity checks and calls
+  the kernel directly; ``_api._cross_entropy`` is the general route.
+- the kernel's plain small-row variant (index targets, no weight, smoothing or
+  per-row grad_output): a weight of ones takes the general variant instead, and
+  multiplying by 1 is exact, so the bits must agree.
+
+The aliasing checks the binding now does for ``out=`` are covered here too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fusedloss as fl
+from fusedloss import _api
+
+SHAPES = [(1, 1), (3, 5), (64, 10), (17, 16), (40, 33), (5, 64), (300, 7), (2, 1000)]
+
+
+def _bits(value: Any) -> bytes:
+    a = np.asarray(value)
+    return a.dtype.str.encode() + str(a.shape).encode() + np.ascontiguousarray(a).tobytes()
+
+
+def _inputs(shape: tuple[int, int], dtype: Any, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::7] = -100  # some ignored rows
+    return x, t
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_plain_route_matches_general_route(shape: tuple[int, int], dtype: Any, reduction: str,
+                                           capability: str) -> None:
+    x, t = _inputs(shape, dtype, 1)
+    assert _api._plain_cross_entropy(x, t, None, -100, reduction, 0.0, True, None, None, False)
+    loss, grad = fl.cross_entropy_and_grad(x, t, reduction=reduction)
+    ref_loss, ref_grad = _api._cross_entropy(x, t, None, -100, reduction, 0.0, True)
+    assert _bits(loss) == _bits(ref_loss)
+    assert _bits(grad) == _bits(ref_grad)
+    assert _bits(fl.cross_entropy(x, t, reduction=reduction)) == _bits(ref_loss)
+    out = np.full_like(x, np.nan)
+    loss_out, grad_out = fl.cross_entropy_and_grad(x, t, reduction=reduction, out=out)
+    assert grad_out is out
+    assert _bits(loss_out) == _bits(ref_loss) and _bits(out) == _bits(ref_grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_plain_kernel_matches_weighted_kernel(shape: tuple[int, int], dtype: Any, reduction: str,
+                                              capability: str) -> None:
+    x, t = _inputs(shape, dtype, 2)
+    ones = np.ones(shape[1], dtype=dtype)
+    loss, grad = fl.cross_entropy_and_grad(x, t, reduction=reduction)
+    ref_loss, ref_grad = fl.cross_entropy_and_grad(x, t, weight=ones, reduction=reduction)
+    assert _bits(loss) == _bits(ref_loss)
+    assert _bits(grad) == _bits(ref_grad)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"weight": None, "ignore_index": 3},
+        {"label_smoothing": 0.25},
+        {"reduction": "none"},
+        {"grad_output": 2.0},
+        {"ignore_index": np.int64(-100)},
+        {"label_smoothing": np.float32(0.0)},
+    ],
+    ids=["ignore3", "smoothing", "none", "grad_output", "np-ignore", "np-smoothing"],
+)
+def test_other_calls_take_the_general_route(kwargs: dict[str, Any]) -> None:
+    """Anything but the plain call gives what the general route gives."""
+    x, t = _inputs((64, 10), np.float32, 3)
+    full = {"weight": None, "ignore_index": -100, "reduction": "mean", "label_smoothing": 0.0,
+            "grad_output": None} | kwargs
+    t[t == -100] = int(full["ignore_index"])
+    loss, grad = fl.cross_entropy_and_grad(x, t, **kwargs)
+    ref_loss, ref_grad = _api._cross_entropy(
+        x, t, full["weight"], full["ignore_index"], full["reduction"], full["label_smoothing"],
+        True, full["grad_output"],
+    )
+    assert _bits(loss) == _bits(ref_loss)
+    assert _bits(grad) == _bits(ref_grad)
+
+
+def test_out_aliasing_is_rejected_by_name() -> None:
+    """out= that overlaps an operand is refused before anything is written."""
+    buf = np.random.default_rng(4).standard_normal((65, 10)).astype(np.float32)
+    x, shifted = buf[:64], buf[1:]  # both C-contiguous, overlapping
+    t = np.zeros(64, dtype=np.int64)
+    before = buf.copy()
+    with pytest.raises(ValueError, match="out: overlaps input"):
+        fl.cross_entropy_and_grad(x, t, out=shifted)
+    mse_target = buf[:64] * 1  # a copy: only out aliases
+    with pytest.raises(ValueError, match="out: overlaps input"):
+        fl.mse_loss_and_grad(x, mse_target, out=shifted)
+    raw = np.zeros(64 * 10 * 4, dtype=np.uint8)
+    x2 = np.ones((64, 10), dtype=np.float32)
+    out_over_target = raw.view(np.float32).reshape(64, 10)
+    t_view = raw.view(np.int64)[:64]
+    with pytest.raises(ValueError, match="out: shares memory with target"):
+        fl.cross_entropy_and_grad(x2, t_view, out=out_over_target)
+    assert np.array_equal(buf, before)
+    assert not raw.any()
+
+
+def test_out_may_be_the_input_itself() -> None:
+    """out=input is the in-place gradient, as inplace=True."""
+    x, t = _inputs((64, 10), np.float32, 5)
+    ref_loss, ref_grad = fl.cross_entropy_and_grad(x, t)
+    y = x.copy()
+    loss, grad = fl.cross_entropy_and_grad(y, t, out=y)
+    assert grad is y
+    assert _bits(loss) == _bits(ref_loss) and _bits(y) == _bits(ref_grad)

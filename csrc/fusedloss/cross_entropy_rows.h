@@ -333,7 +333,10 @@ void CrossEntropy<S>::rows(int nt) {
                            &CrossEntropy::rows_small<3, false>, &CrossEntropy::rows_small<4, false>};
     const Fn plain[4] = {&CrossEntropy::rows_small<1, true>, &CrossEntropy::rows_small<2, true>,
                          &CrossEntropy::rows_small<3, true>, &CrossEntropy::rows_small<4, true>};
-    const Fn fn = (plain_rows() ? plain : general)[(C - 1) / W];
+    const int64_t nv = (C - 1) / W;
+    // (Indexing the conditional of the two arrays picked element 0 under GCC 12's
+    // -fsanitize=undefined: index each array on its own.)
+    const Fn fn = plain_rows() ? plain[nv] : general[nv];
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     if (nt <= 1) {
       for (int64_t b = 0; b < blocks; ++b) (this->*fn)(b * kRowBlock, kMin(N, (b + 1) * kRowBlock));

@@ -231,6 +231,45 @@ def test_gradient_accumulates_into_leaf_without_copy():
     torch.testing.assert_close(x.grad, x2.grad)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_big_gradients_allocated_through_numpy(dtype):
+    """Gradients of 4 MiB and more come from NumPy (huge pages, see new_gradient): same
+    values as torch, ordinary contiguous tensors that accumulate, step an optimizer
+    and survive their array going out of scope."""
+    x, t, _ = make_ce((128, 20000), dtype, False, False, 3)  # >= 4 MiB in every dtype
+    assert x.numel() * x.element_size() >= _torch_ops._NUMPY_ALLOC_BYTES
+    ours = loss_and_grads(flt.cross_entropy, x, t)
+    ref = reference(F.cross_entropy, x, t)
+    assert_close(ours[0], ref[0], dtype, "loss")
+    assert_close(ours[1], ref[1], dtype, "grad")
+    assert ours[1].is_contiguous() and ours[1].device.type == "cpu"
+    leaf = x.detach().clone().requires_grad_(True)
+    flt.cross_entropy(leaf, t).backward()
+    flt.cross_entropy(leaf, t).backward()  # accumulates into the NumPy-backed grad
+    ref_leaf = x.detach().double().requires_grad_(True)
+    F.cross_entropy(ref_leaf, t).backward()
+    F.cross_entropy(ref_leaf, t).backward()
+    assert_close(leaf.grad, ref_leaf.grad, dtype, "accumulated grad")
+    opt = torch.optim.SGD([leaf], lr=0.5)
+    before = leaf.detach().clone()
+    opt.step()
+    torch.testing.assert_close(leaf.detach(), before - 0.5 * leaf.grad)
+    y = torch.randn(x.shape).to(dtype)
+    ours = loss_and_grads(flt.mse_loss, x, y, reduction="sum")  # (mean: half subnormals)
+    ref = reference(F.mse_loss, x, y, reduction="sum")
+    assert_close(ours[1], ref[1], dtype, "mse grad")
+
+
+def test_big_gradient_through_the_custom_op():
+    x = torch.randn(64, 20000, requires_grad=True)
+    t = torch.randint(0, 20000, (64,))
+    loss, grad = _torch_ops.cross_entropy_op(x, t, None, 1, -100, 0.0, True, False)
+    ref = torch.softmax(x.detach().double(), 1)
+    ref[torch.arange(64), t] -= 1
+    torch.testing.assert_close(grad.double(), ref / 64, rtol=1e-5, atol=1e-9)
+    torch.library.opcheck(_torch_ops.cross_entropy_op, (x, t, None, 1, -100, 0.0, True, False))
+
+
 def test_no_grad_and_target_only_grad():
     x = torch.randn(5, 8)
     p = torch.softmax(torch.randn(5, 8), 1).requires_grad_(True)

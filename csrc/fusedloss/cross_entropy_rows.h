@@ -55,7 +55,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const V F = vexp(m - M) * V::set1(p.ra);  // p = e * F * S / a
   const bool loss = smooth || qr;
   V acc = V::set1(0);
-  // Streaming stores off the 64-byte grid: results wait one vector (prev).
+  // Streaming stores off the vector grid: results wait one vector (prev).
   const int delta = stream && gr ? stream_delta(gr + c0) : -1;
   bool pend = false;
   V prev = V::set1(0);

@@ -80,3 +80,10 @@ template <class V, class S> inline void buf_store(S* p, int64_t n, V v) {
   v.store(b);
   for (int64_t i = 0; i < n; ++i) put(p + i, b[i]);
 }
+
+// Lanes of T by which p sits past a kBytes-aligned address, or -1 where p is
+// not even T-aligned: the `delta` of shifted streaming (vec_avx2/avx512.h).
+template <int kBytes, class T> inline int lanes_past_grid(const T* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a % sizeof(T) ? -1 : int((a % kBytes) / sizeof(T));
+}

@@ -167,14 +167,8 @@ inline void stream_fence() { _mm_sfence(); }
 // vector is the last delta lanes of the previous result and the first
 // W - delta of the current one, the row's two ends go through masked stores.
 // stream_delta: delta in lanes, or -1 where this is not possible.
-inline int stream_delta(const float* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  return a % 4 ? -1 : int((a % 32) / 4);
-}
-inline int stream_delta(const double* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  return a % 8 ? -1 : int((a % 32) / 8);
-}
+inline int stream_delta(const float* p) { return lanes_past_grid<32>(p); }
+inline int stream_delta(const double* p) { return lanes_past_grid<32>(p); }
 inline int stream_delta(const Half*) { return -1; }
 inline int stream_delta(const BF16*) { return -1; }
 // Both vectors rotated by delta lanes with one index vector (lane i takes

@@ -27,8 +27,6 @@
   inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
   inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \
   inline M isnan_v(V a) { return {_mm512_cmp_##SFX##_mask(a.v, a.v, _CMP_UNORD_Q)}; }      \
-  inline M nge(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_NGE_UQ)}; }      \
-  inline M operator|(M a, M b) { return {static_cast<KM>(a.k | b.k)}; }                    \
   inline V select(M m, V a, V b) { return {_mm512_mask_blend_##SFX(m.k, b.v, a.v)}; }      \
   inline bool any(M m) { return m.k != 0; }                                                \
   inline V ldexp_v(V p, V n) { return {_mm512_scalef_##SFX(p.v, n.v)}; }                   \
@@ -113,14 +111,8 @@ inline void stream_fence() { _mm_sfence(); }
 // last delta lanes of the previous result and the first W - delta of the
 // current one (one vpermt2ps), the row's two ends go through masked stores.
 // stream_delta: delta in lanes, or -1 where this is not possible.
-inline int stream_delta(const float* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  return a % 4 ? -1 : int((a % 64) / 4);
-}
-inline int stream_delta(const double* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  return a % 8 ? -1 : int((a % 64) / 8);
-}
+inline int stream_delta(const float* p) { return lanes_past_grid<64>(p); }
+inline int stream_delta(const double* p) { return lanes_past_grid<64>(p); }
 inline int stream_delta(const Half*) { return -1; }
 inline int stream_delta(const BF16*) { return -1; }
 inline void stream_join(float* aligned, VF prev, VF cur, int delta) {

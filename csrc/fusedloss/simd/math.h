@@ -53,10 +53,10 @@ template <> struct MathConsts<double> {
   static constexpr int log_terms = 10;  // s^22/23 < 2^-60
 };
 
-// e^x on a clamped argument. Cody-Waite reduction x = n ln2 + r (ln2 split
-// hi/lo, n*ln2_hi exact), polynomial by Horner with FMA, then p * 2^n with
-// gradual underflow. kUpper: x may exceed normal_hi (plain vexp).
-template <bool kUpper, class V> inline V vexp_clamped(V x) {
+// e^x for x in [lo, hi]. Cody-Waite reduction x = n ln2 + r (ln2 split
+// hi/lo, n*ln2_hi exact), polynomial by Horner with FMA, then p * 2^n: as
+// ldexp_v (gradual underflow) or, kFast, one multiply by 2^n (results normal).
+template <bool kFast, class V> inline V vexp_reduced(V x) {
   using T = typename V::T;
   using K = MathConsts<T>;
   // n = round(x log2e) by adding round_shift, where the spacing of T is 1:
@@ -68,30 +68,38 @@ template <bool kUpper, class V> inline V vexp_clamped(V x) {
   r = fmadd(n, V::set1(-K::ln2_lo), r);
   V p = V::set1(static_cast<T>(K::exp_coef[K::exp_terms]));
   for (int k = K::exp_terms - 1; k >= 0; --k) p = fmadd(p, r, V::set1(static_cast<T>(K::exp_coef[k])));
+  if constexpr (kFast) return p * pow2_shifted(t);  // exact when normal, as ldexp_v
+  else return ldexp_v(p, n);
+}
+
+// e^x; kUpper: x may exceed normal_hi (else x <= 0 or NaN). Where ldexp_v is
+// one op (vscalef) the argument is clamped (keeps n in range) and that is
+// all. Elsewhere ldexp_v takes a dozen ops (two scalings for gradual
+// underflow), so the common case, every result normal and no NaN, is tested
+// on the raw argument first: it needs neither the clamp nor ldexp_v, just a
+// multiply by 2^n. Softmax rarely leaves it: only lanes e^-86 below the row
+// max do. Operand order of the clamp keeps NaN (second operand wins).
+template <bool kUpper, class V> inline V vexp_any(V x) {
+  using K = MathConsts<typename V::T>;
+  const auto clamp = [](V v) {
+    v = vmax(V::set1(K::lo), v);
+    return kUpper ? vmin(V::set1(K::hi), v) : v;
+  };
   if constexpr (kLdexpIsOneOp) {
-    return ldexp_v(p, n);
+    return vexp_reduced<false>(clamp(x));
   } else {
-    // Where ldexp_v takes a dozen ops (two scalings for gradual underflow),
-    // the common case, every result normal and no NaN, is one multiply by
-    // 2^n. Softmax rarely leaves it: only lanes e^-86 below the row max do.
     auto out = nge(x, V::set1(K::normal_lo));
     if constexpr (kUpper) out = out | gt(x, V::set1(K::normal_hi));
-    return any(out) ? ldexp_v(p, n) : p * pow2_shifted(t);
+    return any(out) ? vexp_reduced<false>(clamp(x)) : vexp_reduced<true>(x);
   }
 }
 
-// e^x. The clamp keeps n in range; operand order keeps NaN (second operand wins).
-template <class V> inline V vexp(V x) {
-  using K = MathConsts<typename V::T>;
-  return vexp_clamped<true>(vmin(V::set1(K::hi), vmax(V::set1(K::lo), x)));
-}
+// e^x.
+template <class V> inline V vexp(V x) { return vexp_any<true>(x); }
 
 // e^x for x <= 0 or NaN (x minus a running max): the upper clamp never binds
 // there, so this is vexp without it, bit for bit, one op cheaper.
-template <class V> inline V vexp_nonpos(V x) {
-  using K = MathConsts<typename V::T>;
-  return vexp_clamped<false>(vmax(V::set1(K::lo), x));
-}
+template <class V> inline V vexp_nonpos(V x) { return vexp_any<false>(x); }
 
 // log(x). x = 2^e * m with m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f/(2+f):
 // log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), R = sum 2 s^2k / (2k+1)

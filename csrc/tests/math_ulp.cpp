@@ -2,11 +2,15 @@
 // (64-bit mantissa: an exact-enough reference for float and double).
 // Not built by the package. Build and run each ISA (from the repo root):
 //   g++ -O2 -std=c++17 -Icsrc csrc/tests/math_ulp.cpp -o /tmp/ulp_base && /tmp/ulp_base
+//   g++ -O2 -std=c++17 -Icsrc -DISA_SCALAR csrc/tests/math_ulp.cpp -o /tmp/ulp_scalar
 //   g++ -O2 -std=c++17 -Icsrc -DISA_AVX2 -mavx2 -mfma -mf16c csrc/tests/math_ulp.cpp -o /tmp/ulp_avx2
 //   g++ -O2 -std=c++17 -Icsrc -DISA_AVX512 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c
 //       csrc/tests/math_ulp.cpp -o /tmp/ulp_avx512
 #if defined(ISA_AVX2) || defined(ISA_AVX512)
 #include <immintrin.h>
+#elif defined(__SSE2__) && !defined(ISA_SCALAR)
+#include <emmintrin.h>
+#define ISA_SSE2 1
 #endif
 #include <math.h>
 #include <stdio.h>
@@ -22,6 +26,8 @@ namespace isa {
 #include "fusedloss/simd/vec_avx512.h"
 #elif defined(ISA_AVX2)
 #include "fusedloss/simd/vec_avx2.h"
+#elif defined(ISA_SSE2)
+#include "fusedloss/simd/vec_sse2.h"  // the baseline path on x86-64
 #else
 #include "fusedloss/simd/vec_scalar.h"
 #endif

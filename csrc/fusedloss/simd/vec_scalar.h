@@ -1,6 +1,8 @@
-// Baseline "vectors" of one lane: plain scalar code that runs on any x86-64
-// (or any other CPU). Same interface as vec_avx2.h / vec_avx512.h, so the
-// kernel templates and simd/math.h compile unchanged for every ISA.
+// Baseline "vectors" of one lane: plain scalar code for CPUs without SSE2
+// (builds other than x86-64; there the baseline is vec_sse2.h). Same
+// interface as vec_avx2.h / vec_avx512.h, so the kernel templates and
+// simd/math.h compile unchanged for every ISA; per lane its arithmetic is
+// vec_sse2.h's, so the two give the same exp/log bits.
 // Included inside namespace fusedloss::baseline, after simd/storage.h.
 #pragma once
 

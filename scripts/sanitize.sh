@@ -10,18 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
-PYTHON_BASE="${PYTHON:-python3}"
 VENV=.venv-sanitize
-
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON_BASE" -m venv "$VENV"
-fi
-# Same pins as the test extra; the wheels come from the local index / wheel cache.
-"$VENV/bin/pip" install -q "numpy>=1.23" "torch==2.13.0" "pytest>=7" "hypothesis>=6" \
-  "scipy>=1.9" "tqdm>=4" "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
-"$VENV/bin/pip" install -q --no-build-isolation -e . \
-  -Ccmake.define.FUSEDLOSS_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo \
-  -Cbuild-dir=build/sanitize
+. scripts/dev_venv.sh
+dev_venv "$VENV" build/sanitize -Ccmake.define.FUSEDLOSS_SANITIZE=ON -Ccmake.build-type=RelWithDebInfo
 built=$(date +%s)
 echo "sanitize: build + install took $((built - start)) s"
 

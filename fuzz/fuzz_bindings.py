@@ -11,8 +11,10 @@ deliberately wrong. ``run_case`` makes the call and reports a finding by raising
   including by a call that raised;
 * a result that differs from a float64 NumPy reference (finite small inputs only).
 
+Each input runs on one of the compiled paths the CPU supports (``capability_for``:
+baseline, AVX2, AVX-512 in turn), through ``run_input``.
 ``tests/test_fuzz_regressions.py`` replays every file of ``tests/fuzz_corpus`` through
-the same two functions. Run with ``scripts/fuzz.sh`` (bounded time) or directly:
+the same functions. Run with ``scripts/fuzz.sh`` (bounded time) or directly:
 ``python fuzz/fuzz_bindings.py -max_total_time=60 CORPUS_DIR``.
 """
 
@@ -554,8 +556,32 @@ def run_case(case: Case) -> str:
     return outcome
 
 
+def capability_for(data: bytes) -> str:
+    """The compiled path an input runs on: each path the CPU supports in turn, chosen
+    by the input's length (not by a decoded byte: older corpus files decode as before)."""
+    from fusedloss import _core
+
+    paths = _core.supported_capabilities()
+    return paths[len(data) % len(paths)]
+
+
+def run_input(data: bytes) -> str:
+    """run_case(decode(data)) on the path capability_for(data)."""
+    import fusedloss as fl
+    from fusedloss import _core
+
+    previous, path = fl.cpu_capability(), capability_for(data)
+    _core.set_capability(path)
+    try:
+        return run_case(decode(data))
+    except Finding as finding:
+        raise Finding(f"{finding} [{path} path]") from finding
+    finally:
+        _core.set_capability(previous)
+
+
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris's name)
-    run_case(decode(data))
+    run_input(data)
 
 
 def main() -> None:

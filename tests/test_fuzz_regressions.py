@@ -1,5 +1,6 @@
 """Replay of the fuzz corpus: every file in tests/fuzz_corpus goes through the fuzz
-target's own decoder and checks (fuzz/fuzz_bindings.py), without atheris.
+target's own decoder and checks (fuzz/fuzz_bindings.py), without atheris, on the
+compiled path the target picks for it (each one the CPU supports, in turn).
 
 A finding (crash, an exception other than ValueError / TypeError / IndexError, a
 modified argument, a result that differs from the float64 NumPy reference) fails the
@@ -48,9 +49,8 @@ def test_corpus_present() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name[:16] for p in FILES])
 def test_replay(path: Path) -> None:
-    case = target.decode(path.read_bytes())
     with np.errstate(all="ignore"):
-        outcome = target.run_case(case)
+        outcome = target.run_input(path.read_bytes())
     assert outcome in ("ok", "ValueError", "TypeError", "IndexError")
 
 
@@ -68,6 +68,6 @@ def test_random_bytes_smoke() -> None:
     for _ in range(400):
         data = rng.integers(0, 256, int(rng.integers(0, 400)), dtype=np.uint8).tobytes()
         with np.errstate(all="ignore"):
-            outcome = target.run_case(target.decode(data))
+            outcome = target.run_input(data)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("ok", 0) > 20, outcomes

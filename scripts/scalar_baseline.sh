@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv-scalar
 . scripts/dev_venv.sh
 dev_venv "$VENV" build/scalar -Ccmake.define.FUSEDLOSS_SCALAR_BASELINE=ON
-grep -q "FUSEDLOSS_SCALAR_BASELINE=1" build/scalar/build.ninja || {
+grep -q "^FUSEDLOSS_SCALAR_BASELINE:BOOL=ON" build/scalar/CMakeCache.txt || {
   echo "scalar_baseline: build/scalar was not built with FUSEDLOSS_SCALAR_BASELINE" >&2
   exit 2
 }

@@ -26,8 +26,9 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // Per-position setup as arrays along inner (lanes past nb: ignored). tb:
   // the target class in A, -1 where there is none (ignored, probability
   // targets, past nb), so c == t is one vector compare per class; that needs
-  // every class exact in A (float: C <= 2^24), else the scalar gather below.
-  const bool onehot = tgt && (sizeof(A) == 8 || C <= (int64_t(1) << 24));
+  // every class exact in A (float: C <= 2^24) and in int32 (setup narrows t to
+  // it, which vectorises), else the scalar gather below.
+  const bool onehot = tgt && C <= (sizeof(A) == 8 ? int64_t(INT32_MAX) : int64_t(1) << 24);
   alignas(64) A tb[kTile], wtb[kTile], okb[kTile], xtb[kTile];
   alignas(64) double gob[kTile];
   for (int64_t j = nb; j < kTile; ++j) tb[j] = A(-1), wtb[j] = okb[j] = xtb[j] = A(0), gob[j] = 0;
@@ -40,10 +41,10 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     // Branch-free loops (they vectorise); t is in [0, C) unless ignored
     // (checked before any kernel runs).
     const int64_t* tt = tgt + i0;
-    for (int64_t j = 0; j < nb; ++j) {
-      const bool ok = tt[j] != ignore;
-      okb[j] = ok ? A(1) : A(0);
-      tb[j] = ok ? static_cast<A>(tt[j]) : A(-1);
+    for (int64_t j = 0; j < nb; ++j) {  // as masks, without a conditional (it vectorises)
+      const int64_t ok = -int64_t(tt[j] != ignore);  // all ones or zero
+      okb[j] = static_cast<A>(static_cast<int32_t>(-ok));
+      tb[j] = static_cast<A>(static_cast<int32_t>(tt[j] | ~ok));  // t, or -1; onehot: t < C < 2^31
       xtb[j] = A(0);
     }
     if (w) {
@@ -158,11 +159,10 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // Loss per position (as finish()).
   alignas(64) double lb[kTile];
   if (tgt) {
-    const double ome = double(one_m_eps);
+    const double ome = double(one_m_eps), eps_c = smooth ? eps_c_d : 0.0;  // accb is 0 unless smooth
     for (int64_t j = 0; j < nb; ++j) {
-      double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j]));
-      if (smooth) l -= eps_c_d * accb[j];
-      lb[j] = okb[j] != A(0) ? l : 0.0;
+      const double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j])) - eps_c * accb[j];
+      lb[j] = tgt[i0 + j] != ignore ? l : 0.0;
     }
   } else {
     for (int64_t j = 0; j < nb; ++j) lb[j] = -double(accb[j]);

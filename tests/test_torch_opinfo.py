@@ -57,30 +57,33 @@ def test_the_databases_cover_all_three_losses():
     )
 
 
-def _widen(obj):
-    """Floating tensors (recursively in lists, tuples and dicts) to float64 / complex128."""
+def _map_tensors(obj, fn):
+    """fn applied to every tensor in obj, recursively through lists, tuples and dicts."""
     if isinstance(obj, torch.Tensor):
-        if obj.is_complex():
-            return obj.detach().to(torch.complex128).requires_grad_(obj.requires_grad)
-        if obj.is_floating_point():
-            return obj.detach().double().requires_grad_(obj.requires_grad)
-        return obj
+        return fn(obj)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_widen(o) for o in obj)
+        return type(obj)(_map_tensors(o, fn) for o in obj)
     if isinstance(obj, dict):
-        return {k: _widen(v) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     return obj
+
+
+def _widen_tensor(t):
+    if t.is_complex():
+        return t.detach().to(torch.complex128).requires_grad_(t.requires_grad)
+    if t.is_floating_point():
+        return t.detach().double().requires_grad_(t.requires_grad)
+    return t
+
+
+def _widen(obj):
+    """Floating tensors in obj to float64 / complex128."""
+    return _map_tensors(obj, _widen_tensor)
 
 
 def _fresh(obj):
-    """Leaf copies of the tensors (so each run builds its own graph)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone().requires_grad_(obj.requires_grad)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_fresh(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _fresh(v) for k, v in obj.items()}
-    return obj
+    """Leaf copies of the tensors in obj (so each run builds its own graph)."""
+    return _map_tensors(obj, lambda t: t.detach().clone().requires_grad_(t.requires_grad))
 
 
 def _loss_and_grads(fn, args, kwargs, grad_output):

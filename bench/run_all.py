@@ -20,13 +20,10 @@ import subprocess
 import sys
 from typing import Any, Callable, Sequence
 
-# Before any OpenMP runtime loads (see fusedloss/__main__.py for why).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import fusedloss as fl  # noqa: E402
-from fusedloss import _bench as b  # noqa: E402
+import fusedloss as fl
+from fusedloss import _bench as b
 
 CE_SHAPES: tuple[tuple[int, ...], ...] = (
     (64, 10), (256, 1000), (4096, 1000), (8192, 4096), (1024, 32000), (2048, 50257),

@@ -4,11 +4,7 @@
 autograd functions and nn.Module drop-ins.
 """
 
-from ._openmp import load_core as _load_core
-
-_load_core()
-
-from ._api import (  # noqa: E402
+from ._api import (
     cpu_capability,
     cross_entropy,
     cross_entropy_and_grad,

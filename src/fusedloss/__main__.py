@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-# OpenMP workers that spin between parallel regions starve each other (torch and fusedloss
-# each have a runtime) on small shared VMs: milliseconds per call. Unless the user chose a
-# policy, the bench runs with sleeping workers; the choice is printed under the table.
-WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,11 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    if WAIT_POLICY not in os.environ:  # the runtimes read it once, at load: start afresh
-        os.environ[WAIT_POLICY] = "PASSIVE"
-        argv = sys.argv[1:] if argv is None else argv
-        os.execv(sys.executable, [sys.executable, "-m", "fusedloss", *argv])
-
     from . import _bench
 
     if _bench.optional("torch") is None:

@@ -66,15 +66,15 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // The rows of the tile after next (x, and g for writing): C strided
   // streams are more than the hardware prefetchers follow, so ask for them
   // two tiles ahead, into L2 (rows I apart share cache sets, so L1 would
-  // evict them before use).
+  // evict them before use). g's here; x's in the exp loop below, where
+  // nothing else uses memory (measured: 8x21x128x128 7-16% and 4x150x128x128
+  // 12-20% faster on AVX-512 than both here, AVX2 3-4%).
   const bool ahead = j0 + 3 * kTile <= I;
   for (int64_t c = 0; c < C; ++c) {
     const V wv = V::set1(wc(c)), cv = V::set1(A(c));
-    if (ahead)
-      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
-        if (gt_) __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
-      }
+    if (ahead && gt_)
+      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
     for (int64_t v = 0; v < nv; ++v) {
       const V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
       xv.store(xs + c * kTile + v * W);
@@ -83,12 +83,16 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
     }
   }
-  for (int64_t c = 0; c < C; ++c)
+  for (int64_t c = 0; c < C; ++c) {
+    if (ahead)
+      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
     for (int64_t v = 0; v < nv; ++v) {
       const V e = vexp_nonpos(V::load(xs + c * kTile + v * W) - mv[v]);  // x - max <= 0 (or NaN)
       sv[v] = sv[v] + e;
       e.store(es + c * kTile + v * W);
     }
+  }
   alignas(64) A sums[kTile], lseb[kTile], mb[kTile], qb[kTile];
   for (int64_t v = 0; v < nv; ++v) {
     sv[v].store(sums + v * W);

@@ -66,19 +66,27 @@ template <class S, class Op> double regression_typed(const RegressionProblem& pr
   const bool stream = g && pr.n * int64_t(sizeof(S)) >= kStreamBytes;
   const auto ld = [](const S* p, int64_t n) { return n >= W ? vload(p) : load_n(p, n, A(0)); };
   const double total = sum_blocks(pr.n, threads, [&](int64_t i0, int64_t i1) {
+    // Locals, not the captured references: the vector stores below may alias
+    // anything, so each would force every captured value to be reloaded.
+    const S *xp = x, *tp = t;
+    S* gp = g;
+    A* lp = lo;
+    const A* gop = goa;
+    const V gs = go;
+    const bool st = stream;
     double sum = 0;
     for (int64_t s0 = i0; s0 < i1; s0 += kRegSub) {
       const int64_t s1 = kMin(i1, s0 + kRegSub);
       V acc = V::set1(0);  // memory-bound: one accumulator is enough
       for (int64_t i = s0; i < s1; i += W) {
         const int64_t n = s1 - i;
-        const V d = ld(x + i, n) - ld(t + i, n);  // padding lanes: d = 0, loss 0
+        const V d = ld(xp + i, n) - ld(tp + i, n);  // padding lanes: d = 0, loss 0
         const V l = Op::loss(d);
-        if (lo) n >= W ? l.store(lo + i) : store_n(lo + i, n, l);
-        if (g) {
-          const V gv = Op::grad(d, goa ? (n >= W ? V::load(goa + i) : load_n(goa + i, n, A(0))) : go);
-          if (n < W) store_n(g + i, n, gv);
-          else if (!(stream && vstream(g + i, gv))) vstore(g + i, gv);
+        if (lp) n >= W ? l.store(lp + i) : store_n(lp + i, n, l);
+        if (gp) {
+          const V gv = Op::grad(d, gop ? (n >= W ? V::load(gop + i) : load_n(gop + i, n, A(0))) : gs);
+          if (n < W) store_n(gp + i, n, gv);
+          else if (!(st && vstream(gp + i, gv))) vstore(gp + i, gv);
         }
         acc = acc + l;
       }

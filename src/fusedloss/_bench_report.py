@@ -128,7 +128,7 @@ def machine_lines(torch: Any, threads: int) -> list[str]:
         f"ISA path: {fl.cpu_capability()}",
         f"- versions: {', '.join(versions)}",
         f"- floor: {floor_how}",
-        f"- OpenMP wait policy: {wait_policy()} (one runtime, shared by torch and fusedloss)",
+        f"- OpenMP wait policy: {wait_policy()}; one runtime, shared by torch and fusedloss",
         "- fusedloss writes its gradient into a pre-allocated out= buffer (a training loop's "
         "way); torch eager and NumPy allocate theirs. float32, mean reduction, class-index "
         "targets; medians of >= 7 runs after warm-up, each contender's runs back to back "

@@ -295,6 +295,39 @@ def test_thread_counts_independent_of_torch() -> None:
     assert threads == cores
 
 
+def _openmp_wait_settings(imports: str) -> list[str]:
+    """The wait policy and spin count the process's libgomp reports (omp_display_env) after
+    running ``imports``, in a child without OMP_WAIT_POLICY / GOMP_SPINCOUNT set."""
+    code = f"""
+        import ctypes, sys
+        {imports}
+        gomp = ctypes.CDLL("libgomp.so.1")  # the copy already loaded, if any
+        if not hasattr(gomp, "omp_display_env"):
+            sys.exit(3)
+        gomp.omp_display_env(1)
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=60, env=env)
+    if proc.returncode == 3:
+        pytest.skip("this libgomp has no omp_display_env")
+    assert proc.returncode == 0, proc.stderr
+    return [line.strip() for line in proc.stderr.splitlines()
+            if "OMP_WAIT_POLICY" in line or "GOMP_SPINCOUNT" in line]
+
+
+def test_import_leaves_openmp_wait_policy_alone() -> None:
+    """The OpenMP runtime is process-wide and shared with torch: importing fusedloss must
+    not change how its idle workers wait (a passive policy set at import made torch's small
+    ops several times slower whenever fusedloss was imported first)."""
+    plain = _openmp_wait_settings("")
+    assert any("GOMP_SPINCOUNT" in line for line in plain), plain
+    assert _openmp_wait_settings("import fusedloss") == plain
+    # The check can fail: a policy changed before the runtime loads shows up.
+    passive = "import os; os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'; import fusedloss"
+    assert _openmp_wait_settings(passive) != plain
+
+
 @pytest.mark.parametrize("order", ["torch_first", "fusedloss_imported_first"])
 def test_torch_set_num_threads_before_first_use(order: str) -> None:
     """torch and fusedloss share the process's libgomp; torch.set_num_threads() calls

@@ -138,8 +138,11 @@ def machine_lines(torch: Any, threads: int) -> list[str]:
 
 def wait_policy() -> str:
     """The OpenMP runtime's idle policy as the environment sets it (read at its load)."""
-    chosen = [f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ]
-    return ", ".join(chosen) if chosen else "the runtime's default (idle workers spin briefly, then sleep)"
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    chosen = [f"{k}={os.environ[k]}" for k in names if k in os.environ]
+    if chosen:
+        return ", ".join(chosen)
+    return "the runtime's default (idle workers spin briefly, then sleep)"
 
 
 def progress(total: int, quiet: bool = False) -> Any:

@@ -86,6 +86,26 @@ inline VD pow2i(VD k) {
 inline VF pow2_shifted(VF t) { return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t.v), 23))}; }
 inline VD pow2_shifted(VD t) { return {_mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(t.v), 52))}; }
 
+// float exp's table (math.h vexp_table): t = 1.5 * 2^23 + n, n = 8k + j with
+// j in [0, 8), held in t's low mantissa bits; vpermps reads only the index's
+// low three bits, which are j. table8: T[j]. table8_scaled: T[j] * 2^k from
+// adj[j] = bits(T[j]) - (j << 20), as (n << 20) = (k << 23) + (j << 20) puts
+// k into the exponent field (t's other bits shift out); normal results only.
+// table8_exponent: k, as a float.
+constexpr bool kHasTable8 = true;
+inline VF table8(VF t, const float* table) {
+  return {_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), _mm256_castps_si256(t.v))};
+}
+inline VF table8_scaled(VF t, const int32_t* adj) {
+  const __m256i u = _mm256_castps_si256(t.v);
+  const __m256i a = _mm256_permutevar8x32_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(adj)), u);
+  return {_mm256_castsi256_ps(_mm256_add_epi32(a, _mm256_slli_epi32(u, 20)))};
+}
+inline VF table8_exponent(VF t) {
+  const __m256i n = _mm256_sub_epi32(_mm256_castps_si256(t.v), _mm256_set1_epi32(0x4b400000));
+  return {_mm256_cvtepi32_ps(_mm256_srai_epi32(n, 3))};
+}
+
 // x positive, normal, finite: returns m in [1, 2) and sets e with x = m * 2^e.
 inline VF frexp_v(VF x, VF& e) {
   const __m256i u = _mm256_castps_si256(x.v);

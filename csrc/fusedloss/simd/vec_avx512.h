@@ -27,6 +27,9 @@
   inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
   inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \
   inline M isnan_v(V a) { return {_mm512_cmp_##SFX##_mask(a.v, a.v, _CMP_UNORD_Q)}; }      \
+  /* Not greater-or-equal: true where a < b or either is NaN. */                          \
+  inline M nge(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_NGE_UQ)}; }      \
+  inline M operator|(M a, M b) { return {static_cast<KM>(a.k | b.k)}; }                    \
   inline V select(M m, V a, V b) { return {_mm512_mask_blend_##SFX(m.k, b.v, a.v)}; }      \
   inline bool any(M m) { return m.k != 0; }                                                \
   inline V ldexp_v(V p, V n) { return {_mm512_scalef_##SFX(p.v, n.v)}; }                   \
@@ -43,6 +46,22 @@ FL_AVX512_VEC(VD, MD, __mmask8, double, __m512d, pd, 8)
 #undef FL_AVX512_VEC
 
 constexpr bool kLdexpIsOneOp = true;  // vscalef: exact, denormals included
+
+// float exp's table (math.h vexp_table; see vec_avx2.h for the scheme). vpermps
+// reads the index's low four bits, j + 8 (k & 1): the 8 entries are doubled.
+constexpr bool kHasTable8 = true;
+inline VF table8(VF t, const float* table) {
+  return {_mm512_permutexvar_ps(_mm512_castps_si512(t.v), _mm512_broadcast_f32x8(_mm256_loadu_ps(table)))};
+}
+inline VF table8_scaled(VF t, const int32_t* adj) {
+  const __m512i u = _mm512_castps_si512(t.v);
+  const __m512i tab = _mm512_broadcast_i32x8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(adj)));
+  return {_mm512_castsi512_ps(_mm512_add_epi32(_mm512_permutexvar_epi32(u, tab), _mm512_slli_epi32(u, 20)))};
+}
+inline VF table8_exponent(VF t) {
+  const __m512i n = _mm512_sub_epi32(_mm512_castps_si512(t.v), _mm512_set1_epi32(0x4b400000));
+  return {_mm512_cvtepi32_ps(_mm512_srai_epi32(n, 3))};
+}
 
 inline float lane0(VF a) { return _mm512_cvtss_f32(a.v); }
 inline double lane0(VD a) { return _mm512_cvtsd_f64(a.v); }

@@ -72,6 +72,7 @@ FL_SCALAR_VEC(VD, double, uint64_t, 52, 1023)
 
 inline bool any(bool m) { return m; }
 constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
+constexpr bool kHasTable8 = false;  // no in-register table lookup: math.h's exp uses the long polynomial
 
 inline VF vload(const float* p) { return {*p}; }
 inline VD vload(const double* p) { return {*p}; }

@@ -55,6 +55,7 @@ FL_SSE2_VEC(VD, MD, double, __m128d, pd, 2)
 #undef FL_SSE2_VEC
 
 constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
+constexpr bool kHasTable8 = false;  // no in-register table lookup: math.h's exp uses the long polynomial
 
 // floor(n / 2) for integer-valued n (|n| < 2^31): an arithmetic shift.
 inline VF half_floor(VF n) { return {_mm_cvtepi32_ps(_mm_srai_epi32(_mm_cvttps_epi32(n.v), 1))}; }

@@ -334,6 +334,47 @@ def test_inplace_backward_logits_used_afterwards_raises():
         (loss + later).backward()
 
 
+def _lm_logits(seed=4):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(2, 3, 4, generator=g)
+    w = torch.randn(4, 9, generator=g, requires_grad=True)
+    return h, w, torch.randint(0, 9, (2, 3), generator=g)
+
+
+@pytest.mark.parametrize("view", ["view", "reshape", "flatten", "full_slice", "partial_slice"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_inplace_backward_on_views(view, reduction):
+    """A language model's ``logits.view(-1, V)`` (a view of a non-leaf): a reshape of
+    the whole tensor is overwritten through its base; a partial view gets its own
+    gradient buffer. Either way the gradients are torch's."""
+    make = {
+        "view": lambda z, t: (z.view(-1, 9), t.view(-1)),
+        "reshape": lambda z, t: (z.reshape(-1, 9), t.reshape(-1)),
+        "flatten": lambda z, t: (z.flatten(0, 1), t.flatten()),
+        "full_slice": lambda z, t: (z.view(-1, 9)[:, :9], t.view(-1)),
+        "partial_slice": lambda z, t: (z[1], t[1]),
+    }[view]
+    h, w, t = _lm_logits()
+    logits, tt = make(h @ w, t)
+    loss = flt.cross_entropy(logits, tt, reduction=reduction, inplace_backward=True)
+    w2 = w.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(*make(h @ w2, t), reduction=reduction)
+    upstream = torch.linspace(0.5, 2.0, ref.numel()).view(ref.shape)
+    (loss * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_inplace_backward_view_base_used_afterwards_raises():
+    h, w, t = _lm_logits(5)
+    logits = h @ w
+    loss = flt.cross_entropy(logits.view(-1, 9), t.view(-1), inplace_backward=True)
+    later = (logits * 2).sum()
+    with pytest.raises(RuntimeError, match="overwritten"):
+        (loss + later).backward()
+
+
 def test_inplace_backward_refuses_leaf():
     x = torch.randn(4, 5, requires_grad=True)
     before = x.detach().clone()
@@ -428,6 +469,10 @@ BAD_CE = {
     "int input": lambda: (torch.ones(3, 4, dtype=torch.long), torch.tensor([0, 1, 2]), {}),
     "scalar input": lambda: (torch.tensor(1.0), torch.tensor(0), {}),
     "list input": lambda: ([[1.0, 2.0]], torch.tensor([0]), {}),
+    "ignore_index above int64": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                                         {"ignore_index": 2**63}),
+    "ignore_index below int64": lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),
+                                         {"ignore_index": -(2**63) - 1}),
 }
 
 

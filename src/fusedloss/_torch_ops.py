@@ -238,25 +238,31 @@ def _guard_double_backward(*grads: Tensor | None):
 
 class CrossEntropyFunction(torch.autograd.Function):
     """Eager cross-entropy; ``inplace`` writes the gradient into the input's storage
-    (marked dirty, so autograd catches any other use of the overwritten logits)."""
+    (marked dirty, so autograd catches any other use of the overwritten logits).
+    ``shape``: the logits' shape when ``x`` is the contiguous tensor they are a
+    reshape of (see ``fusedloss.torch._overwritable_whole``), else None."""
 
     @staticmethod
     def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing, inplace,
-                float32_loss):
+                float32_loss, shape):
         ctx.set_materialize_grads(False)
         need_input = x.requires_grad
         ctx.reduction = reduction
         # The target gradient needs the logits in backward: then no overwriting.
         inplace = inplace and need_input and not target.requires_grad
+        logits = x if shape is None else x.view(shape)
+        ctx.shape = logits.shape
         grad = None
         if need_input:
-            grad = x if inplace else new_gradient(x)
+            grad = logits if inplace else new_gradient(logits)
         loss = ce_kernel(
-            x, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss
+            logits, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss
         )
+        if inplace:
+            grad = x  # the dirty output itself: autograd tracks its version
         if target.requires_grad:
             ctx.label_smoothing = label_smoothing
-            ctx.save_for_backward(grad, x, weight)
+            ctx.save_for_backward(grad, logits, weight)
         else:
             ctx.save_for_backward(grad)
         if inplace:
@@ -272,7 +278,7 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "were overwritten by their gradient and must not be used afterwards"
             )
         if grad_loss is None:
-            return None, None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None
         saved = ctx.saved_tensors
         grad_input = grad_target = None
         if len(saved) > 1:
@@ -281,9 +287,11 @@ class CrossEntropyFunction(torch.autograd.Function):
                 x, saved[2], ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
             )
         if saved[0] is not None:
-            grad_input = scale_grad(saved[0], grad_loss, ctx.reduction, saved[0].dim() > 1, True)
+            grad = saved[0]
+            grad_input = scale_grad(grad.view(ctx.shape), grad_loss, ctx.reduction,
+                                    len(ctx.shape) > 1, True).view(grad.shape)
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None, None, None, None, None
+        return grad_input, grad_target, None, None, None, None, None, None, None
 
 
 class RegressionFunction(torch.autograd.Function):

@@ -16,8 +16,10 @@ Same signatures and results as ``torch.nn.functional.cross_entropy`` /
 - ``inplace_backward=True`` (cross-entropy) writes the gradient into the logits'
   own storage: no extra memory. The logits are then gone; autograd's version
   counter reports any op that saved them, and using them afterwards in a
-  differentiable op raises in backward. Logits that are leaves cannot be
-  overwritten (torch's in-place rule); under ``torch.compile`` the flag is ignored.
+  differentiable op raises in backward. A reshape of whole logits
+  (``logits.view(-1, V)``) overwrites them; a view of part of a tensor gets its own
+  gradient buffer instead. Logits that are leaves cannot be overwritten (torch's
+  in-place rule); under ``torch.compile`` the flag is ignored.
 - float16 / bfloat16 are read as they are and accumulated in float32; losses and
   gradients come back in the input's dtype.
 - Registered as ``torch.library`` custom ops (``fusedloss::cross_entropy``,
@@ -50,6 +52,7 @@ _DTYPES = _ops.SUPPORTED_DTYPES
 _HALF = (torch.float16, torch.bfloat16)
 _is_compiling = torch.compiler.is_compiling
 _is_autocast = torch.is_autocast_enabled
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _float32_loss(input: Tensor) -> bool:
@@ -97,7 +100,29 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
             and weight.shape[0] == shape[0 if ndim == 1 else 1]
         ):
             return False
-    return type(ignore_index) is int and 0.0 <= label_smoothing <= 1.0
+    # An ignore_index outside int64 goes to torch, which raises its own error.
+    return type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX and (
+        0.0 <= label_smoothing <= 1.0
+    )
+
+
+def _overwritable_whole(input: Tensor) -> Tensor | None:
+    """The tensor ``inplace_backward`` overwrites and hands to autograd: ``input``
+    itself, or, for a view, its base when the view is a plain reshape of all of it
+    (``logits.view(-1, V)``, ``flatten``): autograd lets a Function that overwrites a
+    view return nothing else, so the base is marked dirty instead, and the view's
+    later uses still raise. None for a partial view: then the gradient gets its
+    own buffer (same results, the logits stay intact)."""
+    if not input._is_view():
+        return input
+    base = input._base
+    same_buffer = (
+        base.dtype is input.dtype
+        and base.numel() == input.numel()
+        and base.data_ptr() == input.data_ptr()
+        and base.is_contiguous()
+    )
+    return base if same_buffer else None
 
 
 def _check_overwritable(input: Tensor) -> None:
@@ -165,11 +190,14 @@ def cross_entropy(
         )
     if inplace_backward and input.requires_grad and not target.requires_grad:
         _check_overwritable(input)
-        return _ops.cross_entropy_apply(
-            input, target, weight, code, ignore_index, label_smoothing, True, autocast
-        )[0]
+        whole = _overwritable_whole(input)
+        if whole is not None:
+            return _ops.cross_entropy_apply(
+                whole, target, weight, code, ignore_index, label_smoothing, True, autocast,
+                input.shape,
+            )[0]
     return _ops.cross_entropy_apply(
-        input, target, weight, code, ignore_index, label_smoothing, False, autocast
+        input, target, weight, code, ignore_index, label_smoothing, False, autocast, None
     )
 
 

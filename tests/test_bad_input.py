@@ -485,3 +485,37 @@ def test_inplace_returns_input(fn: Callable[..., Any]) -> None:
     _, got = fn(y, target, out=y)
     assert got is y
     np.testing.assert_array_equal(y, expected)
+
+
+# ------------------------------------------------------------------ out of memory
+
+_OUT_OF_MEMORY = """
+import resource, sys
+import numpy as np
+import fusedloss as fl
+# (1, C, 2): the kernel's per-thread scratch (2 x C x one vector of positions) is
+# far more than the 1.2 GB address space left; the arrays themselves fit.
+C = 16_000_000
+x = np.zeros((1, C, 2), np.float32)
+t = np.zeros((1, 2), np.int64)
+g = np.empty_like(x)
+resource.setrlimit(resource.RLIMIT_AS, (1_200_000_000, 1_200_000_000))
+try:
+    fl.cross_entropy_and_grad(x, t, out=g)
+except MemoryError as e:
+    print("MemoryError:", e)
+print(fl.cross_entropy(np.zeros((2, 3), np.float32), np.array([0, 1])))
+"""
+
+
+def test_out_of_memory_raises_memory_error() -> None:
+    """A scratch allocation that fails raises MemoryError (it used to write
+    through a null pointer), and the process goes on working."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "MemoryError: fusedloss: out of memory" in run.stdout, run.stdout
+    assert run.stdout.strip().endswith("1.0986123"), run.stdout

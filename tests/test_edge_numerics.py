@@ -185,6 +185,10 @@ def _ce_case(name: str, dtype: Any) -> tuple[np.ndarray, np.ndarray, dict[str, A
     elif name == "weight_zero_ninf_target":
         x[0, 0] = -np.inf
         kw["weight"] = np.array([0.0, 1.0, 1.0, 1.0, 1.0], dtype)
+    elif name == "weight_cancelling":
+        # the targets' weights sum to 0 (the mean divides by 0: +-inf / NaN)
+        t[:] = [0, 1, 0, 1]
+        kw["weight"] = np.array([1.0, -1.0, 2.0, 0.5, 1.0], dtype)
     elif name != "plain":
         raise AssertionError(name)
     return x, t, kw
@@ -196,7 +200,7 @@ CE_EDGES = [
     "near_max_all_equal", "near_min_all_equal", "offset_1e3", "offset_1e5", "huge_gap", "tiny_logits", "all_ignored",
     "all_ignored_custom", "ignored_nan_row", "smoothing_ninf", "smoothing_one_ninf",
     "smoothing_ninf_ignored", "weight_zero_target", "weight_zero_all_targets",
-    "weight_zero_smoothing", "weight_zero_ninf_target",
+    "weight_zero_smoothing", "weight_zero_ninf_target", "weight_cancelling",
 ]
 
 

@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <exception>
+#include <new>
 #include <string>
 
 #include "fusedloss/dispatch.h"
@@ -17,6 +19,15 @@ void register_losses(py::module_& m);
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedloss compiled kernels (buffer level; see fusedloss._api for the user API)";
   fusedloss::bindings::register_losses(m);
+  // The kernels' scratch allocations throw std::bad_alloc (before any thread
+  // starts): a MemoryError that says what could not be allocated.
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::bad_alloc&) {
+      PyErr_SetString(PyExc_MemoryError, "fusedloss: out of memory for the kernel's scratch buffers");
+    }
+  });
 
   m.def("get_num_threads", &fusedloss::get_num_threads, "Threads the kernels use.");
   m.def(

@@ -30,6 +30,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   const char* ahead = !es || c1 == C ? reinterpret_cast<const char*>(xr + c1) : nullptr;
   const bool near = (c1 - c0) * int64_t(sizeof(S)) <= (int64_t(1) << 14);
   V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, qa = V::set1(0);
+  double qd = 0;
   for (int64_t c = c0; c < c1; c += kStep) {
     V xv[4];
     load_step(xr, c, c1, -inf, xv);
@@ -49,10 +50,11 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
       V qv[4];
       load_step(qr, c, c1, A(0), qv);
       for (int k = 0; k < 4; ++k) qa = fmadd(ldw(c + k * W, c1 - c - k * W), qprime(qv[k]), qa);
+      if ((c - c0) / kStep % kFlushSteps == kFlushSteps - 1) qd += double(hsum(qa)), qa = V::set1(0);
     }
   }
   part.s = hsum((sum[0] + sum[1]) + (sum[2] + sum[3]));
-  part.q = double(hsum(qa));
+  part.q = qd + double(hsum(qa));
   return part;
 }
 
@@ -66,6 +68,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const V F = vexp(m - M) * V::set1(p.ra);  // p = e * F * S / a
   const bool loss = smooth || qr;
   V acc = V::set1(0);
+  double accd = 0;
   // Streaming stores off the vector grid: results wait one vector (prev).
   const int delta = stream && gr ? stream_delta(gr + c0) : -1;
   bool pend = false;
@@ -116,6 +119,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       }
       if (gr && !(st && n >= W && vstream(gr + off, gv))) stx(gr + off, n, gv);
     }
+    if (loss && (c - c0) / kStep % kFlushSteps == kFlushSteps - 1) accd += double(hsum(acc)), acc = V::set1(0);
     if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
       alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
@@ -124,7 +128,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
     }
   }
   flush();
-  return double(hsum(acc));
+  return accd + double(hsum(acc));
 }
 
 template <class S>
@@ -149,14 +153,13 @@ void CrossEntropy<S>::row_serial(int64_t r, Part* parts) const {
 // Rows [r0, r1) with the gradient pass of row r interleaved chunk by chunk
 // with pass 1 of row r + 1: one streams its writes while the other streams
 // its reads, so memory is busy both ways (the passes alone leave it idle in
-// turn). Same chunk math as row_serial, so the same bits.
+// turn). Same chunk math as row_serial, so the same bits. pbuf: 2 x chunks()
+// parts, sbuf: 2 x scratch_len() (two rows' e).
 template <class S>
-void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1) const {
+void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf) const {
   const int64_t nch = chunks(), len = scratch_len();
-  Scratch<Part> pbuf(2 * nch);
-  Scratch<A> sbuf(2 * len);
-  Part* parts[2] = {pbuf.p, pbuf.p + nch};
-  A* es[2] = {sbuf.p, sbuf.p + len};
+  Part* parts[2] = {pbuf, pbuf + nch};
+  A* es[2] = {sbuf, sbuf + len};
   const auto stats = [&](int64_t r, Pos& p, int b, int64_t k) {
     if (p.valid) parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b]);
   };
@@ -359,25 +362,29 @@ void CrossEntropy<S>::rows(int nt) {
   }
   const int64_t nch = chunks();
   if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
+  // Per-thread scratch, allocated before the parallel region: a failure
+  // throws here, not in a thread.
   if (use_scratch()) {  // gradient wanted and a row fits in L2 with its scratch
-    if (nt <= 1) return rows_pipelined(0, N);
+    Scratch<Part> pbuf(int64_t(nt) * 2 * nch);
+    Scratch<A> sbuf(int64_t(nt) * 2 * scratch_len());
+    if (nt <= 1) return rows_pipelined(0, N, pbuf.p, sbuf.p);
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      rows_pipelined(N * t / T, N * (t + 1) / T);
+      rows_pipelined(N * t / T, N * (t + 1) / T, pbuf.p + t * 2 * nch, sbuf.p + t * 2 * scratch_len());
     }
     return;
   }
+  Scratch<Part> parts(int64_t(nt) * nch);
   if (nt <= 1) {
-    Scratch<Part> parts(nch);
     for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
     return stream_fence();
   }
 #pragma omp parallel num_threads(nt)
   {
-    Scratch<Part> parts(nch);
+    Part* mine = parts.p + omp_get_thread_num() * nch;
 #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+    for (int64_t r = 0; r < N; ++r) row_serial(r, mine);
     stream_fence();
   }
 }

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <new>
 
 #include "fusedloss/kernels.h"
 

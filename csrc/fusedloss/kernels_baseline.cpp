@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <new>
 
 #include "fusedloss/kernels.h"
 

@@ -439,3 +439,18 @@ def test_float64_reductions_over_many_positions(reduction):
         ref = np.sum(np.sort(per)) / (n if reduction == "mean" else 1)
         got = fl.cross_entropy(x, t, reduction=reduction)
     assert abs(float((np.longdouble(got) - ref) / ref)) <= 4e-16
+
+
+@pytest.mark.parametrize("upstream", [2.5, np.float32(2.5), np.float64(2.5), np.array(2.5, np.float32)])
+def test_unreduced_scalar_loss_takes_a_number_as_grad_output(upstream):
+    """reduction='none' on one (C,) sample gives a 0-d loss: a number (what 2 * loss
+    is in NumPy) is a grad_output of its shape, as a 0-d array is."""
+    x = np.random.default_rng(3).standard_normal(7).astype(np.float32)
+    t = np.array(4)
+    _, grad = fl.cross_entropy_and_grad(x, t, reduction="none", grad_output=upstream)
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    F.cross_entropy(xt, torch.tensor(4), reduction="none").backward(torch.tensor(2.5, dtype=torch.float64))
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-6, atol=1e-7)
+    a, b = x[:1].reshape(()), x[1:2].reshape(())  # 0-d arrays: a 0-d unreduced loss
+    _, mse_grad = fl.mse_loss_and_grad(a, b, reduction="none", grad_output=upstream)
+    np.testing.assert_allclose(mse_grad, 2.5 * 2 * (a - b), rtol=1e-6)

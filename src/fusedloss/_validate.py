@@ -127,6 +127,12 @@ def grad_output_value(
         if arr.dtype.kind not in "fiu":
             raise TypeError(f"grad_output: expected a real number, got dtype {arr.dtype}")
         return None, float(arr)
+    if loss_shape == () and isinstance(grad_output, numbers.Real):
+        # An unreduced loss of one (C,) sample is 0-d: a number is its shape
+        # (2 * loss of a 0-d array is a NumPy scalar, not an array).
+        if isinstance(grad_output, (bool, np.bool_)):
+            raise TypeError("grad_output: expected a real number, got bool")
+        grad_output = np.asarray(grad_output)
     arr = array(grad_output, "grad_output")
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"grad_output: expected a real floating array, got dtype {arr.dtype}")

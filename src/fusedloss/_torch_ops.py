@@ -251,7 +251,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         # The target gradient needs the logits in backward: then no overwriting.
         inplace = inplace and need_input and not target.requires_grad
         logits = x if shape is None else x.view(shape)
-        ctx.shape = logits.shape
+        ctx.shape = shape  # backward views the gradient as the logits only then (a view costs us)
         grad = None
         if need_input:
             grad = logits if inplace else new_gradient(logits)
@@ -287,9 +287,10 @@ class CrossEntropyFunction(torch.autograd.Function):
                 x, saved[2], ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
             )
         if saved[0] is not None:
-            grad = saved[0]
-            grad_input = scale_grad(grad.view(ctx.shape), grad_loss, ctx.reduction,
-                                    len(ctx.shape) > 1, True).view(grad.shape)
+            grad = saved[0] if ctx.shape is None else saved[0].view(ctx.shape)
+            grad_input = scale_grad(grad, grad_loss, ctx.reduction, grad.dim() > 1, True)
+            if ctx.shape is not None:
+                grad_input = grad_input.view(saved[0].shape)
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
         return grad_input, grad_target, None, None, None, None, None, None, None
 

@@ -454,3 +454,21 @@ def test_unreduced_scalar_loss_takes_a_number_as_grad_output(upstream):
     a, b = x[:1].reshape(()), x[1:2].reshape(())  # 0-d arrays: a 0-d unreduced loss
     _, mse_grad = fl.mse_loss_and_grad(a, b, reduction="none", grad_output=upstream)
     np.testing.assert_allclose(mse_grad, 2.5 * 2 * (a - b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float16_loss_overflow_is_inf_without_warning(reduction):
+    """A float16 loss beyond 65504 is inf, as torch gives it, and raises no NumPy
+    overflow warning (the narrowing from the float32 accumulator is expected)."""
+    import warnings
+
+    x = np.array([[60000.0, -60000.0]], np.float16)
+    t = np.array([1])
+    expected = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(t), reduction=reduction).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = fl.cross_entropy(x, t, reduction=reduction)
+        loss2, _ = fl.cross_entropy_and_grad(x, t, reduction=reduction)
+    np.testing.assert_array_equal(loss, expected)
+    np.testing.assert_array_equal(loss2, expected)
+    assert np.asarray(loss).dtype == np.float16

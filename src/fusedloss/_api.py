@@ -214,7 +214,7 @@ def _cross_entropy(
         x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
         False, outer, classes, inner,
     )
-    loss = dtype.type(total) if loss_buf is None else _shape_loss(loss_buf, dtype)
+    loss = _narrow_scalar(dtype, total) if loss_buf is None else _shape_loss(loss_buf, dtype)
     if grad_buf is None:
         return loss, None
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
@@ -242,10 +242,21 @@ def _gradient_destination(
     return grad_buf, copy_back, go, go_scalar
 
 
+def _narrow_scalar(dtype: np.dtype, total: float) -> Any:
+    """The loss in the input's dtype; a float16 overflow is inf, silently, as in torch."""
+    if dtype.itemsize >= 4:
+        return dtype.type(total)
+    with np.errstate(over="ignore"):
+        return dtype.type(total)
+
+
 def _shape_loss(loss_buf: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The per-element loss in the input's (real) dtype."""
+    """The per-element loss in the input's (real) dtype (float16: overflow is inf)."""
     result_dtype = v.real_dtype(dtype)
-    return loss_buf if loss_buf.dtype == result_dtype else loss_buf.astype(result_dtype)
+    if loss_buf.dtype == result_dtype:
+        return loss_buf
+    with np.errstate(over="ignore"):
+        return loss_buf.astype(result_dtype)
 
 
 def _finish_grad(

@@ -472,3 +472,15 @@ def test_float16_loss_overflow_is_inf_without_warning(reduction):
     np.testing.assert_array_equal(loss, expected)
     np.testing.assert_array_equal(loss2, expected)
     assert np.asarray(loss).dtype == np.float16
+    # MSE / L1 narrow their loss the same way: 600^2 and 120000 overflow float16
+    # (every element, so that the mean overflows too)
+    overflowing = {"mse_loss": (300.0, -300.0), "l1_loss": (60000.0, -60000.0)}
+    for name, (high, low) in overflowing.items():
+        a, b = np.full(2, high, np.float16), np.full(2, low, np.float16)
+        ref = getattr(F, name)(torch.from_numpy(a), torch.from_numpy(b), reduction=reduction).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = getattr(fl, name)(a, b, reduction=reduction)
+            got2, _ = getattr(fl, f"{name}_and_grad")(a, b, reduction=reduction)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(got2, ref)

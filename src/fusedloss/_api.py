@@ -366,7 +366,7 @@ def _regression(
         )
     total = kernel(x, t, red, loss_buf, grad_buf, go, go_scalar)
     if loss_buf is None:
-        loss = v.real_dtype(dtype).type(total)
+        loss = _narrow_scalar(v.real_dtype(dtype), total)
     else:
         loss = _shape_loss(loss_buf, dtype)
     if grad_buf is None:

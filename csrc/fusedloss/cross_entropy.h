@@ -173,6 +173,7 @@ template <class S> struct CrossEntropy {
   // loss) go into double every kFlushSteps steps, 32 terms per lane: running
   // over a whole chunk (512 per lane) they lost up to ~1e-5 at C = 8192.
   static constexpr int64_t kFlushSteps = 8;
+  static bool last_of_flush_block(int64_t c, int64_t c0) { return (c - c0) / kStep % kFlushSteps == kFlushSteps - 1; }
 
   // Loads [c, c + kStep); lanes at or past c1 read as pad.
   void load_step(const S* p, int64_t c, int64_t c1, A pad, V* v) const {

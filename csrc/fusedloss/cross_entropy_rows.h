@@ -50,7 +50,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
       V qv[4];
       load_step(qr, c, c1, A(0), qv);
       for (int k = 0; k < 4; ++k) qa = fmadd(ldw(c + k * W, c1 - c - k * W), qprime(qv[k]), qa);
-      if ((c - c0) / kStep % kFlushSteps == kFlushSteps - 1) qd += double(hsum(qa)), qa = V::set1(0);
+      if (last_of_flush_block(c, c0)) qd += double(hsum(qa)), qa = V::set1(0);
     }
   }
   part.s = hsum((sum[0] + sum[1]) + (sum[2] + sum[3]));
@@ -119,7 +119,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       }
       if (gr && !(st && n >= W && vstream(gr + off, gv))) stx(gr + off, n, gv);
     }
-    if (loss && (c - c0) / kStep % kFlushSteps == kFlushSteps - 1) accd += double(hsum(acc)), acc = V::set1(0);
+    if (loss && last_of_flush_block(c, c0)) accd += double(hsum(acc)), acc = V::set1(0);
     if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
       alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);

@@ -1,6 +1,6 @@
 // MSE and L1 (real and complex) losses with their gradients, elementwise.
 //
-// Included inside a per-ISA namespace after cross_entropy.h (Scratch,
+// Included inside a per-ISA namespace after common.h (Scratch,
 // ordered_sum, kMin). One pass: read input and target, write the gradient
 // (and the per-element loss for reduction none). The reduced loss is summed
 // per fixed block of kRegBlock elements (floats in vector accumulators

@@ -2,9 +2,10 @@
 // Floors: g = 1.5 * x (read + write), sum(x) (read), g = x + t (read 2, write 1),
 // each an OpenMP loop with the same thread count. Not built by the package:
 //   F="-O3 -std=c++17 -fopenmp -fno-math-errno -Icsrc -DFUSEDLOSS_X86=1"
-//   g++ $F -c csrc/fusedloss/kernels_baseline.cpp -o b.o
-//   g++ $F -mavx2 -mfma -mf16c -c csrc/fusedloss/kernels_avx2.cpp -o a2.o
-//   g++ $F -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c -c csrc/fusedloss/kernels_avx512.cpp -o a5.o
+//   K=csrc/fusedloss/kernels_isa.cpp
+//   g++ $F -DFUSEDLOSS_ISA=baseline -c $K -o b.o
+//   g++ $F -DFUSEDLOSS_ISA=avx2 -DFUSEDLOSS_ISA_AVX2=1 -mavx2 -mfma -mf16c -c $K -o a2.o
+//   g++ $F -DFUSEDLOSS_ISA=avx512 -DFUSEDLOSS_ISA_AVX512=1 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma -mf16c -c $K -o a5.o
 //   g++ $F csrc/tests/bench_kernels.cpp csrc/fusedloss/dispatch.cpp b.o a2.o a5.o -o bench && ./bench
 #include <omp.h>
 

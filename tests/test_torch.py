@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 import fusedloss.torch as flt  # noqa: E402
-from fusedloss import _torch_ops  # noqa: E402
+from fusedloss import _torch_elementwise, _torch_ops  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 REDUCTIONS = ["none", "mean", "sum"]
@@ -574,8 +574,14 @@ def test_custom_ops_pass_opcheck():
     h = x.detach().bfloat16().requires_grad_(True)
     torch.library.opcheck(_torch_ops.cross_entropy_op, (h, t, None, 2, -100, 0.0, True, True))
     y = torch.randn(4, 6)
-    torch.library.opcheck(_torch_ops.mse_op, (x, y, 2, True, False))
-    torch.library.opcheck(_torch_ops.l1_op, (x, y, 0, True, False))
+    w5 = torch.rand(6) + 0.5
+    for op, reduction, weight, pos_weight, target in [
+        ("mse", 2, None, None, y), ("l1", 0, None, None, y),
+        ("binary_cross_entropy_with_logits", 1, w5, w5, torch.rand(4, 6)),
+    ]:
+        target = target.requires_grad_(True)
+        args = (x, target, weight, pos_weight, op, reduction, 0.0, 0.0, True, True, False)
+        torch.library.opcheck(_torch_elementwise.elementwise_op, args)
 
 
 def test_import_fusedloss_does_not_import_torch():

@@ -101,7 +101,7 @@ def test_torch_compile_fullgraph_matches_eager_torch():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     assert graphs, "nothing was compiled"
     assert all("fusedloss.cross_entropy" in g for g in graphs)
-    assert "fusedloss.mse" in graphs[0] and "fusedloss.l1" in graphs[0]
+    assert graphs[0].count("fusedloss.elementwise") >= 2  # mse and l1
 
 
 INDUCTOR_SCRIPT = """

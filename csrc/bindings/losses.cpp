@@ -52,6 +52,16 @@ OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::obj
           mutable_data_or_null(grad_input)};
 }
 
+ElementwiseOp to_elementwise_op(int code) {
+  switch (code) {
+#define FUSEDLOSS_OP_CODE_CHECK(name, op, py) case static_cast<int>(ElementwiseOp::name):
+    FUSEDLOSS_ELEMENTWISE_OPS(FUSEDLOSS_OP_CODE_CHECK)
+#undef FUSEDLOSS_OP_CODE_CHECK
+    return static_cast<ElementwiseOp>(code);
+  }
+  throw py::value_error("op: unknown elementwise op code " + std::to_string(code));
+}
+
 double cross_entropy(const py::array& input, const py::array& target, const py::object& weight,
                      int64_t ignore_index, double label_smoothing, int reduction_code,
                      const py::object& loss_out, const py::object& grad_input,
@@ -127,61 +137,100 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   return result.loss;
 }
 
-double regression(RegressionFn kernel, const py::array& input, const py::array& target,
-                  int reduction_code, const py::object& loss_out, const py::object& grad_input,
-                  const py::object& grad_output, double grad_output_scalar, bool bfloat16,
-                  bool allow_complex) {
+// A weight-like factor: None, or an accumulation-dtype array of `period`
+// values read as values[(i / repeat) % period] for element i of n.
+Broadcast check_broadcast(const py::object& values, int64_t period, int64_t repeat, int64_t n,
+                          DType accum, const char* name) {
+  Broadcast b;
+  if (values.is_none()) return b;
+  if (period < 1 || repeat < 1 || (n > 0 && period > n)) {
+    throw py::value_error(std::string(name) + ": invalid broadcast period/repeat");
+  }
+  require_buffer(py::reinterpret_borrow<py::array>(values), accum, {period}, name);
+  b.values = data_or_null(values);
+  b.period = period;
+  b.repeat = repeat;
+  return b;
+}
+
+double elementwise(int op_code, const py::array& input, const py::object& target,
+                   int reduction_code, const py::object& loss_out, const py::object& grad_input,
+                   const py::object& grad_output, double grad_output_scalar, bool bfloat16,
+                   double target_scalar, double param, double scale, const py::object& weight,
+                   int64_t weight_period, int64_t weight_repeat, const py::object& pos_weight,
+                   int64_t pos_weight_period, int64_t pos_weight_repeat, double mean_denominator,
+                   const py::object& grad_target) {
+  const ElementwiseOp op = to_elementwise_op(op_code);
   const DType dtype = storage_dtype(input, bfloat16, "input");
   const bool complex_input = input.dtype().kind() == 'c';
-  if (complex_input && !allow_complex) {
-    throw py::type_error("input: complex input is not supported by this loss");
+  if (complex_input && op != ElementwiseOp::L1) {
+    throw py::type_error("input: complex input is only supported by the L1 loss");
   }
   const int64_t n = static_cast<int64_t>(input.size());
   const std::vector<int64_t> shape{n};
   require_buffer(input, dtype, shape, "input", complex_input);
-  require_buffer(target, dtype, shape, "target", complex_input);
+  if (!target.is_none()) {
+    require_buffer(py::reinterpret_borrow<py::array>(target), dtype, shape, "target", complex_input);
+  }
   const Reduction reduction = to_reduction(reduction_code);
+  const DType accum = accumulation_dtype(dtype);
 
-  RegressionProblem problem{};
+  ElementwiseProblem problem{};
+  problem.op = op;
   problem.dtype = dtype;
   problem.complex_input = complex_input;
   problem.input = input.data();
-  problem.target = target.data();
+  problem.target = data_or_null(target);
+  problem.target_scalar = target_scalar;
   problem.n = n;
+  problem.param = param;
+  problem.scale = scale;
+  problem.weight = check_broadcast(weight, weight_period, weight_repeat, n, accum, "weight");
+  problem.pos_weight =
+      check_broadcast(pos_weight, pos_weight_period, pos_weight_repeat, n, accum, "pos_weight");
+  if (complex_input && (problem.weight.values || !grad_target.is_none() || target.is_none())) {
+    throw py::value_error("input: complex L1 takes a target array and no weight or grad_target");
+  }
   problem.reduction = reduction;
+  problem.mean_denominator = mean_denominator;
   problem.grad_output_scalar = grad_output_scalar;
   const OptionalBuffers buffers = check_optional_buffers(
       loss_out, grad_input, grad_output, reduction, dtype, shape, shape, complex_input);
-  if (!grad_input.is_none()) {
-    const py::object target_obj = target;
-    require_no_aliasing(py::reinterpret_borrow<py::array>(grad_input), input,
-                        {{"target", &target_obj}, {"grad_output", &grad_output}, {"loss_out", &loss_out}});
+  if (!grad_target.is_none()) {
+    require_output(py::reinterpret_borrow<py::array>(grad_target), dtype, shape, "grad_target");
+  }
+  for (const py::object* grad : {&grad_input, &grad_target}) {
+    if (grad->is_none()) continue;
+    require_no_aliasing(py::reinterpret_borrow<py::array>(*grad), input,
+                        {{"target", &target}, {"weight", &weight}, {"pos_weight", &pos_weight},
+                         {"grad_output", &grad_output}, {"loss_out", &loss_out}});
+  }
+  if (!grad_input.is_none() && !grad_target.is_none() &&
+      data_or_null(grad_input) == data_or_null(grad_target) && n > 0) {
+    throw py::value_error("grad_target: must not be the same buffer as grad_input");
   }
   problem.grad_output = buffers.grad_output;
   problem.loss = buffers.loss;
   problem.grad_input = buffers.grad_input;
+  problem.grad_target = mutable_data_or_null(grad_target);
 
+  const KernelTable& kernels = active_kernels();
   const int threads = get_num_threads();
-  if (n < kKeepGilBelow) return kernel(problem, threads);
-  py::gil_scoped_release release;
-  return kernel(problem, threads);
-}
-
-// Binds one elementwise loss; the kernel is read from the active table at each
-// call, so forcing a capability (tests) takes effect at once.
-template <RegressionFn KernelTable::*kernel, bool allow_complex>
-void def_regression(py::module_& m, const char* name, const char* doc) {
-  m.def(
-      name,
-      [](const py::array& input, const py::array& target, int reduction,
-         const py::object& loss_out, const py::object& grad_input,
-         const py::object& grad_output, double grad_output_scalar, bool bfloat16) {
-        return regression(active_kernels().*kernel, input, target, reduction, loss_out,
-                          grad_input, grad_output, grad_output_scalar, bfloat16, allow_complex);
-      },
-      py::arg("input"), py::arg("target"), py::arg("reduction"), py::arg("loss_out"),
-      py::arg("grad_input"), py::arg("grad_output"), py::arg("grad_output_scalar") = 1.0,
-      py::arg("bfloat16") = false, doc);
+  ElementwiseResult result;
+  if (n < kKeepGilBelow) {
+    result = kernels.elementwise(problem, threads);
+  } else {
+    py::gil_scoped_release release;
+    result = kernels.elementwise(problem, threads);
+  }
+  for (const auto& [name, count] : {std::pair{"input", result.input_out_of_domain},
+                                     std::pair{"target", result.target_out_of_domain}}) {
+    if (count > 0) {
+      throw py::value_error(std::string(name) + ": all elements of " + name +
+                            " should be between 0 and 1 (" + std::to_string(count) + " are not)");
+    }
+  }
+  return result.loss;
 }
 
 }  // namespace
@@ -195,10 +244,20 @@ void register_losses(py::module_& m) {
         "Fused softmax cross-entropy (+ gradient) over (outer, C, inner) buffers. Without\n"
         "outer/classes/inner the input must be 3-d; with them, any C-contiguous array of\n"
         "outer * classes * inner elements (targets and outputs likewise by element count).");
-  def_regression<&KernelTable::mse, false>(m, "mse",
-                                            "Mean squared error (+ gradient) over flat buffers.");
-  def_regression<&KernelTable::l1, true>(
-      m, "l1", "L1 loss (+ gradient), real or complex, over flat buffers.");
+  m.def("elementwise", &elementwise, py::arg("op"), py::arg("input"), py::arg("target"),
+        py::arg("reduction"), py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
+        py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::kw_only(),
+        py::arg("target_scalar") = 0.0, py::arg("param") = 0.0, py::arg("scale") = 1.0,
+        py::arg("weight") = py::none(), py::arg("weight_period") = 1, py::arg("weight_repeat") = 1,
+        py::arg("pos_weight") = py::none(), py::arg("pos_weight_period") = 1,
+        py::arg("pos_weight_repeat") = 1, py::arg("mean_denominator") = 0.0,
+        py::arg("grad_target") = py::none(),
+        "An elementwise loss (op code from ELEMENTWISE_OPS) with its gradients over flat buffers.");
+  py::dict ops;
+#define FUSEDLOSS_OP_CODE(name, op, py_name) ops[py_name] = static_cast<int>(ElementwiseOp::name);
+  FUSEDLOSS_ELEMENTWISE_OPS(FUSEDLOSS_OP_CODE)
+#undef FUSEDLOSS_OP_CODE
+  m.attr("ELEMENTWISE_OPS") = ops;
 }
 
 }  // namespace fusedloss::bindings

@@ -1,9 +1,9 @@
 // The contract between the compiled kernels and everything above them.
 //
 // Kernels see raw pointers into contiguous buffers, sizes and a thread count.
-// They know nothing of Python, NumPy or torch. Every ISA build
-// (kernels_baseline.cpp, kernels_avx2.cpp, kernels_avx512.cpp) fills one
-// KernelTable; dispatch.cpp picks the table once for the running CPU.
+// They know nothing of Python, NumPy or torch. Every ISA build of
+// kernels_isa.cpp fills one KernelTable; dispatch.cpp picks the table once
+// for the running CPU.
 #pragma once
 
 #include <cstdint>
@@ -55,26 +55,75 @@ struct CrossEntropyResult {
   int64_t bad_target_position;
 };
 
-// Elementwise regression losses over n contiguous elements.
+// The elementwise losses: one line each, (enum name, op struct in
+// elementwise_ops.h, Python name). The enum, the kernels' switch and the
+// binding's table of op codes are all derived from this list.
+#define FUSEDLOSS_ELEMENTWISE_OPS(X)                                  \
+  X(Mse, MseOp, "mse")                                                \
+  X(L1, L1Op, "l1")                                                   \
+  X(Huber, HuberOp, "huber")                                          \
+  X(SmoothL1, SmoothL1Op, "smooth_l1")                                \
+  X(Bce, BceOp, "binary_cross_entropy")                               \
+  X(BceWithLogits, BceWithLogitsOp, "binary_cross_entropy_with_logits") \
+  X(KlDiv, KlDivOp, "kl_div")                                         \
+  X(KlDivLogTarget, KlDivLogTargetOp, "kl_div_log_target")            \
+  X(Hinge, HingeOp, "hinge")                                          \
+  X(Linear, LinearOp, "linear")
+
+enum class ElementwiseOp : int {
+#define FUSEDLOSS_ENUM_ENTRY(name, op, py) name,
+  FUSEDLOSS_ELEMENTWISE_OPS(FUSEDLOSS_ENUM_ENTRY)
+#undef FUSEDLOSS_ENUM_ENTRY
+};
+
+// A per-element factor (weight, pos_weight) broadcast against the flat input:
+// element i uses values[(i / repeat) % period]. period == n, repeat == 1 is a
+// full array; period 1 a scalar; the Python layer expresses torch's
+// broadcasting in these two numbers (or materialises the rare other cases).
+struct Broadcast {
+  const void* values = nullptr;  // A[period], or nullptr (all ones)
+  int64_t period = 1;
+  int64_t repeat = 1;
+};
+
+// An elementwise loss over n contiguous elements: loss_i = w_i * scale *
+// op(x_i, t_i), its gradient w.r.t. x (and, when asked, w.r.t. t).
 // For L1 with complex input, `complex_input` is true, `dtype` is the real part
 // type (Float32/Float64) and `input`/`target`/`grad_input` hold 2*n reals
 // (interleaved re, im); loss and grad_output stay real (A[n]).
-struct RegressionProblem {
+struct ElementwiseProblem {
+  ElementwiseOp op;
   DType dtype;
   bool complex_input;
   const void* input;         // S[n] (complex: S[2n])
-  const void* target;        // S[n] (complex: S[2n])
+  const void* target;        // S[n] (complex: S[2n]), or nullptr: every t_i = target_scalar
+  double target_scalar;
   int64_t n;
+  double param;              // the op's parameter: delta (Huber), beta (SmoothL1), margin (Hinge)
+  double scale;              // multiplies loss and gradients (the GAN objective's 1/2 and -1)
+  Broadcast weight;          // multiplies loss and gradients
+  Broadcast pos_weight;      // BCE with logits only
   Reduction reduction;
+  double mean_denominator;   // Mean divides by this (n when <= 0)
   void* loss;                // A[n] per-element loss for Reduction::None, or nullptr
   void* grad_input;          // S[n] (complex: S[2n]), or nullptr; may equal input
+  void* grad_target;         // S[n], or nullptr; may equal target
   const void* grad_output;   // A[n] for Reduction::None, or nullptr
   double grad_output_scalar; // used when grad_output is nullptr
 };
 
+struct ElementwiseResult {
+  // Reduced loss (0 for Reduction::None; NaN for a mean over nothing).
+  double loss;
+  // Input and target elements outside the op's domain (BCE: not in [0, 1]);
+  // when either is > 0 the outputs hold garbage and the caller raises.
+  int64_t input_out_of_domain;
+  int64_t target_out_of_domain;
+};
+
 // Returns the reduced loss (0 for Reduction::None; NaN for a mean over nothing).
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
-using RegressionFn = double (*)(const RegressionProblem&, int threads);
+using ElementwiseFn = ElementwiseResult (*)(const ElementwiseProblem&, int threads);
 
 // The kernels' own exp/log over n contiguous Float32 or Float64 values
 // (for the tests that bound their error; one thread).
@@ -84,8 +133,7 @@ using MathFn = void (*)(MathOp op, DType dtype, const void* in, void* out, int64
 struct KernelTable {
   const char* name;  // "baseline", "avx2", "avx512"
   CrossEntropyFn cross_entropy;
-  RegressionFn mse;
-  RegressionFn l1;
+  ElementwiseFn elementwise;
   MathFn math;
 };
 

@@ -60,14 +60,15 @@ namespace FUSEDLOSS_ISA {
 #include "fusedloss/simd/math.h"
 #include "fusedloss/common.h"
 #include "fusedloss/cross_entropy.h"
-#include "fusedloss/regression.h"
+#include "fusedloss/elementwise_ops.h"
+#include "fusedloss/elementwise.h"
 #include "fusedloss/elementwise_math.h"
 // clang-format on
 }  // namespace FUSEDLOSS_ISA
 
 const KernelTable& FUSEDLOSS_ISA_TABLE(FUSEDLOSS_ISA)() {
   namespace k = FUSEDLOSS_ISA;
-  static const KernelTable table{FUSEDLOSS_ISA_NAME(FUSEDLOSS_ISA), &k::cross_entropy, &k::mse, &k::l1,
+  static const KernelTable table{FUSEDLOSS_ISA_NAME(FUSEDLOSS_ISA), &k::cross_entropy, &k::elementwise,
                                  &k::elementwise_math};
   return table;
 }

@@ -9,23 +9,45 @@ from ._api import (
     cross_entropy,
     cross_entropy_and_grad,
     get_num_threads,
+    set_num_threads,
+)
+from ._elementwise import (
+    binary_cross_entropy,
+    binary_cross_entropy_and_grad,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_and_grad,
+    huber_loss,
+    huber_loss_and_grad,
+    kl_div,
+    kl_div_and_grad,
     l1_loss,
     l1_loss_and_grad,
     mse_loss,
     mse_loss_and_grad,
-    set_num_threads,
+    smooth_l1_loss,
+    smooth_l1_loss_and_grad,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "binary_cross_entropy",
+    "binary_cross_entropy_and_grad",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_and_grad",
     "cpu_capability",
     "cross_entropy",
     "cross_entropy_and_grad",
     "get_num_threads",
+    "huber_loss",
+    "huber_loss_and_grad",
+    "kl_div",
+    "kl_div_and_grad",
     "l1_loss",
     "l1_loss_and_grad",
     "mse_loss",
     "mse_loss_and_grad",
     "set_num_threads",
+    "smooth_l1_loss",
+    "smooth_l1_loss_and_grad",
 ]

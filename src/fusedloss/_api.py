@@ -17,10 +17,6 @@ from . import _validate as v
 __all__ = [
     "cross_entropy",
     "cross_entropy_and_grad",
-    "mse_loss",
-    "mse_loss_and_grad",
-    "l1_loss",
-    "l1_loss_and_grad",
     "get_num_threads",
     "set_num_threads",
     "cpu_capability",
@@ -327,93 +323,6 @@ def cross_entropy_and_grad(
         )
     assert result[1] is not None
     return result  # type: ignore[return-value]
-
-
-def _regression(
-    kernel: Any,
-    input: Any,
-    target: Any,
-    reduction: Any,
-    want_grad: bool,
-    grad_output: Any,
-    out: Any,
-    inplace: Any,
-    allow_complex: bool,
-) -> tuple[Any, np.ndarray | None]:
-    original, x = _input(input, allow_complex)
-    dtype = x.dtype
-    t = target
-    if not (type(t) is np.ndarray and t.dtype is dtype and t.shape == x.shape
-            and t.flags.c_contiguous):
-        t = v.array(target, "target")
-        v.same_shape(t, x.shape, "target", "the input's shape")
-        if t.dtype.kind == "c" and dtype.kind != "c":
-            raise TypeError(f"target: complex target needs complex input, got input dtype {dtype}")
-        if t.dtype.kind not in "fiuc":
-            raise TypeError(f"target: expected a floating array, got dtype {t.dtype}")
-        t = np.asarray(t, dtype=dtype, order="C")
-    red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
-    if red is None:
-        red = v.reduction_code(reduction)
-    accum = v.accumulation_dtype(dtype)
-
-    loss_buf = np.empty(x.shape, dtype=accum) if red == 0 else None
-    grad_buf = copy_back = go = None
-    go_scalar = 1.0
-    if want_grad:
-        grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, x.shape, accum, grad_output, out, inplace, t, None
-        )
-    total = kernel(x, t, red, loss_buf, grad_buf, go, go_scalar)
-    if loss_buf is None:
-        loss = _narrow_scalar(v.real_dtype(dtype), total)
-    else:
-        loss = _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
-    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
-
-
-def mse_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Any:
-    """Mean squared error, as ``torch.nn.functional.mse_loss`` (same shapes only)."""
-    return _regression(_core.mse, input, target, reduction, False, None, None, False, False)[0]
-
-
-def mse_loss_and_grad(
-    input: np.ndarray,
-    target: np.ndarray,
-    reduction: str = "mean",
-    grad_output: Any = None,
-    out: np.ndarray | None = None,
-    inplace: bool = False,
-) -> tuple[Any, np.ndarray]:
-    """MSE and its gradient w.r.t. ``input`` in one pass (see cross_entropy_and_grad)."""
-    loss, grad = _regression(
-        _core.mse, input, target, reduction, True, grad_output, out, inplace, False
-    )
-    assert grad is not None
-    return loss, grad
-
-
-def l1_loss(input: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Any:
-    """Mean absolute error, as ``torch.nn.functional.l1_loss``; complex input allowed."""
-    return _regression(_core.l1, input, target, reduction, False, None, None, False, True)[0]
-
-
-def l1_loss_and_grad(
-    input: np.ndarray,
-    target: np.ndarray,
-    reduction: str = "mean",
-    grad_output: Any = None,
-    out: np.ndarray | None = None,
-    inplace: bool = False,
-) -> tuple[Any, np.ndarray]:
-    """L1 loss and its gradient w.r.t. ``input`` in one pass (complex: g * d/|d|)."""
-    loss, grad = _regression(
-        _core.l1, input, target, reduction, True, grad_output, out, inplace, True
-    )
-    assert grad is not None
-    return loss, grad
 
 
 def get_num_threads() -> int:

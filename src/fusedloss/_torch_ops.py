@@ -145,25 +145,6 @@ def ce_kernel(
     return torch.scalar_tensor(value, dtype=out)
 
 
-def regression_kernel(
-    kernel, x: Tensor, target: Tensor, reduction: int, grad: Tensor | None,
-    float32_loss: bool = False,
-) -> Tensor:
-    """MSE / L1 kernel over the flattened buffers; see :func:`ce_kernel`."""
-    dtype = x.dtype
-    accum = _ACCUM[dtype]
-    out = torch.float32 if float32_loss else dtype
-    xa = _array(x).reshape(-1)
-    ta = _array(target).reshape(-1)
-    ga = None if grad is None else _array(grad).reshape(-1)
-    bf16 = dtype is torch.bfloat16
-    if reduction == NONE:
-        loss = torch.empty(x.shape, dtype=accum)
-        kernel(xa, ta, NONE, loss.numpy().reshape(-1), ga, None, 1.0, bf16)
-        return loss if accum is out else loss.to(out)
-    return torch.scalar_tensor(kernel(xa, ta, reduction, None, ga, None, 1.0, bf16), dtype=out)
-
-
 def _class_dim(x: Tensor) -> int:
     return 0 if x.dim() == 1 else 1
 
@@ -295,33 +276,6 @@ class CrossEntropyFunction(torch.autograd.Function):
         return grad_input, grad_target, None, None, None, None, None, None, None
 
 
-class RegressionFunction(torch.autograd.Function):
-    """Eager MSE / L1: d/dinput from the fused kernel, d/dtarget = -d/dinput."""
-
-    @staticmethod
-    def forward(ctx, x, target, reduction, kernel, float32_loss):
-        ctx.set_materialize_grads(False)
-        ctx.reduction = reduction
-        grad = new_gradient(x) if (x.requires_grad or target.requires_grad) else None
-        loss = regression_kernel(kernel, x, target, reduction, grad, float32_loss)
-        ctx.save_for_backward(grad)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        if grad_loss is None:
-            return None, None, None, None, None
-        (grad,) = ctx.saved_tensors
-        grad = scale_grad(grad, grad_loss, ctx.reduction, False, True)
-        need_input, need_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_target = None
-        if need_target:
-            grad_target = grad.neg() if need_input else grad.neg_()
-        grad_input = grad if need_input else None
-        grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None, None
-
-
 def _fast_apply(fn_class):
     """``fn_class.apply`` without ``Function.apply``'s Python layer (signature
     binding for setup_context, functorch unwrapping), ~2 us of a ~25 us call at
@@ -340,7 +294,6 @@ def _fast_apply(fn_class):
 
 
 cross_entropy_apply = _fast_apply(CrossEntropyFunction)
-regression_apply = _fast_apply(RegressionFunction)
 
 
 # ----------------------------------------------------------------- custom ops
@@ -404,44 +357,3 @@ def _ce_backward(ctx, grad_loss, _grad_grad):
 
 
 cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
-
-
-def _regression_op(name: str, kernel):
-    @torch.library.custom_op(f"fusedloss::{name}", mutates_args=(), device_types="cpu")
-    def op(
-        input: Tensor, target: Tensor, reduction: int, compute_grad: bool, float32_loss: bool
-    ) -> tuple[Tensor, Tensor]:
-        grad = new_gradient(input) if compute_grad else input.new_empty((0,))
-        loss = regression_kernel(
-            kernel, input, target, reduction, grad if compute_grad else None, float32_loss
-        )
-        return loss, grad
-
-    @op.register_fake
-    def _(input, target, reduction, compute_grad, float32_loss):
-        shape = input.shape if reduction == NONE else []
-        grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-        return input.new_empty(shape, dtype=torch.float32 if float32_loss else input.dtype), grad
-
-    def setup_context(ctx, inputs, output):
-        ctx.reduction = inputs[2]
-        ctx.compute_grad = inputs[3]
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1])
-
-    def backward(ctx, grad_loss, _grad_grad):
-        if not ctx.compute_grad:
-            raise RuntimeError(f"fusedloss::{name}: called with compute_grad=False")
-        (grad,) = ctx.saved_tensors
-        grad = scale_grad(grad, grad_loss, ctx.reduction, False, False)
-        grad_input = grad if ctx.needs_input_grad[0] else None
-        grad_target = grad.neg() if ctx.needs_input_grad[1] else None
-        grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None, None
-
-    op.register_autograd(backward, setup_context=setup_context)
-    return op
-
-
-mse_op = _regression_op("mse", _core.mse)
-l1_op = _regression_op("l1", _core.l1)

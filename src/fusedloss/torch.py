@@ -6,9 +6,11 @@ losses and their ``nn.Module`` classes, backed by the fused CPU kernels.
     loss = flt.cross_entropy(logits, target, label_smoothing=0.1)
     criterion = flt.CrossEntropyLoss(weight=w, ignore_index=0)
 
-Same signatures and results as ``torch.nn.functional.cross_entropy`` /
-``mse_loss`` / ``l1_loss`` (the modules subclass ``torch.nn.CrossEntropyLoss``,
-``MSELoss`` and ``L1Loss``), with these properties:
+Same signatures and results as their ``torch.nn.functional`` namesakes
+(``cross_entropy`` here; ``mse_loss``, ``l1_loss``, ``huber_loss``,
+``smooth_l1_loss``, ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``
+and ``kl_div`` in ``_torch_losses``); the modules subclass the ``torch.nn``
+classes of the same names. Properties:
 
 - Cross-entropy's gradient is computed in the forward pass by the fused kernel
   and only scaled in backward: forward + backward keeps one logits-sized buffer
@@ -23,14 +25,15 @@ Same signatures and results as ``torch.nn.functional.cross_entropy`` /
 - float16 / bfloat16 are read as they are and accumulated in float32; losses and
   gradients come back in the input's dtype.
 - Registered as ``torch.library`` custom ops (``fusedloss::cross_entropy``,
-  ``fusedloss::mse``, ``fusedloss::l1``): ``torch.compile(fullgraph=True)`` traces them.
+  ``fusedloss::elementwise``): ``torch.compile(fullgraph=True)`` traces them.
 - Double backward is not supported: differentiating a gradient raises.
 
 Fallbacks to torch's own implementation (same result, no fusion): tensors not on
 the CPU (CUDA, meta, ...), dtypes other than float32/float64/float16/bfloat16,
 tensor subclasses with ``__torch_function__``, mismatched shapes or dtypes
 (torch broadcasts, promotes or raises its own error), a ``weight`` that requires
-grad, ``weight=`` for MSE/L1, and empty input. Non-contiguous tensors are made
+grad (or, for the elementwise losses, of another dtype or not broadcasting to
+the input), ``weight=`` for MSE/L1, and empty input. Non-contiguous tensors are made
 contiguous. Bad arguments therefore raise torch's own exceptions.
 """
 
@@ -42,10 +45,26 @@ from torch import Tensor, nn
 from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
-from . import _core
 from . import _torch_ops as _ops
+from ._torch_losses import (  # the elementwise losses
+    BCELoss,
+    BCEWithLogitsLoss,
+    HuberLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    SmoothL1Loss,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    huber_loss,
+    kl_div,
+    l1_loss,
+    mse_loss,
+    smooth_l1_loss,
+)
+from ._torch_losses import __all__ as _elementwise_all
 
-__all__ = ["CrossEntropyLoss", "L1Loss", "MSELoss", "cross_entropy", "l1_loss", "mse_loss"]
+__all__ = ["CrossEntropyLoss", "cross_entropy", *_elementwise_all]
 
 _REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 _DTYPES = _ops.SUPPORTED_DTYPES
@@ -201,72 +220,6 @@ def cross_entropy(
     )
 
 
-def _regression_fusable(input, target) -> bool:
-    return (
-        isinstance(input, Tensor)
-        and isinstance(target, Tensor)
-        and not has_torch_function_variadic(input, target)
-        and not _functorch_active()
-        and input.dtype in _DTYPES
-        and target.dtype is input.dtype
-        and input.is_cpu
-        and target.is_cpu
-        and target.shape == input.shape
-        and input.numel() > 0
-    )
-
-
-def _regression(torch_fn, op, kernel, input, target, reduction, weight) -> Tensor:
-    """MSE / L1 after the legacy arguments: fused, or torch's ``torch_fn``."""
-    code = _reduction_code(reduction)
-    if code is None or weight is not None or not _regression_fusable(input, target):
-        return torch_fn(input, target, reduction=reduction, weight=weight)
-    autocast = _float32_loss(input)
-    if _is_compiling():
-        compute_grad = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-        return op(input.contiguous(), target.contiguous(), code, compute_grad, autocast)[0]
-    if not input.is_contiguous():
-        input = input.contiguous()
-    if not target.is_contiguous():
-        target = target.contiguous()
-    if not (torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)):
-        return _ops.regression_kernel(kernel, input, target, code, None, autocast)
-    return _ops.regression_apply(input, target, code, kernel, autocast)
-
-
-def mse_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-    weight: Tensor | None = None,
-) -> Tensor:
-    """Fused drop-in for :func:`torch.nn.functional.mse_loss` (gradients for input
-    and target). ``weight``, broadcasting, non-CPU tensors and the other cases in
-    the module docstring use torch's own implementation."""
-    if size_average is not None or reduce is not None:
-        reduction = _Reduction.legacy_get_string(size_average, reduce)
-    return _regression(F.mse_loss, _ops.mse_op, _core.mse, input, target, reduction, weight)
-
-
-def l1_loss(
-    input: Tensor,
-    target: Tensor,
-    size_average: bool | None = None,
-    reduce: bool | None = None,
-    reduction: str = "mean",
-    weight: Tensor | None = None,
-) -> Tensor:
-    """Fused drop-in for :func:`torch.nn.functional.l1_loss` (gradients for input
-    and target; the gradient at ``input == target`` is 0, as in torch). Complex
-    tensors, ``weight``, broadcasting, non-CPU tensors and the other cases in the
-    module docstring use torch's own implementation."""
-    if size_average is not None or reduce is not None:
-        reduction = _Reduction.legacy_get_string(size_average, reduce)
-    return _regression(F.l1_loss, _ops.l1_op, _core.l1, input, target, reduction, weight)
-
-
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Drop-in for :class:`torch.nn.CrossEntropyLoss` computed by
     :func:`fusedloss.torch.cross_entropy`; same constructor (deprecated
@@ -296,17 +249,3 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
     def extra_repr(self) -> str:
         return "inplace_backward=True" if self.inplace_backward else ""
-
-
-class MSELoss(nn.MSELoss):
-    """Drop-in for :class:`torch.nn.MSELoss` computed by :func:`fusedloss.torch.mse_loss`."""
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return mse_loss(input, target, reduction=self.reduction)
-
-
-class L1Loss(nn.L1Loss):
-    """Drop-in for :class:`torch.nn.L1Loss` computed by :func:`fusedloss.torch.l1_loss`."""
-
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return l1_loss(input, target, reduction=self.reduction)

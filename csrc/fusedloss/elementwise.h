@@ -1,0 +1,209 @@
+// The elementwise losses (elementwise_ops.h) with their gradients: one
+// streaming pass that reads input and target (and a weight, when given) and
+// writes the gradient (and the per-element loss for reduction none).
+//
+// Included inside a per-ISA namespace after common.h and elementwise_ops.h.
+// The reduced loss is summed per fixed block of kElemBlock elements (floats
+// in vector accumulators flushed to double every kElemSub elements), blocks
+// combined in order: the same bits for any thread count.
+#pragma once
+
+constexpr int64_t kElemBlock = 1 << 14;
+constexpr int64_t kElemSub = 256;
+constexpr int64_t kElemSerial = 1 << 16;  // below this many elements: no parallel region
+
+// fn(i0, i1) -> partial sum of the block [i0, i1).
+template <class F> double sum_blocks(int64_t n, int threads, F&& fn) {
+  const int64_t nblk = (n + kElemBlock - 1) / kElemBlock;
+  Scratch<double> part(nblk);
+  const int nt = n < kElemSerial ? 1 : threads;
+  if (nt <= 1) {
+    for (int64_t b = 0; b < nblk; ++b) part[b] = fn(b * kElemBlock, kMin(n, (b + 1) * kElemBlock));
+  } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t b = 0; b < nblk; ++b) part[b] = fn(b * kElemBlock, kMin(n, (b + 1) * kElemBlock));
+  }
+  return ordered_sum(part.p, nblk);
+}
+
+inline double mean_denominator(const ElementwiseProblem& pr) {
+  return pr.mean_denominator > 0 ? pr.mean_denominator : double(pr.n);
+}
+
+inline double reduce_result(const ElementwiseProblem& pr, double total) {
+  if (pr.reduction == Reduction::None) return 0.0;
+  if (pr.reduction == Reduction::Sum) return total;
+  return total / mean_denominator(pr);  // over nothing: 0/0 = NaN, as torch
+}
+
+// The upstream gradient every element's gradient is scaled by when no
+// per-element grad_output is given (a mean divides it by the denominator).
+inline double upstream_scalar(const ElementwiseProblem& pr) {
+  const double g = pr.grad_output_scalar * pr.scale;
+  return pr.reduction == Reduction::Mean ? g / mean_denominator(pr) : g;
+}
+
+// One Broadcast factor over a run of elements [i, end): a pointer to read
+// vectors from (element i at ptr[0]), or a constant. Returns the run's end:
+// where the factor's layout next wraps.
+template <class A> int64_t factor_run(const Broadcast& b, int64_t i, int64_t end, const A*& ptr, A& c) {
+  const A* v = static_cast<const A*>(b.values);
+  ptr = nullptr;
+  c = A(1);
+  if (!v) return end;
+  if (b.period == 1) {
+    c = v[0];
+    return end;
+  }
+  if (b.repeat == 1) {
+    const int64_t j = i % b.period;
+    ptr = v + j;
+    return kMin(end, i + b.period - j);
+  }
+  c = v[(i / b.repeat) % b.period];
+  return kMin(end, i + b.repeat - i % b.repeat);
+}
+
+template <class S, class Op> ElementwiseResult elementwise_typed(const ElementwiseProblem& pr, int threads) {
+  using A = acc_t<S>;
+  using V = vec_t<S>;
+  constexpr int64_t W = V::W;
+  const S* x = static_cast<const S*>(pr.input);
+  const S* t = static_cast<const S*>(pr.target);
+  S* gx = static_cast<S*>(pr.grad_input);
+  S* gt = static_cast<S*>(pr.grad_target);
+  A* lo = static_cast<A*>(pr.loss);
+  const A* goa = pr.reduction == Reduction::None ? static_cast<const A*>(pr.grad_output) : nullptr;
+  const V go = V::set1(static_cast<A>(upstream_scalar(pr) * Op::kGradScale));
+  const V t_const = V::set1(static_cast<A>(pr.target_scalar));
+  const A scale = static_cast<A>(pr.scale);
+  const OpConsts<V> k = OpConsts<V>::make(pr.param);
+  const Broadcast wb = pr.weight, pwb = pr.pos_weight;
+  const bool stream = gx && pr.n * int64_t(sizeof(S)) >= kStreamBytes;
+  alignas(64) A ones[W];
+  for (int64_t j = 0; j < W; ++j) ones[j] = A(1);
+  int64_t bad_x = 0, bad_t = 0;
+  const auto ld = [](const S* p, int64_t n) { return n >= W ? vload(p) : load_n(p, n, A(0)); };
+  const auto lda = [](const A* p, int64_t n) { return n >= W ? V::load(p) : load_n(p, n, A(0)); };
+  const double total = sum_blocks(pr.n, threads, [&](int64_t i0, int64_t i1) {
+    // Locals, not the captured references: the vector stores below may alias
+    // anything, so each would force every captured value to be reloaded.
+    const S *xp = x, *tp = t;
+    S *gxp = gx, *gtp = gt;
+    A* lp = lo;
+    const A* gop = goa;
+    const V gs = go, tc = t_const;
+    const OpConsts<V> kk = k;
+    const bool st = stream;
+    double sum = 0;
+    V bad = V::set1(0), bad_target = V::set1(0);
+    for (int64_t s0 = i0; s0 < i1; s0 += kElemSub) {
+      const int64_t s1 = kMin(i1, s0 + kElemSub);
+      V acc = V::set1(0);  // memory-bound: one accumulator is enough
+      for (int64_t r0 = s0; r0 < s1;) {
+        // A run over which weight and pos_weight are each a vector stream or a constant.
+        const A *wp, *pwp;
+        A wc, pwc;
+        int64_t r1 = factor_run(wb, r0, s1, wp, wc);
+        r1 = factor_run(pwb, r0, r1, pwp, pwc);
+        const V wconst = V::set1(wc * scale), pwconst = V::set1(pwc);
+        for (int64_t i = r0; i < r1; i += W) {
+          const int64_t n = r1 - i;
+          const V xv = ld(xp + i, n), tv = tp ? ld(tp + i, n) : tc;
+          const V w = wp ? lda(wp + (i - r0), n) * V::set1(scale) : wconst;  // lanes past n: 0
+          const V pw = pwp ? lda(pwp + (i - r0), n) : pwconst;
+          const OpOut<V> o = Op::eval(xv, tv, pw, kk);
+          V l = o.loss * w;
+          if (n < W && !wp) l = l * load_n(ones, n, A(0));
+          if (lp) n >= W ? l.store(lp + i) : store_n(lp + i, n, l);
+          if constexpr (Op::kChecksDomain) {  // padding lanes are 0: inside
+            bad = bad + select(Op::out_of_domain(xv), V::set1(1), V::set1(0));
+            bad_target = bad_target + select(Op::out_of_domain(tv), V::set1(1), V::set1(0));
+          }
+          if (gxp || gtp) {
+            V g = gs;
+            if (gop) {
+              g = lda(gop + i, n);
+              if constexpr (Op::kGradScale != 1) g = g * V::set1(static_cast<A>(Op::kGradScale));
+            }
+            g = w * g;
+            if (gxp) {
+              const V gv = o.gx * g;
+              if (n < W) store_n(gxp + i, n, gv);
+              else if (!(st && vstream(gxp + i, gv))) vstore(gxp + i, gv);
+            }
+            if (gtp) n >= W ? vstore(gtp + i, o.gt * g) : store_n(gtp + i, n, o.gt * g);
+          }
+          acc = acc + l;
+        }
+        r0 = r1;
+      }
+      sum += double(hsum(acc));
+    }
+    stream_fence();
+    if constexpr (Op::kChecksDomain) {
+      const int64_t bx = static_cast<int64_t>(hsum(bad)), bt = static_cast<int64_t>(hsum(bad_target));
+      if (bx) {
+#pragma omp atomic
+        bad_x += bx;
+      }
+      if (bt) {
+#pragma omp atomic
+        bad_t += bt;
+      }
+    }
+    return sum;
+  });
+  return {reduce_result(pr, total), bad_x, bad_t};
+}
+
+// Complex L1 on interleaved (re, im): |d| by hypot (no overflow, < 1 ULP),
+// gradient g * d / |d|, 0 where d == 0. Scalar: hypot dominates, not memory.
+template <class S> ElementwiseResult l1_complex_typed(const ElementwiseProblem& pr, int threads) {
+  const S* x = static_cast<const S*>(pr.input);
+  const S* t = static_cast<const S*>(pr.target);
+  S* g = static_cast<S*>(pr.grad_input);
+  S* lo = static_cast<S*>(pr.loss);
+  const S* goa = pr.reduction == Reduction::None ? static_cast<const S*>(pr.grad_output) : nullptr;
+  const double go = upstream_scalar(pr);
+  const double total = sum_blocks(pr.n, threads, [&](int64_t i0, int64_t i1) {
+    double sum = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      const double dr = double(x[2 * i]) - double(t[2 * i]), di = double(x[2 * i + 1]) - double(t[2 * i + 1]);
+      const S dr_s = static_cast<S>(dr), di_s = static_cast<S>(di);  // the difference in storage precision
+      const double a = ::hypot(double(dr_s), double(di_s));
+      const S l = static_cast<S>(a);
+      if (lo) lo[i] = l;
+      sum += double(l);
+      if (g) {
+        const double gi = goa ? double(goa[i]) : go;
+        const bool z = dr_s == 0 && di_s == 0;
+        g[2 * i] = z ? S(0) : static_cast<S>(gi * (double(dr_s) / a));
+        g[2 * i + 1] = z ? S(0) : static_cast<S>(gi * (double(di_s) / a));
+      }
+    }
+    return sum;
+  });
+  return {reduce_result(pr, total), 0, 0};
+}
+
+template <class Op> ElementwiseResult elementwise_op(const ElementwiseProblem& pr, int threads) {
+  switch (pr.dtype) {
+    case DType::Float64: return elementwise_typed<double, Op>(pr, threads);
+    case DType::Float16: return elementwise_typed<Half, Op>(pr, threads);
+    case DType::BFloat16: return elementwise_typed<BF16, Op>(pr, threads);
+    default: return elementwise_typed<float, Op>(pr, threads);
+  }
+}
+
+inline ElementwiseResult elementwise(const ElementwiseProblem& pr, int threads) {
+  if (pr.complex_input)  // L1 only (the binding checks)
+    return pr.dtype == DType::Float64 ? l1_complex_typed<double>(pr, threads) : l1_complex_typed<float>(pr, threads);
+  switch (pr.op) {
+#define FUSEDLOSS_OP_CASE(name, op, py) \
+  case ElementwiseOp::name: return elementwise_op<op>(pr, threads);
+    FUSEDLOSS_ELEMENTWISE_OPS(FUSEDLOSS_OP_CASE)
+#undef FUSEDLOSS_OP_CASE
+  }
+  return {std::numeric_limits<double>::quiet_NaN(), 0, 0};
+}

@@ -1,0 +1,166 @@
+// The elementwise losses, one struct each: the loss of one element and its
+// derivatives w.r.t. the input x and the target t, on vectors of any ISA.
+//
+// Included inside a per-ISA namespace after simd/math.h. An op is
+//
+//   struct NameOp : OpDefaults {
+//     template <class V> static OpOut<V> eval(V x, V t, V pw, const OpConsts<V>& k);
+//   };
+//
+// OpDefaults says what an op may override: kChecksDomain (then it has
+// out_of_domain(v), applied to x and t) and kGradScale, an exact constant
+// factor of both gradients that the loop folds into the upstream gradient
+// (MSE's 2: 2 * d could overflow where d * (2 g / n) does not, as in torch).
+//
+// `pw` is BCE-with-logits' pos_weight (1 for every other op), `k` holds the
+// op's parameter. eval returns all three values; after inlining the compiler
+// drops whichever the calling loop does not store. The generic loop
+// (elementwise.h) multiplies all three by weight, scale and the upstream
+// gradient. Formulas follow aten's CPU kernels and derivatives.yaml, so
+// values (and NaN / inf placement) are torch's. Lanes past the end of an
+// array read x = t = 0, which every op maps to finite values.
+#pragma once
+
+template <class V> struct OpOut {
+  V loss, gx, gt;
+};
+
+// The op's parameter (delta, beta) and what is derived from it, set once per call.
+template <class V> struct OpConsts {
+  V p, half_p;
+  static OpConsts make(double param) {
+    using T = typename V::T;
+    return {V::set1(static_cast<T>(param)), V::set1(static_cast<T>(0.5 * param))};
+  }
+};
+
+struct OpDefaults {
+  static constexpr bool kChecksDomain = false;
+  static constexpr double kGradScale = 1;
+};
+
+template <class V> inline V vabs(V d) { return vmax(V::set1(0) - d, d); }  // NaN stays NaN
+template <class V> inline auto ge_v(V a, V b) { return gt(a, b) | eq(a, b); }
+template <class V> inline auto le_v(V a, V b) { return lt(a, b) | eq(a, b); }
+// sign(d) with sign(0) = 0 and, as torch.sign's gradient use, sign(NaN) = 0.
+template <class V> inline V vsign(V d) {
+  return select(gt(d, V::set1(0)), V::set1(1), select(lt(d, V::set1(0)), V::set1(-1), V::set1(0)));
+}
+
+// log(1 + u) to within the log's own bound for every u >= -1 (Goldberg's
+// correction: 1 + u is rounded, (1 + u) - 1 says by how much).
+template <class V> inline V vlog1p(V u) {
+  const V y = V::set1(1) + u;
+  const V d = y - V::set1(1);
+  return select(eq(d, V::set1(0)), u, vlog(y) * (u / d));
+}
+
+// log(1 + exp(-|x|)) and exp(-|x|): the stable pieces of softplus and sigmoid.
+template <class V> struct SoftplusParts {
+  V e, log1p_e;
+  explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))), log1p_e(vlog1p(e)) {}
+  V softplus_neg(V x) const { return vmax(V::set1(0) - x, V::set1(0)) + log1p_e; }  // log(1 + e^-x)
+  V sigmoid(V x) const { return select(lt(x, V::set1(0)), e, V::set1(1)) / (V::set1(1) + e); }
+};
+
+struct MseOp : OpDefaults {
+  static constexpr double kGradScale = 2;
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V d = x - t;
+    return {d * d, d, V::set1(0) - d};
+  }
+};
+
+struct L1Op : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V d = x - t, s = vsign(d);
+    return {vabs(d), s, V::set1(0) - s};
+  }
+};
+
+// 0.5 d^2 for |d| < delta, else delta (|d| - delta / 2); gradient clamp(d, -delta, delta).
+struct HuberOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>& k) {
+    const V d = x - t, a = vabs(d);
+    const V loss = select(lt(a, k.p), V::set1(0.5) * d * d, k.p * (a - k.half_p));
+    const V g = select(gt(d, k.p), k.p, select(lt(d, V::set1(0) - k.p), V::set1(0) - k.p, d));
+    return {loss, g, V::set1(0) - g};
+  }
+};
+
+// 0.5 d^2 / beta for |d| < beta, else |d| - beta / 2 (beta > 0; beta = 0 is L1,
+// chosen by the Python layer as torch does).
+struct SmoothL1Op : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>& k) {
+    const V d = x - t, a = vabs(d);
+    const V loss = select(lt(a, k.p), V::set1(0.5) * d * d / k.p, a - k.half_p);
+    const V g = select(ge_v(d, k.p), V::set1(1), select(le_v(d, V::set1(0) - k.p), V::set1(-1), d / k.p));
+    return {loss, g, V::set1(0) - g};
+  }
+};
+
+// -(t log x + (1 - t) log(1 - x)), each log clamped at -100 (aten's
+// binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12).
+// Input and target must lie in [0, 1] (NaN does not), as torch checks.
+struct BceOp : OpDefaults {
+  static constexpr bool kChecksDomain = true;
+  template <class V> static auto out_of_domain(V v) { return nge(v, V::set1(0)) | gt(v, V::set1(1)); }
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V lo = V::set1(-100);
+    const V log_x = vmax(vlog(x), lo), log_1mx = vmax(vlog1p(V::set1(0) - x), lo);
+    const V loss = (t - V::set1(1)) * log_1mx - t * log_x;
+    const V gx = (x - t) / vmax((V::set1(1) - x) * x, V::set1(static_cast<typename V::T>(1e-12)));
+    return {loss, gx, log_1mx - log_x};
+  }
+};
+
+// (1 - t) x + L softplus(-x), L = 1 + (pos_weight - 1) t (aten's
+// binary_cross_entropy_with_logits, with log_sigmoid(x) = -softplus(-x)).
+struct BceWithLogitsOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V pw, const OpConsts<V>&) {
+    const SoftplusParts<V> sp(x);
+    const V spn = sp.softplus_neg(x);
+    const V pt = pw * t;
+    const V L = pt + V::set1(1) - t;
+    const V loss = (V::set1(1) - t) * x + L * spn;
+    const V gx = L * sp.sigmoid(x) - pt;
+    const V gt = (pw - V::set1(1)) * spn - x;
+    return {loss, gx, gt};
+  }
+};
+
+// xlogy(t, t) - t x (torch.kl_div, log_target=False): 0 where t == 0. The
+// target derivative log(t) + 1 - x is NaN at t == 0, as torch's (t / t).
+struct KlDivOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V zero = V::set1(0);
+    const V log_t = vlog(t);
+    const V loss = select(eq(t, zero), zero, t * log_t) - t * x;
+    const V gt = select(eq(t, zero), V::set1(std::numeric_limits<typename V::T>::quiet_NaN()),
+                        log_t + V::set1(1)) - x;
+    return {loss, zero - t, gt};
+  }
+};
+
+// exp(t) (t - x) (torch.kl_div, log_target=True).
+struct KlDivLogTargetOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V et = vexp(t), loss = et * (t - x);
+    return {loss, V::set1(0) - et, loss + et};
+  }
+};
+
+// relu(1 - t x), t = +-1: the GAN objective's hinge terms. As torch.relu, a
+// NaN stays NaN and passes the gradient; the kink (1 - t x == 0) has gradient 0.
+struct HingeOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V zero = V::set1(0), m = V::set1(1) - t * x;
+    const auto off = le_v(m, zero);
+    return {select(off, zero, m), select(off, zero, zero - t), select(off, zero, zero - x)};
+  }
+};
+
+// t x: the Wasserstein GAN objective's terms.
+struct LinearOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) { return {t * x, t, x}; }
+};

@@ -1,0 +1,289 @@
+"""The elementwise losses of the NumPy API (the list in fusedloss/_losses.py)
+against torch.nn.functional in float64, on every compiled path.
+
+Tolerances: those of conftest.assert_matches (float64 to 1e-10 relative; float32
+no less accurate than torch's own float32 against the float64 reference, within
+a factor 2 or 4 ULP of the result's magnitude).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusedloss as fl
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
+
+from conftest import REAL_DTYPES, check_against_torch, forced_capability
+
+LOSS_IDS = [loss.name for loss in ELEMENTWISE_LOSSES]
+SHAPES = [(), (1,), (7,), (97,), (5, 33), (3, 4, 5), (2, 3, 4, 9), (300, 41)]
+
+
+def make(kind: str, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Values a loss takes for `kind` (_losses.ElementwiseLoss.input_kind / target_kind)."""
+    if kind == "real":
+        a = rng.standard_normal(shape) * 2
+    elif kind == "probability":
+        a = rng.uniform(0, 1, shape)
+        if a.size > 2:  # the edges, where the logs clamp and xlogy(0, 0) = 0
+            a.reshape(-1)[:3] = [0.0, 1.0, 0.5]
+    elif kind == "binary":
+        a = rng.integers(0, 2, shape).astype(np.float64)
+    else:  # log_probability
+        a = np.log(rng.uniform(1e-3, 1, shape))
+    return np.asarray(a, dtype=dtype)
+
+
+def torch_fn(loss: ElementwiseLoss, **options: Any):
+    """torch's function with array options (weight, pos_weight) as tensors of the input's dtype."""
+    fn = getattr(F, loss.name)
+
+    def call(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        opts = {k: torch.from_numpy(np.asarray(v)).to(x.dtype) if isinstance(v, np.ndarray) else v
+                for k, v in options.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kl_div's note on reduction="mean"
+            return fn(x, t, **kwargs, **opts)
+
+    return call
+
+
+def option_sets(loss: ElementwiseLoss) -> list[dict[str, Any]]:
+    """torch's defaults, then each sample value of each option on its own."""
+    sets: list[dict[str, Any]] = [{}]
+    for key, values in loss.options.items():
+        sets += [{key: value} for value in values[1:]]
+    return sets
+
+
+def run(loss: ElementwiseLoss, x, t, reduction, options, grad_output=None, **call_kwargs):
+    fused = getattr(fl, loss.name + "_and_grad")
+    value, grad = fused(x, t, reduction=reduction, grad_output=grad_output, **options,
+                        **call_kwargs)
+    only = getattr(fl, loss.name)(x, t, reduction=reduction, **options)
+    np.testing.assert_array_equal(np.asarray(only), np.asarray(value))
+    return value, grad
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_matches_torch(loss, dtype, capability, rng):
+    for shape in SHAPES:
+        x = make(loss.input_kind, rng, shape, dtype)
+        t = make(loss.target_kind, rng, shape, dtype)
+        for options in option_sets(loss):
+            for reduction in loss.reductions:
+                go = rng.standard_normal(shape) if reduction == "none" else None
+                value, grad = run(loss, x, t, reduction, options, go)
+                check_against_torch(torch_fn(loss, **options), value, grad, x, t,
+                                    reduction=reduction, grad_output=go)
+
+
+WEIGHTED = [
+    ("binary_cross_entropy", "weight", [(6,), (4, 1), (1, 6), (4, 6), (), (3, 4, 6)]),
+    ("binary_cross_entropy_with_logits", "weight", [(6,), (4, 1), (4, 6), (1,), (3, 1, 1)]),
+    ("binary_cross_entropy_with_logits", "pos_weight", [(6,), (1,), (4, 6), (4, 1)]),
+    ("huber_loss", "weight", [None]),  # the input's own shape only, as torch
+]
+
+
+@pytest.mark.parametrize("name,key,weight_shapes", WEIGHTED, ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(4, 6), (3, 4, 6), (300, 4, 6)], ids=str)
+def test_weights_broadcast_as_torch(name, key, weight_shapes, dtype, shape, capability, rng):
+    loss = next(loss for loss in ELEMENTWISE_LOSSES if loss.name == name)
+    x = make(loss.input_kind, rng, shape, dtype)
+    t = make(loss.target_kind, rng, shape, dtype)
+    for wshape in weight_shapes:
+        wshape = shape if wshape is None else wshape
+        try:
+            np.broadcast_shapes(wshape, shape)
+        except ValueError:
+            continue
+        if np.broadcast_shapes(wshape, shape) != shape:
+            continue
+        w = rng.uniform(0.2, 3.0, wshape).astype(dtype)
+        both = {key: w}
+        if key == "pos_weight":
+            both["weight"] = rng.uniform(0.2, 3.0, shape[-1:]).astype(dtype)
+        for reduction in loss.reductions:
+            go = rng.standard_normal(shape) if reduction == "none" else None
+            value, grad = run(loss, x, t, reduction, both, go)
+            check_against_torch(torch_fn(loss, **both), value, grad, x, t,
+                                reduction=reduction, grad_output=go)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_float16_input(loss, rng):
+    """float16 is read as it is and accumulated in float32; the result is float16."""
+    x = make(loss.input_kind, rng, (8, 33), np.float16)
+    t = make(loss.target_kind, rng, (8, 33), np.float16)
+    value, grad = getattr(fl, loss.name + "_and_grad")(x, t)
+    assert value.dtype == np.float16 and grad.dtype == np.float16
+    ref, ref_grad = getattr(fl, loss.name + "_and_grad")(x.astype(np.float32), t.astype(np.float32))
+    np.testing.assert_allclose(float(value), float(ref), rtol=2e-3)
+    np.testing.assert_allclose(grad.astype(np.float32), ref_grad, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_out_inplace_and_strided(loss, reduction, rng):
+    shape = (6, 10)
+    base = make(loss.input_kind, rng, (6, 20), np.float32)
+    x = base[:, ::2]  # strided view
+    t = make(loss.target_kind, rng, shape, np.float32)
+    go = rng.standard_normal(shape).astype(np.float32) if reduction == "none" else 2.5
+    fused = getattr(fl, loss.name + "_and_grad")
+    ref_loss, ref_grad = fused(np.ascontiguousarray(x), t, reduction=reduction, grad_output=go)
+    saved = base.copy()
+    out = np.empty(shape, np.float32)
+    value, grad = fused(x, t, reduction=reduction, grad_output=go, out=out)
+    assert grad is out
+    np.testing.assert_array_equal(base, saved)  # input untouched
+    np.testing.assert_array_equal(grad, ref_grad)
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(ref_loss))
+    xin = np.ascontiguousarray(x)
+    value, grad = fused(xin, t, reduction=reduction, grad_output=go, inplace=True)
+    assert grad is xin
+    np.testing.assert_array_equal(grad, ref_grad)
+    value, grad = fused(x.copy(order="F"), t, reduction=reduction, grad_output=go, inplace=True)
+    np.testing.assert_array_equal(grad, ref_grad)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_empty_input(loss):
+    x = np.zeros((0, 3), np.float32)
+    for reduction in loss.reductions:
+        value, grad = getattr(fl, loss.name + "_and_grad")(x, x.copy(), reduction=reduction)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = getattr(F, loss.name)(torch.zeros(0, 3), torch.zeros(0, 3), reduction=reduction)
+        np.testing.assert_array_equal(np.asarray(value), ref.numpy())
+        assert grad.shape == (0, 3)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_nan_and_inf_as_torch(loss, dtype, capability, rng):
+    """NaN in gives NaN out, and infinities land where torch puts them."""
+    x = make(loss.input_kind, rng, (40,), dtype)
+    t = make(loss.target_kind, rng, (40,), dtype)
+    if loss.name != "binary_cross_entropy":  # (NaN input is out of BCE's domain)
+        x[:6] = [np.nan, np.inf, -np.inf, np.nan, 0.0, 1e18]
+    if loss.name != "binary_cross_entropy":  # (nor is a NaN target)
+        t[6:10] = [np.nan, np.inf if loss.target_kind == "real" else 0.0, 0.0, np.nan]
+    for reduction in ("none", "sum"):
+        value, grad = getattr(fl, loss.name + "_and_grad")(x, t, reduction=reduction)
+        check_against_torch(torch_fn(loss), value, grad, x, t, reduction=reduction)
+
+
+def test_binary_cross_entropy_rejects_input_outside_unit_interval():
+    for bad in (-0.1, 1.5, np.nan):
+        x = np.array([0.2, bad, 0.5], np.float32)
+        saved = x.copy()
+        for kwargs in ({}, {"inplace": True}):
+            with pytest.raises(ValueError, match="between 0 and 1"):
+                fl.binary_cross_entropy_and_grad(x, np.ones(3, np.float32), **kwargs)
+            np.testing.assert_array_equal(x, saved)
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            fl.binary_cross_entropy(x, np.ones(3, np.float32))
+        with pytest.raises(ValueError, match="^target: .*between 0 and 1"):
+            fl.binary_cross_entropy_and_grad(np.full(3, 0.5, np.float32), x, inplace=True)
+
+
+def test_binary_cross_entropy_with_logits_is_stable_for_large_logits():
+    x = np.array([-200.0, -50.0, 50.0, 200.0, 1e4], np.float32)
+    t = np.array([1.0, 1.0, 0.0, 0.0, 1.0], np.float32)
+    value, grad = fl.binary_cross_entropy_with_logits_and_grad(x, t, reduction="none")
+    np.testing.assert_allclose(value, [200.0, 50.0, 50.0, 200.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(grad, [-1.0, -1.0, 1.0, 1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name,kwargs,match,error", [
+    ("huber_loss", {"delta": 0.0}, "delta", ValueError),
+    ("huber_loss", {"delta": -1.0}, "delta", ValueError),
+    ("huber_loss", {"weight": np.ones(3, np.float32)}, "weight", ValueError),
+    ("smooth_l1_loss", {"beta": -0.5}, "beta", ValueError),
+    ("smooth_l1_loss", {"beta": "1"}, "beta", TypeError),
+    ("binary_cross_entropy", {"weight": np.ones(5, np.float32)}, "weight", ValueError),
+    ("binary_cross_entropy", {"weight": np.ones((2, 4, 4), np.float32)}, "weight", ValueError),
+    ("binary_cross_entropy_with_logits", {"pos_weight": np.ones(3, np.float32)}, "pos_weight",
+     ValueError),
+    ("binary_cross_entropy_with_logits", {"weight": [1.0] * 4}, "weight", TypeError),
+    ("kl_div", {"log_target": 1}, "log_target", TypeError),
+    ("kl_div", {"reduction": "average"}, "reduction", ValueError),
+    ("mse_loss", {"reduction": "batchmean"}, "reduction", ValueError),
+])
+def test_bad_options_name_the_argument(name, kwargs, match, error):
+    x = np.full((2, 4), 0.5, np.float32)
+    with pytest.raises(error, match=match):
+        getattr(fl, name)(x, x.copy(), **kwargs)
+    with pytest.raises(error, match=match):
+        getattr(fl, name + "_and_grad")(x, x.copy(), **kwargs)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_bad_arrays_name_the_argument(loss):
+    x = np.full((2, 4), 0.5, np.float32)
+    fn = getattr(fl, loss.name + "_and_grad")
+    with pytest.raises(ValueError, match="target"):
+        fn(x, np.zeros((2, 5), np.float32))
+    with pytest.raises(TypeError, match="input"):
+        fn(x.astype(np.int32), x)
+    with pytest.raises(TypeError, match="input"):
+        fn([0.5, 0.5], x)
+    with pytest.raises(TypeError, match="target"):
+        fn(x, x.astype(bool))
+    with pytest.raises(ValueError, match="grad_output"):
+        fn(x, x, reduction="none", grad_output=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="out"):
+        fn(x, x, out=np.empty((2, 5), np.float32))
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_bitwise_identical_for_any_thread_count(loss, rng):
+    x = make(loss.input_kind, rng, (3, 100_003), np.float32)
+    t = make(loss.target_kind, rng, (3, 100_003), np.float32)
+    threads = fl.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            fl.set_num_threads(n)
+            value, grad = getattr(fl, loss.name + "_and_grad")(x, t)
+            results.append((value.tobytes(), grad.tobytes()))
+    finally:
+        fl.set_num_threads(threads)
+    assert results[0] == results[1] == results[2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    index=st.integers(0, len(ELEMENTWISE_LOSSES) - 1),
+    shape=st.lists(st.integers(0, 9), min_size=0, max_size=4).map(tuple),
+    dtype=st.sampled_from(REAL_DTYPES),
+    reduction_index=st.integers(0, 3),
+    option_index=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+    path=st.sampled_from(fl._core.supported_capabilities()),
+)
+def test_hypothesis_shapes_and_options(index, shape, dtype, reduction_index, option_index, seed,
+                                       path):
+    loss = ELEMENTWISE_LOSSES[index]
+    rng = np.random.default_rng(seed)
+    options = option_sets(loss)[option_index % len(option_sets(loss))]
+    reduction = loss.reductions[reduction_index % len(loss.reductions)]
+    x = make(loss.input_kind, rng, shape, dtype)
+    t = make(loss.target_kind, rng, shape, dtype)
+    go = rng.standard_normal(shape) if reduction == "none" else None
+    with forced_capability(path):
+        value, grad = run(loss, x, t, reduction, options, go)
+    check_against_torch(torch_fn(loss, **options), value, grad, x, t, reduction=reduction,
+                        grad_output=go)

@@ -46,10 +46,10 @@ def fwd_grad(torch: Any, shapes: Sequence[tuple[int, ...]], sizes: Sequence[int]
     for shape in shapes:
         tick(f"CE {b.shape_label(shape)}")
         rows.append(b.ce_case(torch, shape, budget))
-    for kind in ("mse", "l1"):
+    for loss in b.ELEMENTWISE_LOSSES:
         for n in sizes:
-            tick(f"{kind} {b.size_label(n)}")
-            rows.append(b.regression_case(torch, kind, n, budget))
+            tick(f"{loss.name} {b.size_label(n)}")
+            rows.append(b.regression_case(torch, loss.name, n, budget))
     return b.main_table(rows)
 
 

@@ -10,9 +10,11 @@ Contenders, per case:
   fusedloss  ``fl.*_and_grad(..., out=g)``: the gradient goes into a pre-allocated
              buffer, as a training loop would run it.
   floor      one pass reading the input once and writing a same-size buffer:
-             ``torch.mul(x, 1.5, out=g)`` with all threads (MSE/L1: ``torch.sub(a, b, out=g)``).
+             ``torch.mul(x, 1.5, out=g)`` with all threads (the elementwise losses, which
+             read two arrays: ``torch.sub(a, b, out=g)``).
   torch      eager forward + backward through autograd (``F.cross_entropy(x).backward()``).
-  numpy      NumPy written the usual way (``scipy.special.logsumexp`` + softmax gradient).
+  numpy      NumPy written the usual way (``scipy.special.logsumexp`` + softmax gradient;
+             MSE/L1 only among the elementwise losses).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import fusedloss as fl
+from fusedloss._losses import ELEMENTWISE_BY_NAME, ELEMENTWISE_LOSSES, ElementwiseLoss
 
 from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
     HEADER,
@@ -186,15 +189,29 @@ def ce_contenders(torch: Any, x: np.ndarray, t: np.ndarray, g: np.ndarray) -> di
     return c
 
 
+def elementwise_inputs(loss: ElementwiseLoss, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 input and target of ``n`` elements in the loss's domain."""
+    rng = np.random.default_rng(1)
+    values = {
+        "real": lambda: rng.standard_normal(n, dtype=np.float32),
+        "probability": lambda: rng.random(n, dtype=np.float32),
+        "log_probability": lambda: np.log(rng.random(n, dtype=np.float32) + np.float32(1e-3)),
+    }
+    return values[loss.input_kind](), values[loss.target_kind]()
+
+
 def regression_contenders(
     torch: Any, kind: str, a: np.ndarray, b: np.ndarray, g: np.ndarray
 ) -> dict[str, Timed]:
-    fused = fl.mse_loss_and_grad if kind == "mse" else fl.l1_loss_and_grad
+    """An elementwise loss by name (``mse``, ``l1`` or a ``_losses`` name)."""
+    loss = ELEMENTWISE_BY_NAME.get(kind) or ELEMENTWISE_BY_NAME[f"{kind}_loss"]
+    fused = getattr(fl, loss.name + "_and_grad")
     c: dict[str, Timed] = {"fusedloss": lambda: fused(a, b, out=g)[0], "floor": floor(torch, g, a, b)}
     if torch is not None:
-        loss_fn = getattr(torch.nn.functional, f"{kind}_loss")
+        loss_fn = getattr(torch.nn.functional, loss.name)
         c["torch"] = autograd_call(loss_fn, torch.from_numpy(a).requires_grad_(), torch.from_numpy(b))
-    c["numpy"] = lambda: numpy_regression(kind, a, b)[0]
+    if loss.op in ("mse", "l1"):
+        c["numpy"] = lambda: numpy_regression(loss.op, a, b)[0]
     return c
 
 
@@ -214,12 +231,18 @@ def ce_case(torch: Any, shape: Sequence[int], budget_s: float) -> Row:
     return run_case(f"CE {shape_label(shape)}", ce_contenders(torch, x, t, np.empty_like(x)), budget_s)
 
 
+LOSS_LABELS = {"mse_loss": "MSE", "l1_loss": "L1", "huber_loss": "Huber", "smooth_l1_loss": "SmoothL1",
+               "binary_cross_entropy": "BCE", "binary_cross_entropy_with_logits": "BCE logits",
+               "kl_div": "KL"}
+
+
 def regression_case(torch: Any, kind: str, n: int, budget_s: float) -> Row:
-    rng = np.random.default_rng(1)
-    a = rng.random(n, dtype=np.float32)
-    b = rng.random(n, dtype=np.float32)
-    contenders = regression_contenders(torch, kind, a, b, np.empty_like(a))
-    return run_case(f"{kind.upper()} {size_label(n)}", contenders, budget_s)
+    """An elementwise loss (``mse``, ``l1`` or a ``_losses`` name) at ``n`` float32 elements."""
+    loss = ELEMENTWISE_BY_NAME.get(kind) or ELEMENTWISE_BY_NAME[f"{kind}_loss"]
+    a, b = elementwise_inputs(loss, n)
+    contenders = regression_contenders(torch, loss.name, a, b, np.empty_like(a))
+    return run_case(f"{LOSS_LABELS.get(loss.name, loss.name)} {size_label(n)}", contenders,
+                    budget_s)
 
 
 def compare(label: str, ours: Timed, reference: Timed, ref_label: str, budget_s: float) -> Row:
@@ -293,8 +316,9 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     tasks: list[tuple[str, Callable[[], Any]]] = [
         (f"CE {shape_label(s)}", lambda s=s: ce_case(torch, s, budget)) for s in ce_shapes
     ]
-    tasks += [(f"{k.upper()} {size_label(m)}", lambda k=k, m=m: regression_case(torch, k, m, budget))
-              for k in ("mse", "l1") for m in sizes]
+    tasks += [(f"{loss.name} {size_label(m)}",
+               lambda k=loss.name, m=m: regression_case(torch, k, m, budget))
+              for loss in ELEMENTWISE_LOSSES for m in sizes]
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))

@@ -41,12 +41,36 @@ void require_output(const py::array& array, DType dtype, const std::vector<int64
 
 Reduction to_reduction(int reduction);
 
+// The (outer, C, inner) view of a class-indexed loss's input: as given, or,
+// when outer < 0, the extents of a 3-d input.
+void resolve_geometry(const py::array& input, int64_t& outer, int64_t& classes, int64_t& inner);
+
 // The gradient is written while the operands are read: raises ValueError
 // unless `grad` (C-contiguous, like every buffer here) is exactly `input` (in
 // place) or disjoint from it, and disjoint from each other operand given
 // (None skipped). Messages use the caller's names: out=, or input in place.
 void require_no_aliasing(const py::array& grad, const py::array& input,
                          std::initializer_list<std::pair<const char*, const py::object*>> others);
+
+// Below this many elements a kernel runs in about a microsecond: releasing
+// and re-taking the GIL would add a tenth of that, and no other thread could
+// do much in the gap.
+constexpr int64_t kKeepGilBelow = 4096;
+
+// Optional accumulation-type buffers shared by all losses.
+struct OptionalBuffers {
+  const void* grad_output = nullptr;
+  void* loss = nullptr;
+  void* grad_input = nullptr;
+};
+
+// Checks loss_out (required for reduction none), grad_input (like the input)
+// and grad_output (reduction none only) and returns their data pointers.
+OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::object& grad_input,
+                                       const py::object& grad_output, Reduction reduction,
+                                       DType dtype, const std::vector<int64_t>& loss_shape,
+                                       const std::vector<int64_t>& input_shape,
+                                       bool complex_input);
 
 // nullptr for None, else the array's data pointer (after the caller's checks).
 inline const void* data_or_null(const py::object& obj) {

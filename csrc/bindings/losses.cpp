@@ -12,46 +12,6 @@ namespace fusedloss::bindings {
 
 namespace {
 
-// Below this many elements a kernel runs in about a microsecond: releasing
-// and re-taking the GIL would add a tenth of that, and no other thread could
-// do much in the gap.
-constexpr int64_t kKeepGilBelow = 4096;
-
-// Optional accumulation-type buffers shared by all losses.
-struct OptionalBuffers {
-  const void* grad_output = nullptr;
-  void* loss = nullptr;
-  void* grad_input = nullptr;
-};
-
-OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::object& grad_input,
-                                       const py::object& grad_output, Reduction reduction,
-                                       DType dtype, const std::vector<int64_t>& loss_shape,
-                                       const std::vector<int64_t>& input_shape,
-                                       bool complex_input) {
-  const DType accum = accumulation_dtype(dtype);
-  if (reduction == Reduction::None && loss_out.is_none()) {
-    throw py::value_error("loss_out: required for reduction none");
-  }
-  if (!loss_out.is_none()) {
-    require_output(py::reinterpret_borrow<py::array>(loss_out), accum, loss_shape, "loss_out");
-  }
-  if (!grad_input.is_none()) {
-    require_output(py::reinterpret_borrow<py::array>(grad_input), dtype, input_shape,
-                   "grad_input", complex_input);
-  }
-  if (!grad_output.is_none()) {
-    if (reduction != Reduction::None) {
-      throw py::value_error("grad_output: an array is only taken with reduction none; "
-                            "pass grad_output_scalar");
-    }
-    require_buffer(py::reinterpret_borrow<py::array>(grad_output), accum, loss_shape,
-                   "grad_output");
-  }
-  return {data_or_null(grad_output), mutable_data_or_null(loss_out),
-          mutable_data_or_null(grad_input)};
-}
-
 ElementwiseOp to_elementwise_op(int code) {
   switch (code) {
 #define FUSEDLOSS_OP_CODE_CHECK(name, op, py) case static_cast<int>(ElementwiseOp::name):
@@ -68,14 +28,7 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
                      const py::object& grad_output, double grad_output_scalar, bool bfloat16,
                      int64_t outer, int64_t classes, int64_t inner) {
   const DType dtype = storage_dtype(input, bfloat16, "input");
-  if (outer < 0) {  // no geometry given: input is the (outer, C, inner) array itself
-    if (input.ndim() != 3) throw py::value_error("input: expected a 3-d (outer, C, inner) array");
-    outer = input.shape(0);
-    classes = input.shape(1);
-    inner = input.shape(2);
-  } else if (classes < 0 || inner < 0) {
-    throw py::value_error("input: negative extent in (outer, C, inner)");
-  }
+  resolve_geometry(input, outer, classes, inner);
   const std::vector<int64_t> input_shape{outer, classes, inner}, loss_shape{outer, inner};
   require_buffer(input, dtype, input_shape, "input");
   if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0)) {

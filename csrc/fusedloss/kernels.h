@@ -121,9 +121,33 @@ struct ElementwiseResult {
   int64_t target_out_of_domain;
 };
 
+// Losses over class indices, one pass over each row (class_losses.h):
+// nll_loss on an outer x classes x inner view (as cross-entropy), and
+// multi_margin_loss on rows (inner == 1). Pointer types as CrossEntropyProblem.
+struct ClassLossProblem {
+  DType dtype;
+  const void* input;          // S[outer * classes * inner]
+  int64_t outer;
+  int64_t classes;
+  int64_t inner;
+  const int64_t* target;      // int64[outer * inner]
+  const void* weight;         // A[classes], or nullptr (all ones)
+  int64_t ignore_index;       // nll only
+  int p;                      // multi_margin only: 1 or 2
+  double margin;              // multi_margin only
+  Reduction reduction;
+  void* loss;                 // A[outer * inner] per-position loss for Reduction::None, or nullptr
+  void* grad_input;           // S[outer * classes * inner], or nullptr; may equal input
+  const void* grad_output;    // A[outer * inner] for Reduction::None, or nullptr
+  double grad_output_scalar;  // used when grad_output is nullptr
+};
+
 // Returns the reduced loss (0 for Reduction::None; NaN for a mean over nothing).
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
 using ElementwiseFn = ElementwiseResult (*)(const ElementwiseProblem&, int threads);
+// Result as cross-entropy's: the reduced loss, or the first bad target (nll:
+// neither in [0, classes) nor ignore_index; multi_margin: not in [0, classes)).
+using ClassLossFn = CrossEntropyResult (*)(const ClassLossProblem&, int threads);
 
 // The kernels' own exp/log over n contiguous Float32 or Float64 values
 // (for the tests that bound their error; one thread).
@@ -135,6 +159,8 @@ struct KernelTable {
   CrossEntropyFn cross_entropy;
   ElementwiseFn elementwise;
   MathFn math;
+  ClassLossFn nll;
+  ClassLossFn multi_margin;
 };
 
 // One per ISA build; each lives in its own translation unit and namespace.

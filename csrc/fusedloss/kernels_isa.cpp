@@ -59,6 +59,7 @@ namespace FUSEDLOSS_ISA {
 #endif
 #include "fusedloss/simd/math.h"
 #include "fusedloss/common.h"
+#include "fusedloss/class_losses.h"
 #include "fusedloss/cross_entropy.h"
 #include "fusedloss/elementwise_ops.h"
 #include "fusedloss/elementwise.h"
@@ -69,7 +70,7 @@ namespace FUSEDLOSS_ISA {
 const KernelTable& FUSEDLOSS_ISA_TABLE(FUSEDLOSS_ISA)() {
   namespace k = FUSEDLOSS_ISA;
   static const KernelTable table{FUSEDLOSS_ISA_NAME(FUSEDLOSS_ISA), &k::cross_entropy, &k::elementwise,
-                                 &k::elementwise_math};
+                                 &k::elementwise_math, &k::nll, &k::multi_margin};
   return table;
 }
 

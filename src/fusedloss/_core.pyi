@@ -60,6 +60,40 @@ def l1(
     bfloat16: bool = False,
 ) -> float: ...
 
+def nll(
+    input: npt.NDArray[np.generic],          # (outer, C, inner) log-probabilities
+    target: npt.NDArray[np.int64],           # (outer, inner) class indices
+    weight: npt.NDArray[np.floating] | None, # (C,) accumulation dtype
+    ignore_index: int,
+    reduction: int,
+    loss_out: npt.NDArray[np.floating] | None,     # (outer, inner); required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself
+    grad_output: npt.NDArray[np.floating] | None,  # (outer, inner), reduction none only
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+    outer: int = -1,                         # geometry as for cross_entropy
+    classes: int = -1,
+    inner: int = -1,
+) -> float:
+    """Negative log-likelihood (+ gradient). Raises IndexError naming ``target`` for an
+    index outside [0, C) that is not ignore_index; nothing is written then."""
+
+def multi_margin(
+    input: npt.NDArray[np.generic],          # (N, C)
+    target: npt.NDArray[np.int64],           # N class indices
+    weight: npt.NDArray[np.floating] | None, # (C,) accumulation dtype
+    p: int,                                  # 1 or 2
+    margin: float,
+    reduction: int,
+    loss_out: npt.NDArray[np.floating] | None,     # N elements; required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself
+    grad_output: npt.NDArray[np.floating] | None,  # N elements, reduction none only
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float:
+    """Multi-class margin loss (+ gradient). Raises IndexError naming ``target`` for an
+    index outside [0, C); nothing is written then."""
+
 def get_num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
 def cpu_capability() -> str: ...

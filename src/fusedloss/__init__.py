@@ -27,6 +27,12 @@ from ._elementwise import (
     smooth_l1_loss,
     smooth_l1_loss_and_grad,
 )
+from ._class_losses import (
+    multi_margin_loss,
+    multi_margin_loss_and_grad,
+    nll_loss,
+    nll_loss_and_grad,
+)
 
 __version__ = "0.1.0"
 
@@ -47,6 +53,10 @@ __all__ = [
     "l1_loss_and_grad",
     "mse_loss",
     "mse_loss_and_grad",
+    "multi_margin_loss",
+    "multi_margin_loss_and_grad",
+    "nll_loss",
+    "nll_loss_and_grad",
     "set_num_threads",
     "smooth_l1_loss",
     "smooth_l1_loss_and_grad",

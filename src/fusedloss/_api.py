@@ -6,7 +6,6 @@ makes one call into the compiled kernels (``_core``), and shapes the result.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -150,21 +149,7 @@ def _cross_entropy(
     # costs more than the kernel, so every attribute read counts.
     original, x = _input(input, False)
     dtype = x.dtype
-    shape = x.shape
-    ndim = len(shape)
-    if ndim == 2:
-        outer, classes = shape
-        inner = 1
-        loss_shape: tuple[int, ...] = shape[:1]
-    elif ndim > 2:
-        outer, classes = shape[0], shape[1]
-        inner = math.prod(shape[2:])
-        loss_shape = shape[:1] + shape[2:]
-    elif ndim == 1:
-        outer, classes, inner = 1, shape[0], 1
-        loss_shape = ()
-    else:
-        raise ValueError("input: expected shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+    outer, classes, inner, loss_shape = v.class_geometry(x.shape)
     if classes == 0 and outer * inner > 0:
         raise ValueError("input: the class dimension is empty")
 
@@ -190,13 +175,7 @@ def _cross_entropy(
                 f"ignore_index: not supported with class-probability targets, got {ignore_index}"
             )
 
-    w = None
-    if weight is not None:
-        w = v.array(weight, "weight")
-        if w.dtype.kind not in "fiu":
-            raise TypeError(f"weight: expected a floating array, got dtype {w.dtype}")
-        v.same_shape(w, (classes,), "weight", "one weight per class")
-        w = np.asarray(w, dtype=accum, order="C")
+    w = v.class_weight(weight, classes, accum)
 
     loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
     grad_buf = copy_back = go = None

@@ -8,6 +8,7 @@ a few attribute reads: the API's per-call overhead is part of its speed.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -105,6 +106,29 @@ def positive_integer(value: object, name: str) -> int:
 def same_shape(arr: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> None:
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} ({what}), got {arr.shape}")
+
+
+def class_geometry(shape: tuple[int, ...]) -> tuple[int, int, int, tuple[int, ...]]:
+    """(outer, C, inner, loss shape) of an input shaped (C,), (N, C) or (N, C, d1, ..., dk)."""
+    ndim = len(shape)
+    if ndim == 2:
+        return shape[0], shape[1], 1, shape[:1]
+    if ndim > 2:
+        return shape[0], shape[1], math.prod(shape[2:]), shape[:1] + shape[2:]
+    if ndim == 1:
+        return 1, shape[0], 1, ()
+    raise ValueError("input: expected shape (C,), (N, C) or (N, C, d1, ..., dk), got a 0-d array")
+
+
+def class_weight(weight: object, classes: int, accum: np.dtype) -> np.ndarray | None:
+    """One weight per class, as a C-contiguous array of the accumulation dtype."""
+    if weight is None:
+        return None
+    w = array(weight, "weight")
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"weight: expected a floating array, got dtype {w.dtype}")
+    same_shape(w, (classes,), "weight", "one weight per class")
+    return np.asarray(w, dtype=accum, order="C")
 
 
 def grad_output_value(

@@ -38,6 +38,24 @@ _ACCUM = {
     torch.bfloat16: torch.float32,
 }
 SUPPORTED_DTYPES = frozenset(_ACCUM)
+_HALF = (torch.float16, torch.bfloat16)
+_REDUCTIONS = {"none": NONE, "mean": MEAN, "sum": SUM}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def reduction_code(reduction) -> int | None:
+    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
+
+
+def float32_loss(input: Tensor) -> bool:
+    """CPU autocast runs these losses in float32: half input gives a float32 loss
+    (we still read the half values as they are; the upcast is exact anyway)."""
+    return input.dtype in _HALF and torch.is_autocast_enabled("cpu")
+
+
+# torch.func transforms (grad, vmap, jacrev) need autograd.Functions with
+# setup_context and vmap rules; under them the losses use torch's own code.
+functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 _DOUBLE_BACKWARD = (
     b"fusedloss: double backward (differentiating the gradient of a fused loss) is "
@@ -51,6 +69,20 @@ except ImportError:  # pragma: no cover
 
     def _keep_graph() -> bool:
         return True
+
+
+def class_weight_fusable(weight, input: Tensor, classes: int, autocast: bool) -> bool:
+    """True when the kernels take ``weight`` as torch would: None, or a 1-d CPU
+    tensor of one weight per class, of the input's dtype (any supported one
+    under autocast), that needs no gradient."""
+    return weight is None or (
+        isinstance(weight, Tensor)
+        and (weight.dtype is input.dtype or (autocast and weight.dtype in SUPPORTED_DTYPES))
+        and weight.is_cpu
+        and not weight.requires_grad
+        and weight.dim() == 1
+        and weight.shape[0] == classes
+    )
 
 
 def _array(t: Tensor):

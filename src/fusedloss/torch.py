@@ -9,8 +9,9 @@ losses and their ``nn.Module`` classes, backed by the fused CPU kernels.
 Same signatures and results as their ``torch.nn.functional`` namesakes
 (``cross_entropy`` here; ``mse_loss``, ``l1_loss``, ``huber_loss``,
 ``smooth_l1_loss``, ``binary_cross_entropy``, ``binary_cross_entropy_with_logits``
-and ``kl_div`` in ``_torch_losses``); the modules subclass the ``torch.nn``
-classes of the same names. Properties:
+and ``kl_div`` in ``_torch_losses``; ``nll_loss`` and ``multi_margin_loss`` in
+``_torch_class_losses``); the modules subclass the ``torch.nn`` classes of the
+same names. Properties:
 
 - Cross-entropy's gradient is computed in the forward pass by the fused kernel
   and only scaled in backward: forward + backward keeps one logits-sized buffer
@@ -25,7 +26,8 @@ classes of the same names. Properties:
 - float16 / bfloat16 are read as they are and accumulated in float32; losses and
   gradients come back in the input's dtype.
 - Registered as ``torch.library`` custom ops (``fusedloss::cross_entropy``,
-  ``fusedloss::elementwise``): ``torch.compile(fullgraph=True)`` traces them.
+  ``fusedloss::elementwise``, ``fusedloss::nll_loss``, ``fusedloss::multi_margin_loss``):
+  ``torch.compile(fullgraph=True)`` traces them.
 - Double backward is not supported: differentiating a gradient raises.
 
 Fallbacks to torch's own implementation (same result, no fusion): tensors not on
@@ -63,30 +65,17 @@ from ._torch_losses import (  # the elementwise losses
     smooth_l1_loss,
 )
 from ._torch_losses import __all__ as _elementwise_all
+from ._torch_class_losses import MultiMarginLoss, NLLLoss, multi_margin_loss, nll_loss
+from ._torch_class_losses import __all__ as _class_all
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", *_elementwise_all]
+__all__ = ["CrossEntropyLoss", "cross_entropy", *_elementwise_all, *_class_all]
 
-_REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 _DTYPES = _ops.SUPPORTED_DTYPES
-_HALF = (torch.float16, torch.bfloat16)
 _is_compiling = torch.compiler.is_compiling
-_is_autocast = torch.is_autocast_enabled
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-def _float32_loss(input: Tensor) -> bool:
-    """CPU autocast runs these losses in float32: half input gives a float32 loss
-    (we still read the half values as they are; the upcast is exact anyway)."""
-    return input.dtype in _HALF and _is_autocast("cpu")
-
-
-# torch.func transforms (grad, vmap, jacrev) need autograd.Functions with
-# setup_context and vmap rules; under them the losses use torch's own code.
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
-
-
-def _reduction_code(reduction) -> int | None:
-    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
+_float32_loss = _ops.float32_loss
+_functorch_active = _ops.functorch_active
+_reduction_code = _ops.reduction_code
+_INT64_MIN, _INT64_MAX = _ops.INT64_MIN, _ops.INT64_MAX
 
 
 def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) -> bool:
@@ -109,16 +98,8 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
             return False
     elif target.dtype is not input.dtype or target.shape != shape or ignore_index != -100:
         return False  # (torch refuses ignore_index with probability targets)
-    if weight is not None:
-        if not (
-            isinstance(weight, Tensor)
-            and (weight.dtype is input.dtype or (autocast and weight.dtype in _DTYPES))
-            and weight.is_cpu
-            and not weight.requires_grad
-            and weight.dim() == 1
-            and weight.shape[0] == shape[0 if ndim == 1 else 1]
-        ):
-            return False
+    if not _ops.class_weight_fusable(weight, input, shape[0 if ndim == 1 else 1], autocast):
+        return False
     # An ignore_index outside int64 goes to torch, which raises its own error.
     return type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX and (
         0.0 <= label_smoothing <= 1.0

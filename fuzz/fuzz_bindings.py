@@ -197,7 +197,42 @@ def _grad_kwargs(r: Reader, case_kwargs: dict[str, Any], x: np.ndarray,
         case_kwargs["inplace"] = r.pick([True, True, True, "yes", 1])
 
 
+def _index_target(r: Reader, classes: int, loss_shape: tuple[int, ...], ignore: Any) -> np.ndarray:
+    """Class indices, mostly valid, some ignore_index, some out of range, of some
+    integer dtype (or bool) and layout."""
+    tdtype = r.pick(["int64", "int64", "int32", "uint8", "int8", ">i8", "uint64", "bool"])
+    n = int(np.prod(loss_shape)) if loss_shape else 1
+    vals = []
+    for _ in range(n):
+        c = r.below(16)
+        if c < 11:
+            vals.append(r.below(max(classes, 1)))
+        elif c < 13 and type(ignore) is int and -(2**63) <= ignore < 2**63:
+            vals.append(ignore)
+        else:
+            vals.append(r.pick([-1, classes, classes + 3, -100, 2**31]))
+    t = np.array(vals, np.int64).reshape(loss_shape)
+    with np.errstate(all="ignore"):
+        t = t.astype(tdtype) if tdtype != "bool" else t.astype(bool)
+    return layout(r, t)
+
+
+def _weight_kwarg(r: Reader, kwargs: dict[str, Any], classes: int, dtype: str) -> None:
+    """Sometimes a per-class weight: right, of the wrong shape, or not an array."""
+    w = r.below(8)
+    if w in (1, 2):
+        kwargs["weight"] = make_array(r, (classes,), r.pick(["float32", "float64", dtype]),
+                                      "weight")
+    elif w == 3:
+        kwargs["weight"] = make_array(r, wrong_shape(r, (classes,)), "float32", "weight")
+    elif w == 4:
+        kwargs["weight"] = r.pick([[1.0], np.ones(classes, bool), np.ones(classes, "c8"), "w"])
+
+
 def _decode_cross_entropy(r: Reader, fn: str) -> Case:
+    """cross_entropy(_and_grad), or nll_loss(_and_grad): the same arguments but for
+    class-probability targets and label_smoothing."""
+    nll = fn.startswith("nll")
     ndim = r.pick([2, 2, 2, 1, 3, 4, 0])
     shape = list(shape_for(r, ndim, 0, 5))
     if ndim >= 2 and shape[1] == 0 and r.chance(200):
@@ -215,22 +250,8 @@ def _decode_cross_entropy(r: Reader, fn: str) -> Case:
         ignore = r.pick(IGNORES)
         kwargs["ignore_index"] = ignore
     kind = r.below(10)
-    if kind < 6:  # class indices
-        tdtype = r.pick(["int64", "int64", "int32", "uint8", "int8", ">i8", "uint64", "bool"])
-        n = int(np.prod(loss_shape)) if loss_shape else 1
-        vals = []
-        for _ in range(n):
-            c = r.below(16)
-            if c < 11:
-                vals.append(r.below(max(classes, 1)))
-            elif c < 13 and type(ignore) is int and -(2**63) <= ignore < 2**63:
-                vals.append(ignore)
-            else:
-                vals.append(r.pick([-1, classes, classes + 3, -100, 2**31]))
-        t = np.array(vals, np.int64).reshape(loss_shape)
-        with np.errstate(all="ignore"):
-            t = t.astype(tdtype) if tdtype != "bool" else t.astype(bool)
-        target = layout(r, t)
+    if kind < 6 or (nll and kind < 8):  # class indices
+        target = _index_target(r, classes, loss_shape, ignore)
     elif kind < 8:  # probabilities
         target = make_array(r, shape_t, r.pick(["float32", "float64", "float16", dtype]),
                             "probs")
@@ -238,17 +259,10 @@ def _decode_cross_entropy(r: Reader, fn: str) -> Case:
         target = make_array(r, wrong_shape(r, loss_shape), "int64")
     else:
         target = r.pick([[0, 1], None, "x", 1.0, np.zeros(loss_shape, "c8")])
-    w = r.below(8)
-    if w in (1, 2):
-        kwargs["weight"] = make_array(r, (classes,), r.pick(["float32", "float64", dtype]),
-                                      "weight")
-    elif w == 3:
-        kwargs["weight"] = make_array(r, wrong_shape(r, (classes,)), "float32", "weight")
-    elif w == 4:
-        kwargs["weight"] = r.pick([[1.0], np.ones(classes, bool), np.ones(classes, "c8"), "w"])
+    _weight_kwarg(r, kwargs, classes, dtype)
     if r.chance(128):
         kwargs["reduction"] = r.pick(REDUCTIONS)
-    if r.chance(80):
+    if not nll and r.chance(80):
         kwargs["label_smoothing"] = r.pick(SMOOTHINGS)
     if fn.endswith("_and_grad"):
         accum = "float64" if x.dtype == np.float64 else "float32"
@@ -324,6 +338,88 @@ def _decode_core(r: Reader) -> Case:
                 {})
 
 
+P_VALUES = [1, 1, 2, 2, 2.0, 3, 0, 1.5, "2", True, None]
+MARGINS = [1.0, 1.0, 0.5, 0.0, -1.0, 2, 3.5, float("nan"), float("inf"), "1", None, True]
+
+
+def _decode_multi_margin(r: Reader, fn: str) -> Case:
+    ndim = r.pick([2, 2, 2, 1, 0, 3])
+    shape = list(shape_for(r, ndim, 0, 5))
+    if ndim and shape[-1] == 0 and r.chance(200):
+        shape[-1] = 1
+    shape_t = tuple(shape)
+    dtype = r.pick(INPUT_DTYPES)
+    x = make_array(r, shape_t, dtype)
+    classes = shape_t[-1] if ndim else 1
+    loss_shape = shape_t[:1] if ndim == 2 else r.pick([(), (1,)])
+    kind = r.below(10)
+    if kind < 8:
+        target: Any = _index_target(r, classes, loss_shape, None)
+    elif kind == 8:
+        target = make_array(r, wrong_shape(r, loss_shape), "int64")
+    else:
+        target = r.pick([[0, 1], None, "x", 1.0, np.zeros(loss_shape, "f4")])
+    kwargs: dict[str, Any] = {}
+    if r.chance(100):
+        kwargs["p"] = r.pick(P_VALUES)
+    if r.chance(100):
+        kwargs["margin"] = r.pick(MARGINS)
+    _weight_kwarg(r, kwargs, classes, dtype)
+    if r.chance(128):
+        kwargs["reduction"] = r.pick(REDUCTIONS)
+    if fn.endswith("_and_grad"):
+        accum = "float64" if x.dtype == np.float64 else "float32"
+        _grad_kwargs(r, kwargs, x, loss_shape, accum)
+    return Case("api", fn, [x, target], kwargs)
+
+
+def _decode_class_core(r: Reader) -> Case:
+    """_core.nll / _core.multi_margin with buffers of any dtype, shape or aliasing."""
+    fn = r.pick(["nll", "multi_margin"])
+    dtype = r.pick(["float32", "float64", "float16", "uint16", "complex64", "int32", ">f4"])
+    bf16 = r.chance(40)
+    accum = r.pick(["float32", "float64", "float16"])
+    shape = shape_for(r, r.pick([3, 3, 2, 2, 1]), 0, 4)
+    x = make_array(r, shape, dtype)
+    outer = shape[0] if shape else 0
+    classes = shape[1] if len(shape) > 1 else 0
+    inner = shape[2] if len(shape) > 2 else 1
+    n = outer * inner
+    t = np.array([r.below(max(classes, 1) + 2) - 1 for _ in range(n)], np.int64)
+    target = layout(r, t) if r.chance(200) else make_array(r, (n + 1,), r.pick(["int64", "f4"]))
+    weight = make_array(r, (classes,), accum, "weight") if r.chance(60) else None
+    red = r.below(4) - (1 if r.chance(20) else 0)
+    loss_out = make_array(r, (n,) if r.chance(220) else (n + 1,), accum) \
+        if red == 0 or r.chance(40) else None
+    grad = (x if r.chance(40) else make_array(r, shape, dtype)) if r.chance(160) else None
+    go = make_array(r, (n,), accum) if r.chance(40) else None
+    if fn == "nll":
+        geometry = [outer, classes, inner] if r.chance(128) else []
+        args = [x, target, weight, r.pick([-100, -1, 0, 1, 2**63 - 1]), red, loss_out, grad, go,
+                r.value(0), bf16, *geometry]
+    else:
+        args = [x, target, weight, r.pick([1, 2, 2, 3, 0]), r.pick([1.0, 0.0, -2.5, 1e30]),
+                red, loss_out, grad, go, r.value(0), bf16]
+    return Case("core", fn, args, {})
+
+
+# Inputs whose first byte is in this range call the losses over class indices
+# (nll_loss, multi_margin_loss): no committed corpus input starts with one, so the
+# corpus decodes as before they were added.
+CLASS_LOSS_FIRST_BYTES = range(224, 240)
+CLASS_FNS = ["nll_loss", "nll_loss_and_grad", "multi_margin_loss", "multi_margin_loss_and_grad",
+             "core"]
+
+
+def _decode_class_loss(r: Reader) -> Case:
+    fn = r.pick(CLASS_FNS)
+    if fn == "core":
+        return _decode_class_core(r)
+    if fn.startswith("nll"):
+        return _decode_cross_entropy(r, fn)
+    return _decode_multi_margin(r, fn)
+
+
 # The elementwise losses come from the project's list of losses (fusedloss/_losses.py);
 # mse and l1 first, so that corpus files written before the list grew decode as before.
 API_FNS = ["cross_entropy", "cross_entropy_and_grad", "mse_loss", "mse_loss_and_grad",
@@ -335,6 +431,8 @@ ELEMENTWISE_OP_CODES = sorted(_core.ELEMENTWISE_OPS.values())
 
 
 def decode(data: bytes) -> Case:
+    if data and data[0] in CLASS_LOSS_FIRST_BYTES:
+        return _decode_class_loss(Reader(data[1:]))
     r = Reader(data)
     if r.chance(48):
         return _decode_core(r)
@@ -427,6 +525,69 @@ def _regression_reference(fn: str, x: np.ndarray, t: np.ndarray, reduction: str,
         return el.sum(), dgrad * g
 
 
+def _nll_reference(x: np.ndarray, target: np.ndarray, weight: Any, ignore_index: int,
+                   reduction: str, grad_output: Any) -> tuple[Any, np.ndarray]:
+    """torch.nn.functional.nll_loss semantics in float64 NumPy: (loss, grad)."""
+    one_row = x.ndim == 1
+    xs = x[None] if one_row else x
+    rows, cls = xs.shape[0], xs.shape[1]
+    inner = int(np.prod(xs.shape[2:]))
+    x3 = xs.reshape(rows, cls, inner)
+    t = target.reshape(rows, inner).astype(np.int64)
+    w = np.ones(cls) if weight is None else np.asarray(weight, np.float64)
+    active = t != ignore_index
+    safe = np.where(active, t, 0)
+    wt = np.where(active, w[safe], 0.0) if cls else np.zeros(t.shape)
+    xt = np.take_along_axis(x3, safe[:, None, :], axis=1)[:, 0, :] if cls else np.zeros(t.shape)
+    loss_el = np.where(active, -wt * xt, 0.0)
+    loss_shape = () if one_row else (rows, *xs.shape[2:])
+    with np.errstate(all="ignore"):
+        if reduction == "none":
+            loss: Any = loss_el.reshape(loss_shape)
+            g = np.ones(t.shape) if grad_output is None else \
+                np.asarray(grad_output, np.float64).reshape(t.shape)
+        else:
+            g0 = 1.0 if grad_output is None else float(grad_output)
+            denom = wt.sum()
+            loss = loss_el.sum() / denom if reduction == "mean" else loss_el.sum()
+            g = np.full(t.shape, g0 / denom if reduction == "mean" else g0)
+        grad3 = np.zeros(x3.shape)
+        o, j = np.nonzero(active)
+        grad3[o, safe[o, j], j] = -wt[o, j] * g[o, j]
+    grad = grad3.reshape(xs.shape)
+    return loss, grad[0] if one_row else grad
+
+
+def _multi_margin_reference(x: np.ndarray, target: np.ndarray, p: int, margin: float,
+                            weight: Any, reduction: str,
+                            grad_output: Any) -> tuple[Any, np.ndarray]:
+    """torch.nn.functional.multi_margin_loss semantics in float64 NumPy: (loss, grad)."""
+    rows = x.shape[0] if x.ndim == 2 else 1
+    cls = x.shape[-1] if x.ndim else 1
+    x2 = x.reshape(rows, cls).astype(np.float64)
+    t = target.reshape(rows).astype(np.int64)
+    w = np.ones(cls) if weight is None else np.asarray(weight, np.float64)
+    every = np.arange(rows)
+    z = margin - x2[every, t][:, None] + x2
+    positive = z > 0
+    positive[every, t] = False
+    zp = np.where(positive, z, 0.0)
+    loss_el = (zp if p == 1 else zp * zp).sum(axis=1) * w[t] / cls
+    with np.errstate(all="ignore"):
+        if reduction == "none":
+            loss: Any = loss_el.reshape(target.shape)
+            g = np.ones(rows) if grad_output is None else \
+                np.asarray(grad_output, np.float64).reshape(rows)
+        else:
+            g0 = np.float64(1.0 if grad_output is None else float(grad_output))
+            loss = loss_el.sum() / rows if reduction == "mean" else loss_el.sum()
+            g = np.full(rows, g0 / rows if reduction == "mean" else g0)
+        coef = (g * w[t] / cls)[:, None]
+        grad = np.where(positive, coef if p == 1 else 2 * coef * z, 0.0)
+        grad[every, t] = -grad.sum(axis=1)
+    return loss, grad.reshape(x.shape)
+
+
 def _close(what: str, got: Any, ref: Any, dtype: np.dtype, case: Case,
            terms: Any = 0.0) -> None:
     """|got - ref| <= tol * (|ref| + max|ref|) + 8 eps: relative to the array's
@@ -497,6 +658,21 @@ def _check_result(case: Case, result: Any, originals: list[Any]) -> None:
         ref_loss, ref_grad, terms = _ce_reference(x0.astype(np.float64), t, w,
                                            int(kw.get("ignore_index", -100)), red, smoothing,
                                            None if go_arr is None else go_arr.astype(accum))
+    elif fn.startswith(("nll", "multi_margin")):
+        accum = np.float64 if dtype == np.float64 else np.float32
+        w = kw.get("weight")
+        w = None if w is None else np.asarray(w).astype(accum)
+        go_acc = None if go_arr is None else go_arr.astype(accum)
+        if fn.startswith("nll"):
+            ref_loss, ref_grad = _nll_reference(x0.astype(np.float64), t0, w,
+                                                int(kw.get("ignore_index", -100)), red, go_acc)
+        else:
+            margin = float(kw.get("margin", 1.0))
+            if not math.isfinite(margin):
+                return
+            ref_loss, ref_grad = _multi_margin_reference(x0, t0, int(kw.get("p", 1)),
+                                                         float(accum(margin)), w, red, go_acc)
+        terms = 0.0
     elif fn.startswith(("mse", "l1")):
         ref_loss, ref_grad = _regression_reference(fn, x0, t0.astype(dtype), red, go_arr)
         terms = 0.0

@@ -13,6 +13,8 @@ Contenders, per case:
              ``torch.mul(x, 1.5, out=g)`` with all threads (the elementwise losses, which
              read two arrays: ``torch.sub(a, b, out=g)``).
   torch      eager forward + backward through autograd (``F.cross_entropy(x).backward()``).
+             nll_loss / multi_margin_loss: the same, their gradient written over a fresh
+             zero buffer by torch, into ``g`` by fusedloss.
   numpy      NumPy written the usual way (``scipy.special.logsumexp`` + softmax gradient;
              MSE/L1 only among the elementwise losses).
 """
@@ -52,6 +54,7 @@ CE_SHAPES: tuple[tuple[int, ...], ...] = (
     (64, 10), (256, 1000), (4096, 1000), (1024, 32000), (2048, 50257), (8, 21, 128, 128),
 )
 REGRESSION_SIZES = (10**3, 10**6, 10**7)
+CLASS_LOSS_SHAPE, QUICK_CLASS_LOSS_SHAPE = (4096, 1000), (256, 100)  # nll_loss, multi_margin_loss
 QUICK_CE_SHAPES: tuple[tuple[int, ...], ...] = ((64, 10), (256, 1000), (4, 5, 16, 16))
 QUICK_REGRESSION_SIZES = (10**3, 10**5)
 WARM_UP_BELOW_S = 0.05  # calls longer than this need no extra warm-up call (nor can afford one)
@@ -215,6 +218,33 @@ def regression_contenders(
     return c
 
 
+def numpy_class_loss(kind: str, x: np.ndarray, t: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Mean NLL / multi-margin (p=1, margin 1) loss and gradient, written the usual NumPy way."""
+    rows = np.arange(len(t))
+    grad = np.zeros_like(x)
+    if kind == "nll":
+        grad[rows, t] = -1 / len(t)
+        return -x[rows, t].mean(), grad
+    z = 1 - x[rows, t][:, None] + x
+    z[rows, t] = 0
+    positive = z > 0
+    grad[positive] = 1 / x.size
+    grad[rows, t] = -positive.sum(axis=1) / x.size
+    return np.maximum(z, 0).sum() / x.size, grad
+
+
+def class_loss_contenders(
+    torch: Any, kind: str, x: np.ndarray, t: np.ndarray, g: np.ndarray
+) -> dict[str, Timed]:
+    fused = fl.nll_loss_and_grad if kind == "nll" else fl.multi_margin_loss_and_grad
+    c: dict[str, Timed] = {"fusedloss": lambda: fused(x, t, out=g)[0], "floor": floor(torch, g, x)}
+    if torch is not None:
+        loss_fn = getattr(torch.nn.functional, f"{kind}_loss")
+        c["torch"] = autograd_call(loss_fn, torch.from_numpy(x).requires_grad_(), torch.from_numpy(t))
+    c["numpy"] = lambda: numpy_class_loss(kind, x, t)[0]
+    return c
+
+
 # ------------------------------------------------------------------------------ cases
 
 
@@ -243,6 +273,13 @@ def regression_case(torch: Any, kind: str, n: int, budget_s: float) -> Row:
     contenders = regression_contenders(torch, loss.name, a, b, np.empty_like(a))
     return run_case(f"{LOSS_LABELS.get(loss.name, loss.name)} {size_label(n)}", contenders,
                     budget_s)
+
+
+def class_loss_case(torch: Any, kind: str, shape: Sequence[int], budget_s: float) -> Row:
+    """nll_loss / multi_margin_loss fwd+grad over (N, C) float32 scores."""
+    x, t = logits(shape)
+    label = f"{'NLL' if kind == 'nll' else 'MultiMargin'} {shape_label(shape)}"
+    return run_case(label, class_loss_contenders(torch, kind, x, t, np.empty_like(x)), budget_s)
 
 
 def compare(label: str, ours: Timed, reference: Timed, ref_label: str, budget_s: float) -> Row:
@@ -319,6 +356,9 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     tasks += [(f"{loss.name} {size_label(m)}",
                lambda k=loss.name, m=m: regression_case(torch, k, m, budget))
               for loss in ELEMENTWISE_LOSSES for m in sizes]
+    class_shape = QUICK_CLASS_LOSS_SHAPE if quick else CLASS_LOSS_SHAPE
+    tasks += [(f"{k} {shape_label(class_shape)}", lambda k=k: class_loss_case(torch, k, class_shape, budget))
+              for k in ("nll", "multi_margin")]
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))

@@ -1,10 +1,9 @@
 """fusedloss.torch on PyTorch's own test inputs.
 
 Every sample that torch's operator database (``OpInfo``, what torch's
-test_ops.py runs) gives for ``nn.functional.cross_entropy``, ``mse_loss`` and
-``l1_loss``, in every dtype fusedloss takes, and every sample its module
-database (``ModuleInfo``, test_modules.py) gives for ``CrossEntropyLoss``,
-``MSELoss`` and ``L1Loss``. The reference is torch itself in float64
+test_ops.py runs) gives for the losses in ``OURS`` (``nn.functional.cross_entropy``,
+``mse_loss``, ...), in every dtype fusedloss takes, and every sample its module
+database (``ModuleInfo``, test_modules.py) gives for the modules in ``OUR_MODULES``. The reference is torch itself in float64
 (complex128) on the very same values; loss and every gradient (input, and
 probability targets where they require grad) are compared under the
 tolerances of test_torch.py (float64 1e-9 relative, float32 1e-5, half types
@@ -27,11 +26,15 @@ OURS = {
     "nn.functional.cross_entropy": flt.cross_entropy,
     "nn.functional.mse_loss": flt.mse_loss,
     "nn.functional.l1_loss": flt.l1_loss,
+    "nn.functional.nll_loss": flt.nll_loss,
+    "nn.functional.multi_margin_loss": flt.multi_margin_loss,
 }
 OUR_MODULES = {
     torch.nn.CrossEntropyLoss: flt.CrossEntropyLoss,
     torch.nn.MSELoss: flt.MSELoss,
     torch.nn.L1Loss: flt.L1Loss,
+    torch.nn.NLLLoss: flt.NLLLoss,
+    torch.nn.MultiMarginLoss: flt.MultiMarginLoss,
 }
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
           torch.complex128]
@@ -50,7 +53,7 @@ MODULE_CASES = [
 ]
 
 
-def test_the_databases_cover_all_three_losses():
+def test_the_databases_cover_every_loss():
     assert {op.name for op in op_db if op.name in OURS} == set(OURS)
     assert {info.module_cls for info in module_db if info.module_cls in OUR_MODULES} == set(
         OUR_MODULES

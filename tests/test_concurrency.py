@@ -43,7 +43,7 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
     rows = 64
     while True:
         x = rng.standard_normal((rows, 4096), dtype=np.float32)
-        target = (rng.integers(0, 4096, rows) if name.startswith("cross")
+        target = (rng.integers(0, 4096, rows) if name.startswith(("cross", "multi_margin"))
                   else np.ones_like(x))
         kwargs: dict[str, Any] = {"out": np.empty_like(x)} if name.endswith("grad") else {}
         if name in ("mse_loss_and_grad", "l1_loss_and_grad"):  # memory-bound: more streams
@@ -57,8 +57,10 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
         rows *= 2
 
 
-# One per binding (forward-only calls go through the same two bindings).
-@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "mse_loss_and_grad", "l1_loss_and_grad"])
+# One per binding (forward-only calls go through the same bindings; nll_loss and
+# multi_margin_loss share one kernel call in csrc/bindings/class_losses.cpp).
+@pytest.mark.parametrize("name", ["cross_entropy_and_grad", "mse_loss_and_grad", "l1_loss_and_grad",
+                                  "multi_margin_loss_and_grad"])
 def test_gil_released_during_kernel(name: str) -> None:
     """A Python thread keeps running while kernels run in another thread.
 
@@ -125,6 +127,8 @@ def _workload(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
         ("mse_loss_and_grad", (r, rt), {}),
         ("l1_loss_and_grad", (r, rt), {"reduction": "sum"}),
         ("l1_loss", (r, rt), {"reduction": "none"}),
+        ("nll_loss_and_grad", (k, kt), {"reduction": "sum"}),
+        ("multi_margin_loss_and_grad", (x, t), {"p": 2, "weight": w}),
     ]
 
 

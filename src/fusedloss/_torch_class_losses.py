@@ -19,11 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
 from . import _core
 from . import _torch_ops as _ops
+from ._torch_losses import _legacy  # deprecated size_average / reduce -> reduction
 
 __all__ = ["MultiMarginLoss", "NLLLoss", "multi_margin_loss", "nll_loss"]
 
@@ -231,12 +231,6 @@ def _fused(kernel, op, input, target, weight, code, options, autocast, torch_fn)
         return kernel(input, target, weight, code, *options, None, autocast)
     except IndexError:
         return torch_fn()
-
-
-def _legacy(reduction, size_average, reduce) -> str:
-    if size_average is not None or reduce is not None:
-        return _Reduction.legacy_get_string(size_average, reduce)
-    return reduction
 
 
 def nll_loss(

@@ -63,8 +63,10 @@ from ._torch_losses import (  # the elementwise losses
     smooth_l1_loss,
 )
 from ._torch_losses import __all__ as _elementwise_all
+from ._torch_gan import gan_discriminator_loss, gan_generator_loss  # the GAN objective
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", *_elementwise_all]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "gan_discriminator_loss", "gan_generator_loss",
+           *_elementwise_all]
 
 _REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 _DTYPES = _ops.SUPPORTED_DTYPES

@@ -53,9 +53,8 @@ class GanTerm(NamedTuple):
     scale: float
 
 
-# op(x, 1) = softplus(-x) = -log s(x); op(x, 0) = softplus(x) = -log(1 - s(x)).
-_BCE = "binary_cross_entropy_with_logits"
-_D_MINIMAX = (GanTerm(_BCE, 1.0, 1.0), GanTerm(_BCE, 0.0, 1.0))
+# logistic(x, t) = softplus(-t x): -log s(x) for t = 1, -log(1 - s(x)) for t = -1.
+_D_MINIMAX = (GanTerm("logistic", 1.0, 1.0), GanTerm("logistic", -1.0, 1.0))
 
 # kind -> (term on the real logits, term on the fake logits); the loss is their sum.
 GAN_DISCRIMINATOR_KINDS: dict[str, tuple[GanTerm, GanTerm]] = {
@@ -72,9 +71,9 @@ GAN_DISCRIMINATOR_KINDS: dict[str, tuple[GanTerm, GanTerm]] = {
 
 # kind -> the term on the fake logits.
 GAN_GENERATOR_KINDS: dict[str, GanTerm] = {
-    "non_saturating": GanTerm(_BCE, 1.0, 1.0),   # mean(-log s(f))
-    "minimax": GanTerm(_BCE, 0.0, -1.0),         # mean(log(1 - s(f))) = -mean(softplus(f))
-    "least_squares": GanTerm("mse", 1.0, 0.5),   # 0.5 mean((f - 1)^2)
-    "hinge": GanTerm("linear", -1.0, 1.0),       # -mean(f)
-    "wasserstein": GanTerm("linear", -1.0, 1.0),  # -mean(f)
+    "non_saturating": GanTerm("logistic", 1.0, 1.0),  # mean(-log s(f))
+    "minimax": GanTerm("logistic", -1.0, -1.0),       # mean(log(1 - s(f))) = -mean(softplus(f))
+    "least_squares": GanTerm("mse", 1.0, 0.5),        # 0.5 mean((f - 1)^2)
+    "hinge": GanTerm("linear", -1.0, 1.0),            # -mean(f)
+    "wasserstein": GanTerm("linear", -1.0, 1.0),      # -mean(f)
 }

@@ -34,8 +34,7 @@ _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda
 
 # Each kernel op of the GAN objective in torch ops, for target t in the terms' values.
 _TORCH_OPS = {
-    # (1 - t) x + softplus(-x): softplus(-x) for t = 1, softplus(x) for t = 0
-    "binary_cross_entropy_with_logits": lambda x, t: F.softplus((1.0 - 2.0 * t) * x),
+    "logistic": lambda x, t: F.softplus(-t * x),
     "mse": lambda x, t: (x - t) ** 2,
     "hinge": lambda x, t: F.relu(1.0 - t * x),
     "linear": lambda x, t: t * x,

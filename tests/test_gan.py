@@ -15,12 +15,11 @@ float16: read as it is, accumulated in float32, rounded once to float16: within
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,33 +27,8 @@ import fusedloss as fl
 from fusedloss._losses import GAN_DISCRIMINATOR_KINDS, GAN_GENERATOR_KINDS
 
 from conftest import REAL_DTYPES, assert_matches, forced_capability
+from gan_formulas import DISCRIMINATOR, GENERATOR, Term
 
-Term = Callable[[torch.Tensor], torch.Tensor]
-
-
-
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    """F.softplus without its default shortcut softplus(x) = x above x = 20: that
-    is 2e-9 off in float64 (the gradient 1 for s(20)), above the 1e-10 tolerance."""
-    return F.softplus(x, threshold=40)
-
-
-# DESIGN.md's formulas, per element (the loss is the sum of each term's mean);
-# log(1 - s(f)) = -softplus(f) and -log s(r) = softplus(-r), stably.
-DISCRIMINATOR: dict[str, tuple[Term, Term]] = {
-    "minimax": (lambda r: softplus(-r), softplus),
-    "non_saturating": (lambda r: softplus(-r), softplus),
-    "least_squares": (lambda r: 0.5 * (r - 1) ** 2, lambda f: 0.5 * f**2),
-    "hinge": (lambda r: F.relu(1 - r), lambda f: F.relu(1 + f)),
-    "wasserstein": (lambda r: -r, lambda f: f),
-}
-GENERATOR: dict[str, Term] = {
-    "non_saturating": lambda f: softplus(-f),
-    "minimax": lambda f: -softplus(f),
-    "least_squares": lambda f: 0.5 * (f - 1) ** 2,
-    "hinge": lambda f: -f,
-    "wasserstein": lambda f: -f,
-}
 D_KINDS = list(GAN_DISCRIMINATOR_KINDS)
 G_KINDS = list(GAN_GENERATOR_KINDS)
 SHAPE_PAIRS = [((), (1,)), ((7,), (97,)), ((5, 33), (3, 4, 5)), ((300, 41), (2, 3, 4, 9)),

@@ -44,6 +44,8 @@ _TORCH_OPS = {
 def _check(logits: Any, name: str) -> Tensor:
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name}: expected floating-point logits, got dtype {logits.dtype}")
     return logits
 
 

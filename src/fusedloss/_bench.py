@@ -29,6 +29,7 @@ import numpy as np
 import fusedloss as fl
 from fusedloss._losses import ELEMENTWISE_BY_NAME, ELEMENTWISE_LOSSES, ElementwiseLoss
 
+from ._bench_gan import gan_case
 from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
     HEADER,
     Row,
@@ -319,6 +320,7 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     tasks += [(f"{loss.name} {size_label(m)}",
                lambda k=loss.name, m=m: regression_case(torch, k, m, budget))
               for loss in ELEMENTWISE_LOSSES for m in sizes]
+    tasks.append(("GAN D+G", lambda: gan_case(torch, budget)))
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))

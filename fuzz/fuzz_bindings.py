@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fusedloss import _core
-from fusedloss._losses import ELEMENTWISE_LOSSES
+from fusedloss._losses import ELEMENTWISE_LOSSES, GAN_DISCRIMINATOR_KINDS, GAN_GENERATOR_KINDS
 
 EXPECTED = (ValueError, TypeError, IndexError)
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -293,6 +293,69 @@ def _decode_regression(r: Reader, fn: str) -> Case:
     return Case("api", fn, [x, target], kwargs)
 
 
+GAN_BAD_KINDS = ["vanilla", None, 1, "MINIMAX"]
+GAN_DTYPES = ["float32", "float64", "float32", "float16", ">f4", ">f8"]
+GAN_ARGS = {"gan_discriminator_loss": ["real_logits", "fake_logits"],
+            "gan_generator_loss": ["fake_logits"]}
+
+
+def _gan_out(r: Reader, x: np.ndarray, others: list[np.ndarray]) -> Any:
+    """An out= for the gradient of ``x``: fitting, strided, wrong, read-only or aliasing."""
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype("f4")
+    o = r.below(8)
+    if o == 0:
+        return np.full(x.shape, 7.0, dtype)
+    if o == 1:
+        return np.full(x.shape + (2,), 7.0, dtype)[..., 1]
+    if o == 2:
+        return np.empty(wrong_shape(r, x.shape), dtype)
+    if o == 3:
+        return np.empty(x.shape, r.pick(["f8", "f4", "f2", ">f4", "i4"]))
+    if o == 4:
+        ro = np.empty(x.shape, dtype)
+        ro.flags.writeable = False
+        return ro
+    if o == 5:
+        return x
+    return r.pick(others + [[0.0], "out"])  # another operand (aliasing), or not an array
+
+
+def _decode_gan(r: Reader, fn: str) -> Case:
+    """real_logits / fake_logits of any shapes and dtypes (often different), a kind
+    (sometimes unknown) and, for _and_grad, grad_output, out_real / out_fake / out, inplace."""
+    base = fn.removesuffix("_and_grad")
+    kinds = list(GAN_DISCRIMINATOR_KINDS if base == "gan_discriminator_loss" else GAN_GENERATOR_KINDS)
+    arrays = []
+    for _ in GAN_ARGS[base]:
+        if r.chance(12):
+            arrays.append(r.pick([[0.5, -1.0], None, "x", 1.0]))
+            continue
+        dtype = r.pick(GAN_DTYPES) if r.chance(220) else r.pick(INPUT_DTYPES)
+        x = make_array(r, shape_for(r, r.below(4), 0, 6), dtype)
+        if arrays and isinstance(arrays[0], np.ndarray) and r.chance(24):
+            same = arrays[0]  # the same memory twice: itself, or reversed
+            x = same if r.chance(128) or same.ndim == 0 else same[::-1]
+        arrays.append(x)
+    kwargs: dict[str, Any] = {}
+    if r.chance(200):
+        kwargs["kind"] = r.pick(kinds) if r.chance(230) else r.pick(GAN_BAD_KINDS)
+    if fn.endswith("_and_grad"):
+        g = r.below(8)
+        if g == 1:
+            kwargs["grad_output"] = r.value(0)
+        elif g == 2:
+            kwargs["grad_output"] = make_array(r, (), r.pick(["float32", "float64"]))
+        elif g == 3:
+            kwargs["grad_output"] = r.pick(["1", True, [1.0], np.array(1j), np.ones(2)])
+        outs = ["out_real", "out_fake"] if base == "gan_discriminator_loss" else ["out"]
+        for name, x in zip(outs, arrays):
+            if isinstance(x, np.ndarray) and r.chance(60):
+                kwargs[name] = _gan_out(r, x, [a for a in arrays if a is not x])
+        if r.chance(40):
+            kwargs["inplace"] = r.pick([True, True, True, "yes", 1])
+    return Case("api", fn, arrays, kwargs, {"arg_names": GAN_ARGS[base]})
+
+
 def _decode_core(r: Reader) -> Case:
     fn = r.pick(["cross_entropy", "mse", "l1", "elementwise"])
     dtype = r.pick(["float32", "float64", "float16", "uint16", "complex64", "int32", ">f4"])
@@ -334,8 +397,12 @@ def _decode_core(r: Reader) -> Case:
     grad = (x if r.chance(40) else make_array(r, shape, dtype)) if r.chance(160) else None
     go = make_array(r, (n,), accum) if r.chance(40) else None
     op = r.pick(ELEMENTWISE_OP_CODES) if fn == "elementwise" else ELEMENTWISE_OP_CODES[fn == "l1"]
+    kwargs: dict[str, Any] = {}
+    if fn == "elementwise" and r.chance(64):  # the GAN objective's call: a scalar target
+        target = None
+        kwargs = {"target_scalar": r.value(), "scale": r.pick([1.0, 0.5, -1.0, r.value()])}
     return Case("core", "elementwise", [op, x, target, red, loss_out, grad, go, r.value(0), bf16],
-                {})
+                kwargs)
 
 
 P_VALUES = [1, 1, 2, 2, 2.0, 3, 0, 1.5, "2", True, None]
@@ -425,7 +492,8 @@ def _decode_class_loss(r: Reader) -> Case:
 API_FNS = ["cross_entropy", "cross_entropy_and_grad", "mse_loss", "mse_loss_and_grad",
            "l1_loss", "l1_loss_and_grad", "set_num_threads"] + [
     name for loss in ELEMENTWISE_LOSSES if loss.name not in ("mse_loss", "l1_loss")
-    for name in (loss.name, loss.name + "_and_grad")]
+    for name in (loss.name, loss.name + "_and_grad")] + [
+    name for base in GAN_ARGS for name in (base, base + "_and_grad")]
 # Kernel op codes in the order mse, l1, then the rest (for the core layer).
 ELEMENTWISE_OP_CODES = sorted(_core.ELEMENTWISE_OPS.values())
 
@@ -442,6 +510,8 @@ def decode(data: bytes) -> Case:
         return Case("api", fn, [n], {})
     if fn.startswith("cross"):
         return _decode_cross_entropy(r, fn)
+    if fn.startswith("gan_"):
+        return _decode_gan(r, fn)
     return _decode_regression(r, fn)
 
 
@@ -634,6 +704,8 @@ def _check_result(case: Case, result: Any, originals: list[Any]) -> None:
     import fusedloss as fl  # noqa: F401  (for symmetry with run_case)
 
     fn = case.fn
+    if fn.startswith("gan_"):
+        return _check_gan_result(case, result)
     x0, t0 = originals[0], originals[1]
     kw = case.kwargs
     red = kw.get("reduction", "mean")
@@ -689,6 +761,25 @@ def _check_result(case: Case, result: Any, originals: list[Any]) -> None:
             raise Finding(f"out= was not returned in {case.describe()}")
 
 
+def _check_gan_result(case: Case, result: Any) -> None:
+    """The GAN functions' results: a NumPy scalar of the logits' promoted dtype, each
+    gradient shaped and typed like its logits, out= / inplace=True arrays returned.
+    (Values are checked against torch by tests/test_gan.py.)"""
+    arrays = [np.asarray(a) for a in case.args]
+    native = [a.dtype.newbyteorder("=") for a in arrays]
+    loss, grads = (result[0], result[1:]) if case.fn.endswith("_and_grad") else (result, ())
+    if not isinstance(loss, np.generic) or loss.dtype != np.result_type(*native):
+        raise Finding(f"loss: {type(loss)} {getattr(loss, 'dtype', '')} in {case.describe()}")
+    outs = [case.kwargs.get(k) for k in (("out",) if len(arrays) == 1 else ("out_real", "out_fake"))]
+    for grad, a, dtype, out, arg in zip(grads, arrays, native, outs, case.args):
+        if not isinstance(grad, np.ndarray) or grad.dtype != dtype or grad.shape != a.shape:
+            raise Finding(f"grad: {getattr(grad, 'dtype', type(grad))} in {case.describe()}")
+        if case.kwargs.get("inplace") is True and grad is not arg:
+            raise Finding(f"inplace=True did not return the logits in {case.describe()}")
+        if out is not None and grad is not out:
+            raise Finding(f"out= was not returned in {case.describe()}")
+
+
 # ----------------------------------------------------------------------------- run
 
 
@@ -702,6 +793,9 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     # bytes, not values: NaN == NaN here, and object arrays compare by identity
     return a.shape == b.shape and np.ascontiguousarray(a).tobytes() == \
         np.ascontiguousarray(b).tobytes()
+
+
+OUT_NAMES = ("out", "out_real", "out_fake")
 
 
 def run_case(case: Case) -> str:
@@ -727,16 +821,17 @@ def run_case(case: Case) -> str:
             fl.set_num_threads(threads)
     if case.layer == "core":
         return outcome
-    # Arguments other than out (and input with inplace=True after success) are untouched.
+    # Arguments other than out (and the logits with inplace=True after success) are untouched.
+    arg_names = case.notes.get("arg_names", ["input", "target"])
     may_change = set()
     if outcome == "ok" and case.kwargs.get("inplace") is True:
-        may_change.add(0)
-    names = ["input", "target"] + list(case.kwargs)
+        may_change = {0, 1} if len(arg_names) == 2 and arg_names[0] == "real_logits" else {0}
+    names = arg_names[:len(case.args)] + list(case.kwargs)
+    outs = [v for k, v in case.kwargs.items() if k in OUT_NAMES and isinstance(v, np.ndarray)]
     for i, (v, snap) in enumerate(zip(values, snaps)):
-        if snap is None or i in may_change or names[i] == "out":
+        if snap is None or i in may_change or names[i] in OUT_NAMES:
             continue
-        if outcome == "ok" and case.kwargs.get("out") is not None and \
-                np.may_share_memory(v, case.kwargs["out"]):
+        if outcome == "ok" and any(np.may_share_memory(v, out) for out in outs):
             continue
         if not _same(v, snap):
             raise Finding(f"{names[i]} was modified ({outcome}) by {case.describe()}")

@@ -141,8 +141,10 @@ double elementwise(int op_code, const py::array& input, const py::object& target
   problem.weight = check_broadcast(weight, weight_period, weight_repeat, n, accum, "weight");
   problem.pos_weight =
       check_broadcast(pos_weight, pos_weight_period, pos_weight_repeat, n, accum, "pos_weight");
-  if (complex_input && (problem.weight.values || !grad_target.is_none() || target.is_none())) {
-    throw py::value_error("input: complex L1 takes a target array and no weight or grad_target");
+  if (complex_input &&
+      (problem.weight.values || !grad_target.is_none() || target.is_none() || scale != 1.0)) {
+    throw py::value_error(
+        "input: complex L1 takes a target array and no weight, scale or grad_target");
   }
   problem.reduction = reduction;
   problem.mean_denominator = mean_denominator;

@@ -38,8 +38,9 @@ inline double reduce_result(const ElementwiseProblem& pr, double total) {
 
 // The upstream gradient every element's gradient is scaled by when no
 // per-element grad_output is given (a mean divides it by the denominator).
+// Not `scale`: the loop folds that into the weight, which multiplies both.
 inline double upstream_scalar(const ElementwiseProblem& pr) {
-  const double g = pr.grad_output_scalar * pr.scale;
+  const double g = pr.grad_output_scalar;
   return pr.reduction == Reduction::Mean ? g / mean_denominator(pr) : g;
 }
 

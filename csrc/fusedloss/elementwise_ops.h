@@ -160,6 +160,20 @@ struct HingeOp : OpDefaults {
   }
 };
 
+// softplus(-t x) = log(1 + e^(-t x)), t = +-1: the GAN objective's logistic
+// terms, -log s(x) (t = 1) and -log(1 - s(x)) (t = -1). Not BceWithLogitsOp at
+// t = 0: its x + softplus(-x) keeps none of softplus(x) = 2.3e-7 at x = -15 in
+// float32, and is NaN at x = +-inf, where softplus is 0 or inf as torch's.
+struct LogisticOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const V m = t * x;
+    const SoftplusParts<V> sp(m);
+    // s(-m), from e = exp(-|m|) without cancellation; NaN stays NaN
+    const V s_neg = select(gt(m, V::set1(0)), sp.e, V::set1(1)) / (V::set1(1) + sp.e);
+    return {sp.softplus_neg(m), V::set1(0) - t * s_neg, V::set1(0) - x * s_neg};
+  }
+};
+
 // t x: the Wasserstein GAN objective's terms.
 struct LinearOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) { return {t * x, t, x}; }

@@ -33,6 +33,12 @@ from ._class_losses import (
     nll_loss,
     nll_loss_and_grad,
 )
+from ._gan import (
+    gan_discriminator_loss,
+    gan_discriminator_loss_and_grad,
+    gan_generator_loss,
+    gan_generator_loss_and_grad,
+)
 
 __version__ = "0.1.0"
 
@@ -44,6 +50,10 @@ __all__ = [
     "cpu_capability",
     "cross_entropy",
     "cross_entropy_and_grad",
+    "gan_discriminator_loss",
+    "gan_discriminator_loss_and_grad",
+    "gan_generator_loss",
+    "gan_generator_loss_and_grad",
     "get_num_threads",
     "huber_loss",
     "huber_loss_and_grad",

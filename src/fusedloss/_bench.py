@@ -31,6 +31,7 @@ import numpy as np
 import fusedloss as fl
 from fusedloss._losses import ELEMENTWISE_BY_NAME, ELEMENTWISE_LOSSES, ElementwiseLoss
 
+from ._bench_gan import gan_case
 from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
     HEADER,
     Row,
@@ -359,6 +360,7 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     class_shape = QUICK_CLASS_LOSS_SHAPE if quick else CLASS_LOSS_SHAPE
     tasks += [(f"{k} {shape_label(class_shape)}", lambda k=k: class_loss_case(torch, k, class_shape, budget))
               for k in ("nll", "multi_margin")]
+    tasks.append(("GAN D+G", lambda: gan_case(torch, budget)))
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))

@@ -7,7 +7,9 @@ The kernel computes the gradients w.r.t. input (and target, when it requires
 grad) in the forward pass; backward only scales them by ``grad_output``.
 Every tensor handed here is a contiguous CPU tensor of a supported dtype, the
 target shaped like the input, weights not requiring grad (``fusedloss.torch``
-checks, or falls back to torch's own implementation).
+checks, or falls back to torch's own implementation). A target of None means
+every element's target is ``target_scalar`` (the GAN objective's terms); ``scale``
+multiplies the loss and its gradients.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _factor(value: Tensor | None, x: Tensor, name: str):
 def elementwise_kernel(
     op: str,
     x: Tensor,
-    target: Tensor,
+    target: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     reduction: int,
@@ -48,6 +50,8 @@ def elementwise_kernel(
     grad_x: Tensor | None,
     grad_t: Tensor | None,
     float32_loss: bool,
+    target_scalar: float = 0.0,
+    scale: float = 1.0,
 ) -> Tensor:
     """Runs the fused kernel over the flattened buffers; writes d(loss)/d(input)
     and d(loss)/d(target) (for grad_output 1) into ``grad_x`` / ``grad_t`` when
@@ -60,13 +64,15 @@ def elementwise_kernel(
     loss = torch.empty(x.shape, dtype=accum) if reduction == NONE else None
     try:
         value = _core.elementwise(
-            OPS[op], _array(x).reshape(-1), _array(target).reshape(-1), reduction,
+            OPS[op], _array(x).reshape(-1), None if target is None else _array(target).reshape(-1),
+            reduction,
             None if loss is None else loss.numpy().reshape(-1),
             None if grad_x is None else _array(grad_x).reshape(-1), None, 1.0,
             dtype is torch.bfloat16, param=param, weight=w.values, weight_period=w.period,
             weight_repeat=w.repeat, pos_weight=pw.values, pos_weight_period=pw.period,
             pos_weight_repeat=pw.repeat, mean_denominator=mean_denominator,
             grad_target=None if grad_t is None else _array(grad_t).reshape(-1),
+            target_scalar=target_scalar, scale=scale,
         )
     except ValueError as e:  # out of the op's domain: torch's error type and words
         raise RuntimeError(str(e).split(": ", 1)[-1]) from None
@@ -88,24 +94,25 @@ class ElementwiseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, target, weight, pos_weight, op, reduction, param, mean_denominator,
-                float32_loss):
+                float32_loss, target_scalar=0.0, scale=1.0):
         ctx.set_materialize_grads(False)
         ctx.reduction = reduction
         grad_x = new_gradient(x) if x.requires_grad else None
-        grad_t = new_gradient(target) if target.requires_grad else None
+        grad_t = new_gradient(target) if target is not None and target.requires_grad else None
         loss = elementwise_kernel(op, x, target, weight, pos_weight, reduction, param,
-                                  mean_denominator, grad_x, grad_t, float32_loss)
+                                  mean_denominator, grad_x, grad_t, float32_loss, target_scalar,
+                                  scale)
         ctx.save_for_backward(grad_x, grad_t)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:
-            return (None,) * 9
+            return (None,) * 11
         grad_x, grad_t = ctx.saved_tensors
         gx, gt = elementwise_backward(grad_loss, grad_x, grad_t, ctx.reduction,
                                       grad_x is not None, grad_t is not None, True)
-        return (gx, gt) + (None,) * 7
+        return (gx, gt) + (None,) * 9
 
 
 elementwise_apply = _fast_apply(ElementwiseFunction)
@@ -114,7 +121,7 @@ elementwise_apply = _fast_apply(ElementwiseFunction)
 @torch.library.custom_op("fusedloss::elementwise", mutates_args=(), device_types="cpu")
 def elementwise_op(
     input: Tensor,
-    target: Tensor,
+    target: Tensor | None,
     weight: Tensor | None,
     pos_weight: Tensor | None,
     op: str,
@@ -124,24 +131,26 @@ def elementwise_op(
     grad_input: bool,
     grad_target: bool,
     float32_loss: bool,
+    target_scalar: float = 0.0,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d loss/d input, d loss/d target) for grad_output 1; a gradient not
     asked for is an empty tensor."""
     gx = new_gradient(input) if grad_input else None
-    gt = new_gradient(target) if grad_target else None
+    gt = new_gradient(target) if grad_target and target is not None else None
     loss = elementwise_kernel(op, input, target, weight, pos_weight, reduction, param,
-                              mean_denominator, gx, gt, float32_loss)
+                              mean_denominator, gx, gt, float32_loss, target_scalar, scale)
     empty = input.new_empty((0,))
     return loss, empty if gx is None else gx, empty if gt is None else gt
 
 
 @elementwise_op.register_fake
 def _(input, target, weight, pos_weight, op, reduction, param, mean_denominator, grad_input,
-      grad_target, float32_loss):
+      grad_target, float32_loss, target_scalar=0.0, scale=1.0):
     shape = input.shape if reduction == NONE else []
     loss = input.new_empty(shape, dtype=torch.float32 if float32_loss else input.dtype)
     gx = torch.empty_like(input) if grad_input else input.new_empty((0,))
-    gt = torch.empty_like(target) if grad_target else input.new_empty((0,))
+    gt = torch.empty_like(target) if grad_target and target is not None else input.new_empty((0,))
     return loss, gx, gt
 
 
@@ -159,7 +168,7 @@ def _backward(ctx, grad_loss, _grad_gx, _grad_gt):
         raise RuntimeError("fusedloss::elementwise: a gradient was not computed in forward")
     gx, gt = elementwise_backward(grad_loss, grad_x, grad_t, ctx.reduction, need_x, need_t,
                                   False)  # out of place: the compiler owns buffer reuse
-    return (gx, gt) + (None,) * 9
+    return (gx, gt) + (None,) * 11
 
 
 elementwise_op.register_autograd(_backward, setup_context=_setup_context)

@@ -165,13 +165,19 @@ def grad_output_value(
 
 
 def gradient_buffer(
-    x: np.ndarray, original: np.ndarray, out: object, inplace: bool
+    x: np.ndarray,
+    original: np.ndarray,
+    out: object,
+    inplace: bool,
+    input_name: str = "input",
+    out_name: str = "out",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Where the kernel writes the gradient, and the user array to copy it into after.
 
     Returns (kernel_buffer, copy_back): kernel_buffer is C-contiguous with x's
     dtype and shape; copy_back, when set, is the caller's non-contiguous `out`
     (or `input` for inplace=True) that receives kernel_buffer afterwards.
+    Messages name the arguments `input_name` and `out_name`.
     """
     if out is None and inplace is False:  # the common case first
         return np.empty_like(x), None
@@ -179,31 +185,40 @@ def gradient_buffer(
         raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
     if inplace:
         if out is not None:
-            raise ValueError("out: cannot be combined with inplace=True")
+            raise ValueError(f"{out_name}: cannot be combined with inplace=True")
         if not original.flags.writeable:
-            raise ValueError("input: array is read-only, so inplace=True cannot overwrite it")
+            raise ValueError(
+                f"{input_name}: array is read-only, so inplace=True cannot overwrite it"
+            )
         if x.dtype != original.dtype:
             raise TypeError(
-                f"input: inplace=True needs a native float array, got dtype {original.dtype}"
+                f"{input_name}: inplace=True needs a native float array, got dtype "
+                f"{original.dtype}"
             )
         if x is original:
             return x, None
         return x, original  # x is a contiguous copy; the gradient goes back into input
     if out is None:
         return np.empty_like(x), None
-    out_arr = array(out, "out")
+    out_arr = array(out, out_name)
     if out_arr.dtype != x.dtype:
-        raise TypeError(f"out: expected dtype {x.dtype} (the input's), got {out_arr.dtype}")
-    same_shape(out_arr, original.shape, "out", "the input's shape")
+        raise TypeError(
+            f"{out_name}: expected dtype {x.dtype} (the {input_name}'s), got {out_arr.dtype}"
+        )
+    same_shape(out_arr, original.shape, out_name, f"the {input_name}'s shape")
     if not out_arr.flags.writeable:
-        raise ValueError("out: array is read-only")
+        raise ValueError(f"{out_name}: array is read-only")
     if out_arr.flags.c_contiguous and out_arr.dtype.isnative:
         return out_arr, None
     return np.empty_like(x), out_arr
 
 
 def check_no_overlap(
-    out: np.ndarray, input: np.ndarray, others: dict[str, np.ndarray | None]
+    out: np.ndarray,
+    input: np.ndarray,
+    others: dict[str, np.ndarray | None],
+    input_name: str = "input",
+    out_name: str = "out",
 ) -> None:
     """`out` may be exactly `input` (an in-place gradient) but must not otherwise
     alias an operand: the kernel would read values it has already overwritten."""
@@ -213,7 +228,7 @@ def check_no_overlap(
         and out.shape == input.shape
         and input.flags.c_contiguous
     ):
-        raise ValueError("out: overlaps input without being the same array")
+        raise ValueError(f"{out_name}: overlaps {input_name} without being the same array")
     for name, other in others.items():
         if other is not None and np.may_share_memory(out, other):
-            raise ValueError(f"out: shares memory with {name}")
+            raise ValueError(f"{out_name}: shares memory with {name}")

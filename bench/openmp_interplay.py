@@ -1,0 +1,150 @@
+"""fusedloss and torch in one process: does either slow the other down?
+
+    python bench/openmp_interplay.py [--repeats N] [--json FILE]
+
+A training loop alternates torch ops and the loss. If fusedloss and torch ran on two
+OpenMP runtimes, each with its own thread pool, the idle workers of one would spin on
+the cores the other's workers need (a 256 x 1000 cross-entropy right after a torch op
+took 25x its time alone). fusedloss shares torch's runtime instead
+(src/fusedloss/_openmp.py); this measures it, for both import orders, each in a fresh
+subprocess of the Python running this script (so run it with the environment to test,
+e.g. a venv with the repaired wheel installed):
+
+- fusedloss: ``fl.cross_entropy_and_grad(x, t, out=g)`` (float32, class indices);
+- torch op: ``torch.mul(x, 1.5, out=g)`` on the same buffers (the bench's "floor": a
+  parallel pass over the logits, all threads), so both touch the same memory;
+- "alone": back-to-back calls of one; "after": the other runs just before each timed call.
+
+Ratios "after / alone" near 1 mean the two do not get in each other's way. Each child
+also reports the libgomp files mapped into it and threadpoolctl's entries (when
+threadpoolctl is installed). Medians over ``--repeats`` calls (more for small shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SHAPES = ((256, 1000), (1024, 32000))
+ORDERS = {
+    "fusedloss first": "import fusedloss as fl\nimport torch",
+    "torch first": "import torch\nimport fusedloss as fl",
+}
+
+CHILD = """
+{imports}
+import json, sys, time
+import numpy as np
+
+repeats = int(sys.argv[1])
+shapes = json.loads(sys.argv[2])
+now = time.perf_counter
+
+
+def median(xs):
+    return sorted(xs)[len(xs) // 2]
+
+
+def timed(step, before=None, n=repeats):
+    times = []
+    for _ in range(n):
+        if before is not None:
+            before()
+        t0 = now()
+        step()
+        times.append(now() - t0)
+    return median(times)
+
+
+rng = np.random.default_rng(0)
+rows = []
+for n, c in shapes:
+    x = rng.standard_normal((n, c), dtype=np.float32)
+    t = rng.integers(0, c, size=n)
+    g = np.empty_like(x)
+    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+
+    def fused():
+        fl.cross_entropy_and_grad(x, t, out=g)
+
+    def torch_op():
+        torch.mul(xt, 1.5, out=gt)
+
+    k = max(repeats, repeats * 10**7 // (n * c))  # ~1000 calls at 256x1000
+    for _ in range(3):
+        fused(), torch_op()
+    rows.append(dict(
+        shape=f"{{n}}x{{c}}",
+        fl_alone=timed(fused, n=k), fl_after_torch=timed(fused, torch_op, n=k),
+        torch_alone=timed(torch_op, n=k), torch_after_fl=timed(torch_op, fused, n=k),
+    ))
+
+libgomp = sorted({{line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}})
+try:
+    import threadpoolctl
+    pools = [(d["internal_api"], d["num_threads"]) for d in threadpoolctl.threadpool_info()
+             if d["user_api"] == "openmp"]
+except ImportError:
+    pools = None
+print(json.dumps(dict(rows=rows, libgomp=libgomp, threadpoolctl_openmp=pools,
+                      threads=[fl.get_num_threads(), torch.get_num_threads()])))
+"""
+
+
+def run_order(imports: str, repeats: int) -> dict:
+    code = textwrap.dedent(CHILD).format(imports=imports)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(repeats), json.dumps(SHAPES)],
+        capture_output=True, text=True, timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed:\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def report(order: str, result: dict) -> str:
+    lines = [
+        f"### {order}",
+        "",
+        f"libgomp mapped: {', '.join(result['libgomp']) or 'none'}; threadpoolctl OpenMP "
+        f"entries: {result['threadpoolctl_openmp']}; threads fusedloss/torch: "
+        f"{result['threads'][0]}/{result['threads'][1]}",
+        "",
+        "| shape | fl alone | fl after torch op | ratio | torch op alone | torch op after fl | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['shape']} | {fmt(r['fl_alone'])} | {fmt(r['fl_after_torch'])} | "
+            f"{r['fl_after_torch'] / r['fl_alone']:.2f}x | {fmt(r['torch_alone'])} | "
+            f"{fmt(r['torch_after_fl'])} | {r['torch_after_fl'] / r['torch_alone']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls at 1024x32000")
+    parser.add_argument("--json", help="also write the raw results here")
+    args = parser.parse_args()
+    results = {order: run_order(imports, args.repeats) for order, imports in ORDERS.items()}
+    for order, result in results.items():
+        print(report(order, result))
+    load = os.getloadavg()
+    print(f"python {sys.executable}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"{os.cpu_count()} logical CPUs")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,14 +21,18 @@
 #define FUSEDLOSS_GLIBC_FIRST "GLIBC_2.17"
 #endif
 
-// `name` defined as a call to the first version glibc gave it, which every
-// glibc since has kept: libm's exp/log/pow (new versions in 2.29) and hypot
-// (2.35) changed only how they set errno, which nothing here reads;
-// pthread_once moved from libpthread into libc in 2.34.
-#define FUSEDLOSS_FIRST_VERSION_OF(ret, name, params, args)                     \
+// `name` defined as a call to the first version of `first`, which every glibc
+// since has kept: libm's exp/log/pow (new versions in 2.29) and hypot (2.35)
+// changed only how they set errno, which nothing here reads; pthread_once
+// moved from libpthread into libc in 2.34; glibc 2.38 gave strtol & co. C23
+// twins (that also read "0b" prefixes), which code built with _GNU_SOURCE calls,
+// and every number fusedloss parses reads the same with the first versions.
+#define FUSEDLOSS_AS_FIRST_VERSION_OF(ret, name, first, params, args)            \
   extern "C" ret fusedloss_first_##name params;                                 \
-  __asm__(".symver fusedloss_first_" #name "," #name "@" FUSEDLOSS_GLIBC_FIRST); \
+  __asm__(".symver fusedloss_first_" #name "," #first "@" FUSEDLOSS_GLIBC_FIRST); \
   extern "C" ret name params { return fusedloss_first_##name args; }
+#define FUSEDLOSS_FIRST_VERSION_OF(ret, name, params, args) \
+  FUSEDLOSS_AS_FIRST_VERSION_OF(ret, name, name, params, args)
 
 #if __GLIBC_PREREQ(2, 29)
 FUSEDLOSS_FIRST_VERSION_OF(double, exp, (double x), (x))
@@ -41,6 +45,15 @@ FUSEDLOSS_FIRST_VERSION_OF(double, hypot, (double x, double y), (x, y))
 #if __GLIBC_PREREQ(2, 34)
 FUSEDLOSS_FIRST_VERSION_OF(int, pthread_once, (pthread_once_t * once, void (*init)(void)),
                            (once, init))
+#endif
+#if __GLIBC_PREREQ(2, 38)
+#define FUSEDLOSS_STRTO(ret, name)                                               \
+  FUSEDLOSS_AS_FIRST_VERSION_OF(ret, __isoc23_##name, name,                     \
+                                (const char* s, char** end, int base), (s, end, base))
+FUSEDLOSS_STRTO(long, strtol)
+FUSEDLOSS_STRTO(unsigned long, strtoul)
+FUSEDLOSS_STRTO(long long, strtoll)
+FUSEDLOSS_STRTO(unsigned long long, strtoull)
 #endif
 
 extern "C" {

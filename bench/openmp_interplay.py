@@ -11,9 +11,12 @@ subprocess of the Python running this script (so run it with the environment to 
 e.g. a venv with the repaired wheel installed):
 
 - fusedloss: ``fl.cross_entropy_and_grad(x, t, out=g)`` (float32, class indices);
-- torch op: ``torch.mul(x, 1.5, out=g)`` on the same buffers (the bench's "floor": a
-  parallel pass over the logits, all threads), so both touch the same memory;
-- "alone": back-to-back calls of one; "after": the other runs just before each timed call.
+- torch op: ``torch.mul(y, 1.5, out=h)`` with y, h of the logits' shape (the bench's
+  "floor": a parallel pass, all threads) on buffers of its own: with shared buffers
+  the timings would mostly show cache lines moving between cores, because torch and
+  fusedloss split the work among their threads differently;
+- "alone": back-to-back calls of one; "after": the other runs just before each timed call;
+  the four are measured in three interleaved rounds, medians of the rounds' medians.
 
 Ratios "after / alone" near 1 mean the two do not get in each other's way. Each child
 also reports the libgomp files mapped into it and threadpoolctl's entries (when
@@ -66,22 +69,25 @@ for n, c in shapes:
     x = rng.standard_normal((n, c), dtype=np.float32)
     t = rng.integers(0, c, size=n)
     g = np.empty_like(x)
-    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+    y = torch.randn(n, c)
+    h = torch.empty_like(y)
 
     def fused():
         fl.cross_entropy_and_grad(x, t, out=g)
 
     def torch_op():
-        torch.mul(xt, 1.5, out=gt)
+        torch.mul(y, 1.5, out=h)
 
     k = max(repeats, repeats * 10**7 // (n * c))  # ~1000 calls at 256x1000
     for _ in range(3):
         fused(), torch_op()
-    rows.append(dict(
-        shape=f"{{n}}x{{c}}",
-        fl_alone=timed(fused, n=k), fl_after_torch=timed(fused, torch_op, n=k),
-        torch_alone=timed(torch_op, n=k), torch_after_fl=timed(torch_op, fused, n=k),
-    ))
+    modes = dict(fl_alone=(fused, None), fl_after_torch=(fused, torch_op),
+                 torch_alone=(torch_op, None), torch_after_fl=(torch_op, fused))
+    per_round = {{mode: [] for mode in modes}}
+    for _ in range(3):  # interleaved rounds: a drift of the machine hits every mode alike
+        for mode, (step, before) in modes.items():
+            per_round[mode].append(timed(step, before, n=k // 3 + 1))
+    rows.append(dict(shape=f"{{n}}x{{c}}", **{{m: median(t) for m, t in per_round.items()}}))
 
 libgomp = sorted({{line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}})
 try:

@@ -19,8 +19,6 @@ itself (that would add ~15 ms to every ``import fusedloss``).
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 from types import ModuleType
@@ -55,13 +53,14 @@ def _register(threadpoolctl: ModuleType) -> None:
     register(FusedlossController)
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """threadpoolctl's own loader, then the registration."""
+class _RegisteringLoader:
+    """threadpoolctl's own loader, then the registration. (Plain classes: the
+    importlib.abc bases would add milliseconds to every import of fusedloss.)"""
 
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+    def create_module(self, spec: Any) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -72,7 +71,7 @@ class _RegisteringLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _OnImport(importlib.abc.MetaPathFinder):
+class _OnImport:
     """Finds threadpoolctl once, as the other finders would, and wraps its loader."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None):

@@ -16,9 +16,14 @@ e.g. a venv with the repaired wheel installed):
   the timings would mostly show cache lines moving between cores, because torch and
   fusedloss split the work among their threads differently;
 - "alone": back-to-back calls of one; "after": the other runs just before each timed call;
-  the four are measured in three interleaved rounds, medians of the rounds' medians.
+- "control": the same library runs just before, on the other library's memory (fusedloss
+  on y, h; torch.mul on x, g): the cost of the memory the other op touched, whoever
+  touches it (at small sizes on few cores, a 20 us op slows down when another op has
+  evicted its data, whichever library ran that op);
+- the six are measured in three interleaved rounds, medians of the rounds' medians.
 
-Ratios "after / alone" near 1 mean the two do not get in each other's way. Each child
+Ratios "after / alone" near 1 mean the two do not get in each other's way; "after /
+control" near 1 means the other library costs no more than its memory traffic. Each child
 also reports the libgomp files mapped into it and threadpoolctl's entries (when
 threadpoolctl is installed). Medians over ``--repeats`` calls (more for small shapes).
 """
@@ -71,6 +76,7 @@ for n, c in shapes:
     g = np.empty_like(x)
     y = torch.randn(n, c)
     h = torch.empty_like(y)
+    xt, gt, yn, hn = torch.from_numpy(x), torch.from_numpy(g), y.numpy(), h.numpy()
 
     def fused():
         fl.cross_entropy_and_grad(x, t, out=g)
@@ -78,11 +84,18 @@ for n, c in shapes:
     def torch_op():
         torch.mul(y, 1.5, out=h)
 
+    def fused_elsewhere():
+        fl.cross_entropy_and_grad(yn, t, out=hn)
+
+    def torch_op_elsewhere():
+        torch.mul(xt, 1.5, out=gt)
+
     k = max(repeats, repeats * 10**7 // (n * c))  # ~1000 calls at 256x1000
     for _ in range(3):
         fused(), torch_op()
     modes = dict(fl_alone=(fused, None), fl_after_torch=(fused, torch_op),
-                 torch_alone=(torch_op, None), torch_after_fl=(torch_op, fused))
+                 fl_control=(fused, fused_elsewhere), torch_alone=(torch_op, None),
+                 torch_after_fl=(torch_op, fused), torch_control=(torch_op, torch_op_elsewhere))
     per_round = {{mode: [] for mode in modes}}
     for _ in range(3):  # interleaved rounds: a drift of the machine hits every mode alike
         for mode, (step, before) in modes.items():
@@ -124,15 +137,16 @@ def report(order: str, result: dict) -> str:
         f"entries: {result['threadpoolctl_openmp']}; threads fusedloss/torch: "
         f"{result['threads'][0]}/{result['threads'][1]}",
         "",
-        "| shape | fl alone | fl after torch op | ratio | torch op alone | torch op after fl | ratio |",
+        "| call | shape | alone | after the other library | / alone | control | / control |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['shape']} | {fmt(r['fl_alone'])} | {fmt(r['fl_after_torch'])} | "
-            f"{r['fl_after_torch'] / r['fl_alone']:.2f}x | {fmt(r['torch_alone'])} | "
-            f"{fmt(r['torch_after_fl'])} | {r['torch_after_fl'] / r['torch_alone']:.2f}x |"
-        )
+    for lib, other in (("fl", "torch"), ("torch", "fl")):
+        for r in result["rows"]:
+            alone, after, control = r[f"{lib}_alone"], r[f"{lib}_after_{other}"], r[f"{lib}_control"]
+            lines.append(
+                f"| {'fusedloss CE' if lib == 'fl' else 'torch op'} | {r['shape']} | {fmt(alone)} "
+                f"| {fmt(after)} | {after / alone:.2f}x | {fmt(control)} | {after / control:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -313,7 +313,7 @@ def get_num_threads() -> int:
 
 def set_num_threads(n: int) -> None:
     """Set the threads the kernels use (independent of torch.set_num_threads;
-    threadpoolctl's ``threadpool_limits`` sets it too, see ``_threadpoolctl.py``)."""
+    threadpoolctl's ``threadpool_limits`` sets and restores it too)."""
     threads = v.positive_integer(n, "n")
     if threads > _MAX_THREADS:
         raise ValueError(f"n: expected at most {_MAX_THREADS} threads, got {threads}")

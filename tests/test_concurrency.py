@@ -307,9 +307,12 @@ def test_thread_counts_independent_of_torch() -> None:
 
 def _openmp_wait_settings(imports: str) -> list[str]:
     """The wait policy and spin count the process's libgomp reports (omp_display_env) after
-    running ``imports``, in a child without OMP_WAIT_POLICY / GOMP_SPINCOUNT set."""
+    running ``imports``, in a child without OMP_WAIT_POLICY / GOMP_SPINCOUNT set. torch is
+    hidden there: fusedloss would load torch's copy of libgomp, which predates
+    omp_display_env (src/fusedloss/_openmp.py)."""
     code = f"""
         import ctypes, sys
+        sys.modules["torch"] = None
         {imports}
         try:
             gomp = ctypes.CDLL("libgomp.so.1")  # the copy already loaded, if any

@@ -4,7 +4,11 @@
 autograd functions and nn.Module drop-ins.
 """
 
-from ._api import (
+from ._openmp import load_runtime as _load_openmp_runtime
+
+_load_openmp_runtime()  # before the compiled module: one OpenMP runtime beside torch's
+
+from ._api import (  # noqa: E402
     cpu_capability,
     cross_entropy,
     cross_entropy_and_grad,
@@ -39,6 +43,10 @@ from ._gan import (
     gan_generator_loss,
     gan_generator_loss_and_grad,
 )
+
+from ._threadpoolctl import register_on_import as _register_with_threadpoolctl  # noqa: E402
+
+_register_with_threadpoolctl()
 
 __version__ = "0.1.0"
 

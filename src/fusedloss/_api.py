@@ -260,10 +260,11 @@ def cross_entropy(
 ) -> Any:
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
-    input: (C,), (N, C) or (N, C, d1, ..., dk) float32/float64 logits.
+    input: (C,), (N, C) or (N, C, d1, ..., dk) logits, a float32, float64 or
+    float16 array (float16 is accumulated in float32; any strides or byte order).
     target: integer class indices shaped like input without C, or class
     probabilities shaped like input. Returns a scalar of input's dtype for
-    mean/sum, or the per-element loss for reduction="none".
+    mean/sum, or the per-element loss (input's dtype) for reduction="none".
     """
     plain = _plain_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing, False, None, None, False
@@ -288,7 +289,8 @@ def cross_entropy_and_grad(
     """Cross-entropy and its gradient w.r.t. ``input``, in one fused pass.
 
     The gradient is that of ``sum(grad_output * loss)`` (grad_output defaults
-    to 1 and has the loss's shape). ``out=`` receives the gradient;
+    to 1 and has the loss's shape), in input's dtype (float32, float64 or
+    float16, as :func:`cross_entropy`). ``out=`` receives the gradient;
     ``inplace=True`` overwrites ``input`` with it (no extra memory).
     """
     result = _plain_cross_entropy(
@@ -310,7 +312,8 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the threads the kernels use (independent of torch.set_num_threads)."""
+    """Set the threads the kernels use (independent of torch.set_num_threads;
+    threadpoolctl's ``threadpool_limits`` sets and restores it too)."""
     threads = v.positive_integer(n, "n")
     if threads > _MAX_THREADS:
         raise ValueError(f"n: expected at most {_MAX_THREADS} threads, got {threads}")

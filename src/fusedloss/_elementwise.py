@@ -1,6 +1,11 @@
 """The elementwise losses of the NumPy API: torch.nn.functional semantics over
 NumPy arrays, each a thin function over one generic call into the fused
 elementwise kernel (``_core.elementwise``; the ops are listed in ``_losses``).
+
+Each takes ``input`` as a float32, float64 or float16 array (float16 accumulated in
+float32; L1 also complex64 / complex128), converts ``target`` to input's dtype, and
+returns the loss and gradient in input's dtype (the loss's real counterpart for
+complex input).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from torch.overrides import has_torch_function_variadic
 
 from . import _torch_elementwise as _ew
 from ._torch_ops import MEAN, NONE, SUM, SUPPORTED_DTYPES
+from ._torchscript import RefusesTorchScript, torch_twin
 
 __all__ = [
     "BCELoss",
@@ -113,6 +114,7 @@ def _legacy(reduction: str, size_average, reduce) -> str:
     return reduction
 
 
+@torch_twin(F.mse_loss)
 def mse_loss(
     input: Tensor,
     target: Tensor,
@@ -131,6 +133,7 @@ def mse_loss(
     return _fused("mse", fallback, input, target, reduction)
 
 
+@torch_twin(F.l1_loss)
 def l1_loss(
     input: Tensor,
     target: Tensor,
@@ -149,6 +152,7 @@ def l1_loss(
     return _fused("l1", fallback, input, target, reduction)
 
 
+@torch_twin(F.huber_loss)
 def huber_loss(
     input: Tensor,
     target: Tensor,
@@ -166,6 +170,7 @@ def huber_loss(
     return _fused("huber", fallback, input, target, reduction, param=delta, weight=weight)
 
 
+@torch_twin(F.smooth_l1_loss)
 def smooth_l1_loss(
     input: Tensor,
     target: Tensor,
@@ -184,6 +189,7 @@ def smooth_l1_loss(
     return _fused(op, fallback, input, target, reduction, param=beta)
 
 
+@torch_twin(F.binary_cross_entropy)
 def binary_cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -199,6 +205,7 @@ def binary_cross_entropy(
     return _fused("binary_cross_entropy", fallback, input, target, reduction, weight=weight)
 
 
+@torch_twin(F.binary_cross_entropy_with_logits)
 def binary_cross_entropy_with_logits(
     input: Tensor,
     target: Tensor,
@@ -221,6 +228,7 @@ def binary_cross_entropy_with_logits(
                   weight=weight, pos_weight=pos_weight)
 
 
+@torch_twin(F.kl_div)
 def kl_div(
     input: Tensor,
     target: Tensor,
@@ -252,28 +260,28 @@ def kl_div(
     return _fused(op, fallback, input, target, reduction, batchmean=reduction == "batchmean")
 
 
-class MSELoss(nn.MSELoss):
+class MSELoss(RefusesTorchScript, nn.MSELoss):
     """Drop-in for :class:`torch.nn.MSELoss` computed by :func:`fusedloss.torch.mse_loss`."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return mse_loss(input, target, reduction=self.reduction)
 
 
-class L1Loss(nn.L1Loss):
+class L1Loss(RefusesTorchScript, nn.L1Loss):
     """Drop-in for :class:`torch.nn.L1Loss` computed by :func:`fusedloss.torch.l1_loss`."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return l1_loss(input, target, reduction=self.reduction)
 
 
-class HuberLoss(nn.HuberLoss):
+class HuberLoss(RefusesTorchScript, nn.HuberLoss):
     """Drop-in for :class:`torch.nn.HuberLoss` computed by :func:`fusedloss.torch.huber_loss`."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
-class SmoothL1Loss(nn.SmoothL1Loss):
+class SmoothL1Loss(RefusesTorchScript, nn.SmoothL1Loss):
     """Drop-in for :class:`torch.nn.SmoothL1Loss` computed by
     :func:`fusedloss.torch.smooth_l1_loss`."""
 
@@ -281,7 +289,7 @@ class SmoothL1Loss(nn.SmoothL1Loss):
         return smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
-class BCELoss(nn.BCELoss):
+class BCELoss(RefusesTorchScript, nn.BCELoss):
     """Drop-in for :class:`torch.nn.BCELoss` computed by
     :func:`fusedloss.torch.binary_cross_entropy`."""
 
@@ -289,7 +297,7 @@ class BCELoss(nn.BCELoss):
         return binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
-class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+class BCEWithLogitsLoss(RefusesTorchScript, nn.BCEWithLogitsLoss):
     """Drop-in for :class:`torch.nn.BCEWithLogitsLoss` computed by
     :func:`fusedloss.torch.binary_cross_entropy_with_logits`."""
 
@@ -299,7 +307,7 @@ class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
         )
 
 
-class KLDivLoss(nn.KLDivLoss):
+class KLDivLoss(RefusesTorchScript, nn.KLDivLoss):
     """Drop-in for :class:`torch.nn.KLDivLoss` computed by :func:`fusedloss.torch.kl_div`."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:

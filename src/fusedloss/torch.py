@@ -48,6 +48,7 @@ from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
 from . import _torch_ops as _ops
+from ._torchscript import RefusesTorchScript, torch_twin
 from ._torch_losses import (  # the elementwise losses
     BCELoss,
     BCEWithLogitsLoss,
@@ -143,6 +144,7 @@ def _check_overwritable(input: Tensor) -> None:
         )
 
 
+@torch_twin(F.cross_entropy)
 def cross_entropy(
     input: Tensor,
     target: Tensor,
@@ -203,7 +205,7 @@ def cross_entropy(
     )
 
 
-class CrossEntropyLoss(nn.CrossEntropyLoss):
+class CrossEntropyLoss(RefusesTorchScript, nn.CrossEntropyLoss):
     """Drop-in for :class:`torch.nn.CrossEntropyLoss` computed by
     :func:`fusedloss.torch.cross_entropy`; same constructor (deprecated
     ``size_average``/``reduce`` handled and warned about as torch does) plus

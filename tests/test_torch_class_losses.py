@@ -376,7 +376,9 @@ def test_fallbacks_call_torch(monkeypatch, name, case):
     got = _exception(lambda: getattr(flt, name)(x, t, **kw))
     assert calls == [1]
     assert got is expected
-    if expected is None:
+    # (torch 2.13's multi_margin_loss of empty input with reduction="sum" returns
+    # uninitialised memory: no value to compare with there.)
+    if expected is None and not (case == "empty" and name == "multi_margin_loss"):
         monkeypatch.undo()
         torch.testing.assert_close(getattr(flt, name)(x, t, **kw), real(x, t, **kw),
                                    equal_nan=True)

@@ -27,6 +27,7 @@ from . import _torch_elementwise as _ew
 from ._gan import _kind
 from ._losses import GAN_DISCRIMINATOR_KINDS, GAN_GENERATOR_KINDS, GanTerm
 from ._torch_ops import MEAN, SUPPORTED_DTYPES
+from ._torchscript import torch_twin
 
 __all__ = ["gan_discriminator_loss", "gan_generator_loss"]
 
@@ -75,6 +76,7 @@ def _term(term: GanTerm, x: Tensor) -> Tensor:
     return _ew.elementwise_apply(x, None, None, None, *args, False, term.target, term.scale)
 
 
+@torch_twin(None)
 def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor,
                            kind: str = "minimax") -> Tensor:
     """The discriminator's GAN loss (see :func:`fusedloss.gan_discriminator_loss`
@@ -85,6 +87,7 @@ def gan_discriminator_loss(real_logits: Tensor, fake_logits: Tensor,
     return _term(real_term, real) + _term(fake_term, fake)
 
 
+@torch_twin(None)
 def gan_generator_loss(fake_logits: Tensor, kind: str = "non_saturating") -> Tensor:
     """The generator's GAN loss (see :func:`fusedloss.gan_generator_loss` for the
     kinds and formulas), differentiable w.r.t. the fake logits."""

@@ -21,6 +21,11 @@ namespace fusedloss::bindings {
 
 namespace py = pybind11;
 
+// Below this many elements a kernel runs in about a microsecond: releasing
+// and re-taking the GIL would add a tenth of that, and no other thread could
+// do much in the gap.
+constexpr int64_t kKeepGilBelow = 4096;
+
 // The storage dtype of `array`; bf16 arrives as uint16 with bfloat16=true.
 DType storage_dtype(const py::array& array, bool bfloat16, const char* name);
 
@@ -47,6 +52,21 @@ Reduction to_reduction(int reduction);
 // (None skipped). Messages use the caller's names: out=, or input in place.
 void require_no_aliasing(const py::array& grad, const py::array& input,
                          std::initializer_list<std::pair<const char*, const py::object*>> others);
+
+// Optional accumulation-type buffers shared by all losses.
+struct OptionalBuffers {
+  const void* grad_output = nullptr;
+  void* loss = nullptr;
+  void* grad_input = nullptr;
+};
+
+// Checks loss_out (required for reduction none), grad_input (shaped like the
+// input) and grad_output (reduction none only), each None or a buffer.
+OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::object& grad_input,
+                                       const py::object& grad_output, Reduction reduction,
+                                       DType dtype, const std::vector<int64_t>& loss_shape,
+                                       const std::vector<int64_t>& input_shape,
+                                       bool complex_input);
 
 // nullptr for None, else the array's data pointer (after the caller's checks).
 inline const void* data_or_null(const py::object& obj) {

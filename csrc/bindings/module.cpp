@@ -59,7 +59,9 @@ PYBIND11_MODULE(_core, m) {
         if (!(values.flags() & py::array::c_style)) {
           throw py::value_error("values: must be C-contiguous");
         }
-        if (op != "exp" && op != "log") throw py::value_error("op: expected 'exp' or 'log'");
+        if (op != "exp" && op != "log" && op != "tanh") {
+          throw py::value_error("op: expected 'exp', 'log' or 'tanh'");
+        }
         py::array result(values.dtype(), std::vector<py::ssize_t>(values.shape(),
                                                                   values.shape() + values.ndim()));
         const auto n = static_cast<int64_t>(values.size());
@@ -68,12 +70,14 @@ PYBIND11_MODULE(_core, m) {
         const fusedloss::KernelTable& kernels = fusedloss::active_kernels();
         {
           py::gil_scoped_release release;
-          kernels.math(op == "exp" ? fusedloss::MathOp::Exp : fusedloss::MathOp::Log,
+          kernels.math(op == "exp"   ? fusedloss::MathOp::Exp
+                       : op == "log" ? fusedloss::MathOp::Log
+                                     : fusedloss::MathOp::Tanh,
                        is_double ? fusedloss::DType::Float64 : fusedloss::DType::Float32, in,
                        out, n);
         }
         return result;
       },
       py::arg("op"), py::arg("values"),
-      "The kernels' own exp or log, elementwise, on the active path (for tests).");
+      "The kernels' own exp, log or tanh, elementwise, on the active path (for tests).");
 }

@@ -43,6 +43,15 @@ struct CrossEntropyProblem {
   void* grad_input;             // S[outer * classes * inner], or nullptr
   const void* grad_output;      // A[outer * inner] for Reduction::None, or nullptr
   double grad_output_scalar;    // the upstream gradient when grad_output is nullptr
+  // LLM options (the defaults change nothing). The softmax runs on
+  // z = logit_scale * x, then, when softcap > 0, z = softcap * tanh(z / softcap);
+  // grad_input is still the gradient w.r.t. x.
+  double logit_scale = 1.0;
+  double softcap = 0.0;         // 0: no cap
+  // z-loss: every position that is not ignored adds
+  // lse_square_scale * logsumexp(z)^2 to its loss (not multiplied by weight).
+  double lse_square_scale = 0.0;
+  void* lse_out = nullptr;      // A[outer * inner]: logsumexp(z) per position, NaN where ignored; or nullptr
 };
 
 struct CrossEntropyResult {
@@ -125,9 +134,9 @@ struct ElementwiseResult {
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
 using ElementwiseFn = ElementwiseResult (*)(const ElementwiseProblem&, int threads);
 
-// The kernels' own exp/log over n contiguous Float32 or Float64 values
+// The kernels' own exp/log/tanh over n contiguous Float32 or Float64 values
 // (for the tests that bound their error; one thread).
-enum class MathOp : int { Exp = 0, Log = 1 };
+enum class MathOp : int { Exp = 0, Log = 1, Tanh = 2 };
 using MathFn = void (*)(MathOp op, DType dtype, const void* in, void* out, int64_t n);
 
 struct KernelTable {

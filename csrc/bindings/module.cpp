@@ -14,11 +14,13 @@ namespace py = pybind11;
 
 namespace fusedloss::bindings {
 void register_losses(py::module_& m);
+void register_kl_div_logits(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedloss compiled kernels (buffer level; see fusedloss._api for the user API)";
   fusedloss::bindings::register_losses(m);
+  fusedloss::bindings::register_kl_div_logits(m);
   // The kernels' scratch allocations throw std::bad_alloc (before any thread
   // starts): a MemoryError that says what could not be allocated.
   py::register_exception_translator([](std::exception_ptr p) {

@@ -130,9 +130,28 @@ struct ElementwiseResult {
   int64_t target_out_of_domain;
 };
 
+// Distillation KL divergence between softmax(target / T) (the teacher) and
+// softmax(input / T) (the student), both raw logits, contiguous rows x classes:
+// per row T^2 sum_j p_j (log p_j - log q_j) (kl_div_logits.h). Reduction::Mean
+// divides by rows (torch's "batchmean"). The gradient is w.r.t. input only.
+struct KLDivLogitsProblem {
+  DType dtype;
+  const void* input;         // S[rows * classes]
+  const void* target;        // S[rows * classes]
+  int64_t rows;
+  int64_t classes;
+  double temperature;        // finite, > 0
+  Reduction reduction;
+  void* loss;                // A[rows] per-row loss for Reduction::None, or nullptr
+  void* grad_input;          // S[rows * classes], or nullptr; may equal input
+  const void* grad_output;   // A[rows] for Reduction::None, or nullptr
+  double grad_output_scalar; // used when grad_output is nullptr
+};
+
 // Returns the reduced loss (0 for Reduction::None; NaN for a mean over nothing).
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
 using ElementwiseFn = ElementwiseResult (*)(const ElementwiseProblem&, int threads);
+using KLDivLogitsFn = double (*)(const KLDivLogitsProblem&, int threads);
 
 // The kernels' own exp/log/tanh over n contiguous Float32 or Float64 values
 // (for the tests that bound their error; one thread).
@@ -144,6 +163,7 @@ struct KernelTable {
   CrossEntropyFn cross_entropy;
   ElementwiseFn elementwise;
   MathFn math;
+  KLDivLogitsFn kl_div_logits;
 };
 
 // One per ISA build; each lives in its own translation unit and namespace.

@@ -66,6 +66,20 @@ def l1(
     bfloat16: bool = False,
 ) -> float: ...
 
+def kl_div_with_logits(
+    input: npt.NDArray[np.generic],          # (rows, classes) student logits
+    target: npt.NDArray[np.generic],         # (rows, classes) teacher logits, input's dtype
+    temperature: float,                      # finite, > 0
+    reduction: int,                          # 1 (mean) divides by rows: torch's "batchmean"
+    loss_out: npt.NDArray[np.floating] | None,     # (rows,); required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself
+    grad_output: npt.NDArray[np.floating] | None,  # (rows,), reduction none only
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float:
+    """T^2 * KL(softmax(target / T) || softmax(input / T)) per row, reduced, and its
+    gradient T * (softmax(input / T) - softmax(target / T)) w.r.t. input."""
+
 def get_num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
 def cpu_capability() -> str: ...

@@ -27,6 +27,7 @@ from ._elementwise import (
     smooth_l1_loss,
     smooth_l1_loss_and_grad,
 )
+from ._kl_div import kl_div_with_logits, kl_div_with_logits_and_grad
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,8 @@ __all__ = [
     "huber_loss_and_grad",
     "kl_div",
     "kl_div_and_grad",
+    "kl_div_with_logits",
+    "kl_div_with_logits_and_grad",
     "l1_loss",
     "l1_loss_and_grad",
     "mse_loss",

@@ -196,7 +196,7 @@ template <class V> inline V vlog(V x) {
 
 // tanh(x) (the logit softcap). |x| <= 0.625: x + x^3 Q(x^2), Q a Chebyshev fit
 // of (tanh(a) - a) / a^3 in a^2 (mpmath.chebyfit; float degree 5, double
-// degree 11), odd, so -0 stays -0. |x| > 0.625: 1 - 2 / (e^2|x| + 1) with the
+// degree 11; tanh(-0) gives +0). |x| > 0.625: 1 - 2 / (e^2|x| + 1) with the
 // sign put back; 2|x| past exp's overflow gives e = inf and exactly 1. The
 // threshold keeps 2 / (e + 1) <= 0.45, so exp's error reaches the result
 // scaled by at most 0.8. NaN -> NaN. Each half runs only when a lane needs it.

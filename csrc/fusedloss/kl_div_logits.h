@@ -8,12 +8,15 @@
 // cross_entropy.h (kSerialWork). A row
 // is cut into chunks of kChunk classes, as cross-entropy rows are
 // (cross_entropy.h). Pass 1 reads a chunk of x and of t from memory and finds
-// both maxima, then (both chunks in L1) the exps, their sums and
-// B = sum_j e^t_j (t_j - x_j), all relative to the chunk's maxima; it may keep
-// the exps in scratch. log p_j - log q_j = (t_j - x_j) / T + K with one K per
-// row, so the loss needs no second pass:
-//   loss = T^2 (sum_j p_j (t_j - x_j) / T + K),  K = (Mx + log Sx) - (Mt + log St)
-// (M: row maxima of x/T and t/T, S: exp-sums relative to them). Pass 2 (only
+// both maxima m, then (both chunks in L1) a = x/T - mx and b = t/T - mt, the
+// exps of both, their sums s, and B = sum_j e^b_j (b_j - a_j); it may keep the
+// exps in scratch. As log p_j - log q_j = (b_j - a_j) + c with one c per
+// chunk, the loss needs no second pass:
+//   loss = T^2 sum_k Ft_k (B_k + st_k c_k),  Ft_k = e^(mt_k - Mt) / St,
+//   c_k = (mt_k - Mt) - (mx_k - Mx) + log Sx - log St
+// (M, S: the row's maxima and exp-sums). a and b are formed as torch's
+// log_softmax forms x - max (no FMA), so a shift common to both rows cancels
+// exactly, and one class gives exactly 0. Pass 2 (only
 // for the gradient) writes T g (q_j - p_j), with the exps read back from
 // scratch or recomputed from x and t (the same bits either way). Partials are
 // combined in chunk order in double and rows summed pairwise: results depend
@@ -53,8 +56,9 @@ template <class S> struct KLDivLogits {
     for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
     return lt(V::load(lane), V::set1(A(n)));
   }
-  // e = exp(x / T - m); pads (-inf) give 0.
-  V expo(V v, V m) const { return vexp_nonpos(fmsub(v, V::set1(inv_t), m)); }
+  // v / T - m (a or b; pads, -inf, give -inf), and its exp.
+  V shifted(V v, V m) const { return v * V::set1(inv_t) - m; }
+  V expo(V v, V m) const { return vexp_nonpos(shifted(v, m)); }
 
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
@@ -82,10 +86,10 @@ template <class S> struct KLDivLogits {
       for (int k = 0; k < 2; ++k) {
         const int64_t off = c + k * W, n = c1 - off;
         if (n <= 0) break;
-        const V xv = ld(xr + off, n, -inf), tv = ld(tr + off, n, -inf);
-        const V e = expo(xv, mx), f = expo(tv, mt);
+        const V a = shifted(ld(xr + off, n, -inf), mx), b = shifted(ld(tr + off, n, -inf), mt);
+        const V e = vexp_nonpos(a), f = vexp_nonpos(b);
         sx[k] = sx[k] + e, st[k] = st[k] + f;
-        const V d = n >= W ? tv - xv : select(lanes_below(n), tv - xv, V::set1(0));
+        const V d = n >= W ? b - a : select(lanes_below(n), b - a, V::set1(0));
         bv[k] = fmadd(f, d, bv[k]);
         if (ex) e.store(ex + off), f.store(et + off);
       }
@@ -105,15 +109,17 @@ template <class S> struct KLDivLogits {
       rw.Mx = parts[k].mx > rw.Mx ? parts[k].mx : rw.Mx;
       rw.Mt = parts[k].mt > rw.Mt ? parts[k].mt : rw.Mt;
     }
-    double b = 0;
     for (int64_t k = 0; k < nch; ++k) {
-      const double ft = ::exp(double(parts[k].mt) - double(rw.Mt));
       rw.Sx += double(parts[k].sx) * ::exp(double(parts[k].mx) - double(rw.Mx));
-      rw.St += double(parts[k].st) * ft;
-      b += parts[k].b * ft;
+      rw.St += double(parts[k].st) * ::exp(double(parts[k].mt) - double(rw.Mt));
     }
-    const double K = (double(rw.Mx) + ::log(rw.Sx)) - (double(rw.Mt) + ::log(rw.St));
-    loss = T * T * (b / rw.St / T + K);
+    const double ls = ::log(rw.Sx) - ::log(rw.St);
+    double acc = 0;
+    for (int64_t k = 0; k < nch; ++k) {
+      const double dt = double(parts[k].mt) - double(rw.Mt), dx = double(parts[k].mx) - double(rw.Mx);
+      acc += ::exp(dt) / rw.St * (parts[k].b + double(parts[k].st) * ((dt - dx) + ls));
+    }
+    loss = T * T * acc;
     return rw;
   }
 

@@ -1,6 +1,6 @@
-"""The kernels' own vector exp/log (csrc/fusedloss/simd/math.h) against NumPy references.
+"""The kernels' own vector exp/log/tanh (csrc/fusedloss/simd/math.h) against NumPy references.
 
-Stated bounds (math.h): exp <= 1.5 ULP, log <= 1 ULP, on every compiled path. float32
+Stated bounds (math.h): exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP, on every compiled path. float32
 is checked against NumPy float64 (exact enough: its own error is ~2^-29 float32 ULP)
 over a strided sweep of every float32 binade in the range that matters plus every
 float32 in the band whose exp is denormal; float64 against NumPy's long double
@@ -17,6 +17,7 @@ from fusedloss import _core
 
 EXP_ULP_BOUND = 1.5
 LOG_ULP_BOUND = 1.0
+TANH_ULP_BOUND = 2.0
 
 
 def ulp_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -84,6 +85,38 @@ def test_float64_accuracy(capability: str, op: str) -> None:
     got = run(op, x)
     err = ulp_error(got, ref)
     assert err.max() <= bound, f"max {err.max():.3f} ULP at x={x[err.argmax()]!r}"
+
+
+def test_tanh_float32_accuracy(capability: str) -> None:
+    # Both formulas and the switch between them (|x| = 0.625): a strided sweep of
+    # [-20, 20] (tanh is +-1 in float32 from 9.01 on), every float32 in [0.5, 0.75].
+    x = np.concatenate([float32_sweep(-20.0, 20.0, 61), every_float32_between(0.5, 0.75)[::3]])
+    got = run("tanh", x)
+    err = ulp_error(got, np.tanh(x.astype(np.float64)))
+    assert err.max() <= TANH_ULP_BOUND, f"max {err.max():.3f} ULP at x={x[err.argmax()]!r}"
+
+
+def test_tanh_float64_accuracy(capability: str) -> None:
+    rng = np.random.default_rng(11)
+    sign = rng.choice([-1.0, 1.0], 100_000)
+    x = np.concatenate([rng.uniform(-25.0, 25.0, 200_000),
+                        sign * np.exp2(rng.uniform(-60.0, 1.0, 100_000))])
+    got = run("tanh", x)
+    err = ulp_error(got, np.tanh(x.astype(np.longdouble)))
+    assert err.max() <= TANH_ULP_BOUND, f"max {err.max():.3f} ULP at x={x[err.argmax()]!r}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_special_values(capability: str, dtype: type) -> None:
+    info = np.finfo(dtype)
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, info.max, -info.max, info.tiny,
+                  -info.smallest_subnormal, 0.625, -0.625], dtype)
+    got = run("tanh", x)
+    expected = np.tanh(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    nonzero = expected != 0  # (tanh(-0) may give +0)
+    np.testing.assert_array_equal(np.signbit(got[nonzero]), np.signbit(expected[nonzero]))
+    np.testing.assert_allclose(got, expected, rtol=2 * info.eps, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -21,6 +21,11 @@ namespace fusedloss::bindings {
 
 namespace py = pybind11;
 
+// Below this many elements a kernel runs in about a microsecond: releasing
+// and re-taking the GIL would add a tenth of that, and no other thread could
+// do much in the gap.
+constexpr int64_t kKeepGilBelow = 4096;
+
 // The storage dtype of `array`; bf16 arrives as uint16 with bfloat16=true.
 DType storage_dtype(const py::array& array, bool bfloat16, const char* name);
 
@@ -52,10 +57,6 @@ void resolve_geometry(const py::array& input, int64_t& outer, int64_t& classes, 
 void require_no_aliasing(const py::array& grad, const py::array& input,
                          std::initializer_list<std::pair<const char*, const py::object*>> others);
 
-// Below this many elements a kernel runs in about a microsecond: releasing
-// and re-taking the GIL would add a tenth of that, and no other thread could
-// do much in the gap.
-constexpr int64_t kKeepGilBelow = 4096;
 
 // Optional accumulation-type buffers shared by all losses.
 struct OptionalBuffers {

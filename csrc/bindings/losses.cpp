@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <string>
 
 #include "buffers.h"
@@ -26,7 +27,8 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
                      int64_t ignore_index, double label_smoothing, int reduction_code,
                      const py::object& loss_out, const py::object& grad_input,
                      const py::object& grad_output, double grad_output_scalar, bool bfloat16,
-                     int64_t outer, int64_t classes, int64_t inner) {
+                     int64_t outer, int64_t classes, int64_t inner, double logit_scale, double softcap,
+                     double lse_square_scale, const py::object& lse_out) {
   const DType dtype = storage_dtype(input, bfloat16, "input");
   resolve_geometry(input, outer, classes, inner);
   const std::vector<int64_t> input_shape{outer, classes, inner}, loss_shape{outer, inner};
@@ -34,9 +36,19 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   if (!(label_smoothing >= 0.0 && label_smoothing <= 1.0)) {
     throw py::value_error("label_smoothing: expected a value in [0, 1]");
   }
+  if (!std::isfinite(logit_scale)) throw py::value_error("logit_scale: expected a finite number");
+  if (!(std::isfinite(softcap) && softcap >= 0.0)) {
+    throw py::value_error("softcap: expected a finite number > 0 (0: no cap)");
+  }
+  if (!(std::isfinite(lse_square_scale) && lse_square_scale >= 0.0)) {
+    throw py::value_error("lse_square_scale: expected a finite number >= 0");
+  }
   const Reduction reduction = to_reduction(reduction_code);
 
   CrossEntropyProblem problem{};
+  problem.logit_scale = logit_scale;
+  problem.softcap = softcap;
+  problem.lse_square_scale = lse_square_scale;
   problem.dtype = dtype;
   problem.input = input.data();
   problem.outer = outer;
@@ -61,11 +73,16 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   }
   const OptionalBuffers buffers = check_optional_buffers(
       loss_out, grad_input, grad_output, reduction, dtype, loss_shape, input_shape, false);
+  if (!lse_out.is_none()) {
+    require_output(py::reinterpret_borrow<py::array>(lse_out), accumulation_dtype(dtype), loss_shape,
+                   "lse_out");
+    problem.lse_out = mutable_data_or_null(lse_out);
+  }
   if (!grad_input.is_none()) {
     const py::object target_obj = target;
     require_no_aliasing(py::reinterpret_borrow<py::array>(grad_input), input,
                         {{"target", &target_obj}, {"weight", &weight}, {"grad_output", &grad_output},
-                         {"loss_out", &loss_out}});
+                         {"loss_out", &loss_out}, {"lse_out", &lse_out}});
   }
   problem.grad_output = buffers.grad_output;
   problem.loss = buffers.loss;
@@ -195,10 +212,15 @@ void register_losses(py::module_& m) {
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"),
         py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
         py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::arg("outer") = -1,
-        py::arg("classes") = -1, py::arg("inner") = -1,
+        py::arg("classes") = -1, py::arg("inner") = -1, py::arg("logit_scale") = 1.0,
+        py::arg("softcap") = 0.0, py::arg("lse_square_scale") = 0.0, py::arg("lse_out") = py::none(),
         "Fused softmax cross-entropy (+ gradient) over (outer, C, inner) buffers. Without\n"
         "outer/classes/inner the input must be 3-d; with them, any C-contiguous array of\n"
-        "outer * classes * inner elements (targets and outputs likewise by element count).");
+        "outer * classes * inner elements (targets and outputs likewise by element count).\n"
+        "The softmax runs on z = logit_scale * x, then softcap * tanh(z / softcap) when\n"
+        "softcap > 0; lse_square_scale adds lse_square_scale * logsumexp(z)^2 per position\n"
+        "that is not ignored; lse_out (accumulation dtype, (outer, inner)) receives\n"
+        "logsumexp(z) per position, NaN where the target is ignored.");
   m.def("elementwise", &elementwise, py::arg("op"), py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
         py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::kw_only(),

@@ -15,12 +15,14 @@ namespace py = pybind11;
 namespace fusedloss::bindings {
 void register_losses(py::module_& m);
 void register_class_losses(py::module_& m);
+void register_kl_div_logits(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedloss compiled kernels (buffer level; see fusedloss._api for the user API)";
   fusedloss::bindings::register_losses(m);
   fusedloss::bindings::register_class_losses(m);
+  fusedloss::bindings::register_kl_div_logits(m);
   // The kernels' scratch allocations throw std::bad_alloc (before any thread
   // starts): a MemoryError that says what could not be allocated.
   py::register_exception_translator([](std::exception_ptr p) {
@@ -61,7 +63,9 @@ PYBIND11_MODULE(_core, m) {
         if (!(values.flags() & py::array::c_style)) {
           throw py::value_error("values: must be C-contiguous");
         }
-        if (op != "exp" && op != "log") throw py::value_error("op: expected 'exp' or 'log'");
+        if (op != "exp" && op != "log" && op != "tanh") {
+          throw py::value_error("op: expected 'exp', 'log' or 'tanh'");
+        }
         py::array result(values.dtype(), std::vector<py::ssize_t>(values.shape(),
                                                                   values.shape() + values.ndim()));
         const auto n = static_cast<int64_t>(values.size());
@@ -70,12 +74,14 @@ PYBIND11_MODULE(_core, m) {
         const fusedloss::KernelTable& kernels = fusedloss::active_kernels();
         {
           py::gil_scoped_release release;
-          kernels.math(op == "exp" ? fusedloss::MathOp::Exp : fusedloss::MathOp::Log,
+          kernels.math(op == "exp"   ? fusedloss::MathOp::Exp
+                       : op == "log" ? fusedloss::MathOp::Log
+                                     : fusedloss::MathOp::Tanh,
                        is_double ? fusedloss::DType::Float64 : fusedloss::DType::Float32, in,
                        out, n);
         }
         return result;
       },
       py::arg("op"), py::arg("values"),
-      "The kernels' own exp or log, elementwise, on the active path (for tests).");
+      "The kernels' own exp, log or tanh, elementwise, on the active path (for tests).");
 }

@@ -7,6 +7,16 @@
 // cross_entropy_columns.h); no transpose copy. This file: the shared per-row
 // state, the loss/gradient formulas, and the entry point.
 //
+// [Note logit transform]: with logit_scale s and softcap cap the softmax runs
+// on z = s x, or z = cap tanh(x s / cap), computed where x is loaded (zof),
+// never stored to memory. The gradient w.r.t. x is the one w.r.t. z times
+// dz/dx = s (1 - t^2), t = tanh(x s / cap): s folds into the gradient
+// coefficients (coefs(), gs), 1 - t^2 multiplies each element (dtanh). Capped,
+// pass 1 keeps t in scratch (tb; the columns' tile keeps t in place of z) so
+// tanh runs once per element where the row's e scratch exists, else pass 2
+// recomputes it. z-loss (lse_square_scale) only changes the per-position
+// coefficients: loss + lam LSE^2, p's coefficient + 2 lam LSE (LSE = M + lse).
+//
 // Row math is fixed by shape alone, never by the thread count: a row is cut
 // into kChunk-element chunks, each giving a partial (max, exp-sum) and a
 // partial loss; partials are combined in chunk order in double. Threads only
@@ -38,6 +48,13 @@ template <class S> struct CrossEntropy {
   bool stream;              // gradient far bigger than the caches: non-temporal stores
   A* loss_out;              // per-position loss, or nullptr
   double* pos_loss;         // per-position loss for the reduction, or nullptr
+  // [Note logit transform]
+  bool xf, capped;          // any transform; softcap set
+  A zmul, cap;              // x's multiplier (s, or s / cap), the cap
+  double gs;                // dz/dx's constant factor (1 without a transform)
+  bool zloss;               // lse_square_scale > 0
+  double lam;               // lse_square_scale
+  A* lse_out;               // per-position logsumexp(z), or nullptr
 
   // What a row/position needs between the passes.
   struct Pos {
@@ -61,25 +78,58 @@ template <class S> struct CrossEntropy {
       p.valid = p.t != ignore;
       if (!p.valid) return p;
       p.xt = to_acc(xbase[p.t * stride]);
+      if (xf) p.xt = zscalar(p.xt);
       p.wt = wc(p.t);
     }
     p.go = red == Reduction::None && go_arr ? double(go_arr[i]) : go_scalar;
     return p;
   }
 
-  // Gradient coefficients once the sums (and Q for probability targets) are known.
+  // Gradient coefficients once the sums (and Q for probability targets) are
+  // known, M and lse included: w.r.t. x, so times gs ([Note logit transform]).
   void coefs(Pos& p, double sum = 1) const {
+    const double go = p.go * gs;
+    double a;
     if (tgt) {
-      const double a = p.go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
-      p.a = static_cast<A>(a);
-      p.ra = static_cast<A>(a / sum);
-      p.b = static_cast<A>(p.go * double(one_m_eps) * p.wt);
-      p.cw = static_cast<A>(p.go * eps_c_d);
+      a = go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
+      p.b = static_cast<A>(go * double(one_m_eps) * p.wt);
+      p.cw = static_cast<A>(go * eps_c_d);
     } else {
-      p.a = static_cast<A>(p.go * p.Q);
-      p.ra = static_cast<A>(p.go * p.Q / sum);
-      p.cw = static_cast<A>(p.go);
+      a = go * p.Q;
+      p.cw = static_cast<A>(go);
     }
+    if (zloss) a += go * (2 * lam) * (double(p.M) + double(p.lse));  // d(lam LSE^2)/dz = 2 lam LSE p
+    p.a = static_cast<A>(a);
+    p.ra = static_cast<A>(a / sum);
+  }
+
+  // The z-loss term and lse_out of a position with log-sum-exp M + lse.
+  double zloss_term(A M, A lse) const {
+    const double L = double(M) + double(lse);
+    return zloss ? lam * L * L : 0.0;
+  }
+  void store_lse(int64_t i, bool valid, A M, A lse) const {
+    if (lse_out)
+      lse_out[i] = valid ? static_cast<A>(double(M) + double(lse)) : std::numeric_limits<A>::quiet_NaN();
+  }
+
+  // [Note logit transform]: z (and t, when capped) from loaded logits.
+  V zof(V xv, V& t) const {
+    if (!capped) return xv * V::set1(zmul);
+    t = vtanh(xv * V::set1(zmul));
+    return t * V::set1(cap);
+  }
+  V zof(V xv) const {
+    V t = xv;
+    return zof(xv, t);
+  }
+  A zscalar(A xv) const { return lane0(zof(V::set1(xv))); }  // the vector path's bits
+  V zof_t(V t) const { return t * V::set1(cap); }           // z from a kept t
+  static V dtanh(V t) { return V::set1(1) - t * t; }        // dz/dx / s
+  static auto lanes_below(int64_t n) {
+    alignas(64) A lane[W];
+    for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
+    return lt(V::load(lane), V::set1(A(n)));
   }
 
   V qprime(V qv) const { return fmadd(qv, V::set1(one_m_eps), V::set1(eps_c)); }
@@ -98,7 +148,9 @@ template <class S> struct CrossEntropy {
       } else {
         l = -acc;
       }
+      if (zloss) l += zloss_term(p.M, p.lse);
     }
+    store_lse(i, p.valid, p.M, p.lse);
     store_loss(i, l);
   }
 
@@ -145,12 +197,34 @@ template <class S> struct CrossEntropy {
       for (int k = 0; k < 4; ++k) v[k] = ldx(p + c + k * W, c1 - c - k * W, pad);
     }
   }
+  // load_step of z ([Note logit transform]), t into t[] when given. x's pads
+  // read as 0, so z's and t's are 0 (finite for pass 2's sums), then the
+  // lanes at or past c1 of z are set to -inf (pass 1's max and exp-sum).
+  void load_step_z(const S* p, int64_t c, int64_t c1, V* z, V* t) const {
+    load_step(p, c, c1, A(0), z);
+    for (int k = 0; k < 4; ++k) {
+      V tk = z[k];
+      z[k] = zof(z[k], tk);
+      if (t) t[k] = tk;
+    }
+    pad_step(c, c1, z);
+  }
+  void pad_step(int64_t c, int64_t c1, V* z) const {
+    if (c + kStep <= c1) return;
+    const V ninf = V::set1(-std::numeric_limits<A>::infinity());
+    for (int k = 0; k < 4; ++k) {
+      const int64_t n = c1 - c - k * W;
+      if (n < W) z[k] = n <= 0 ? ninf : select(lanes_below(n), z[k], ninf);
+    }
+  }
   static V max4(const V* v) { return vmax(vmax(v[0], v[1]), vmax(v[2], v[3])); }
 
-  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es) const;
+  // tb: t scratch for [c0, c1) (indexed from c0), capped only: pass 1 fills
+  // it; pass 2 reads it when given (else recomputes t from x).
+  Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
 
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es,
-                    const S* pf = nullptr) const;
+                    const A* tb, const S* pf = nullptr) const;
 
   void combine(Pos& p, const Part* parts, int64_t nch) const {
     A mx = parts[0].m;
@@ -175,8 +249,8 @@ template <class S> struct CrossEntropy {
   int64_t scratch_len() const { return use_scratch() ? padded() : 0; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
 
-  void row_serial(int64_t r, Part* parts) const;
-  void rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf) const;
+  void row_serial(int64_t r, Part* parts, A* tb) const;
+  void rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf, A* tbuf) const;
   // C <= kStep: a row is at most 4 vectors, kept in registers, no chunk or
   // step bookkeeping. Tiny problems are latency-bound, so rows go in blocks
   // of kRowBlock: per-row work is independent straight-line code the CPU
@@ -186,7 +260,7 @@ template <class S> struct CrossEntropy {
   // kPlain: index targets and nothing else (no weights, smoothing or
   // per-position upstream gradient), the common case: Pos's arithmetic
   // reduces to a few lines, kept in arrays instead (same bits).
-  bool plain_rows() const { return tgt && !w && !smooth && !go_arr; }
+  bool plain_rows() const { return tgt && !w && !smooth && !go_arr && !xf && !zloss && !lse_out; }
   template <int NV, bool kPlain> void rows_small(int64_t r0, int64_t r1) const;
 
   void rows_chunked(int nt);
@@ -282,6 +356,15 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
   k.stream = pr.grad_input && pr.outer * pr.classes * pr.inner * int64_t(sizeof(S)) >= kStreamBytes;
   k.loss_out = static_cast<A*>(pr.loss);
+  k.capped = pr.softcap > 0;
+  k.xf = k.capped || pr.logit_scale != 1.0;
+  k.zmul = static_cast<A>(k.capped ? pr.logit_scale / pr.softcap : pr.logit_scale);
+  k.cap = static_cast<A>(pr.softcap);
+  // dz/dx of the function computed (z = zmul x, or cap tanh(zmul x)).
+  k.gs = !k.xf ? 1.0 : k.capped ? double(k.cap) * double(k.zmul) : double(k.zmul);
+  k.lam = pr.lse_square_scale;
+  k.zloss = k.lam > 0;
+  k.lse_out = static_cast<A*>(pr.lse_out);
   Scratch<double> pos(pr.reduction == Reduction::None ? 0 : npos);
   k.pos_loss = pr.reduction == Reduction::None ? nullptr : pos.p;
   if (npos > 0 && pr.classes > 0) {

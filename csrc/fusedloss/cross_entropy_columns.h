@@ -9,6 +9,8 @@
 // es: scratch for e = exp(x - max) of the tile (C x ts), so the gradient
 // pass reads e back from cache instead of computing exp a second time, then
 // the tile's logits (C x ts); ts, the tile's vectors, is kTile for full tiles.
+// Transformed logits ([Note logit transform]): the tile keeps z, or t when
+// capped (z = cap t where used, dtanh(t) for the gradient).
 // Full: kTile positions, a compile-time trip count (registers, no tails).
 template <class S>
 template <bool Full>
@@ -55,7 +57,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     }
     if (!onehot)  // reads the target logit before anything is written (in-place safe)
       for (int64_t j = 0; j < nb; ++j)
-        if (okb[j] != A(0)) xtb[j] = to_acc(xo[tgt[i0 + j] * I + j]);
+        if (okb[j] != A(0)) xtb[j] = xf ? zscalar(to_acc(xo[tgt[i0 + j] * I + j])) : to_acc(xo[tgt[i0 + j] * I + j]);
   } else {
     for (int64_t j = 0; j < nb; ++j) tb[j] = A(-1), okb[j] = A(1), wtb[j] = xtb[j] = A(0);
   }
@@ -93,8 +95,14 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
         for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
       for (int64_t v = 0; v < nv; ++v) {
-        const V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
-        xv.store(xs + c * ts + v * W);
+        V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
+        if (xf) {
+          V t = xv;
+          xv = zof(xv, t);
+          (capped ? t : xv).store(xs + c * ts + v * W);
+        } else {
+          xv.store(xs + c * ts + v * W);
+        }
         mv[v] = vmax(mv[v], xv);
         if (onehot) xtv[v] = select(eq(tv[v], cv), xv, xtv[v]);  // the target logit, read before any write
         if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
@@ -108,7 +116,8 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
         for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
       for (int64_t v = 0; v < nv; ++v) {
-        const V e = vexp_nonpos(V::load(xs + c * ts + v * W) - mv[v]);  // x - max <= 0 (or NaN)
+        const V xz = V::load(xs + c * ts + v * W);
+        const V e = vexp_nonpos((capped ? zof_t(xz) : xz) - mv[v]);  // x - max <= 0 (or NaN)
         sv[v] = sv[v] + e;
         e.store(es + c * ts + v * W);
       }
@@ -127,11 +136,15 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // bb = cw * w_t (smoothing) + b, the whole [c == t] term. Invalid lanes
   // may hold anything: their gradient is zeroed by okb, their loss unused.
   alignas(64) A rab[kTile], cwb[kTile], bb[kTile];
+  // As coefs(): times gs, z-loss's 2 lam LSE on p's coefficient.
+  const auto zl = [&](int64_t j, double go) { return go * (2 * lam) * (double(mb[j]) + double(lseb[j])); };
   if (tgt) {
     const double ome = double(one_m_eps), ew = eps_c_d * wsum;
     for (int64_t j = 0; j < nb; ++j) {
-      const double go = gob[j];
-      rab[j] = static_cast<A>(go * (ome * wtb[j] + ew) / sd[j]);
+      const double go = gob[j] * gs;
+      double a = go * (ome * wtb[j] + ew);
+      if (zloss) a += zl(j, go);
+      rab[j] = static_cast<A>(a / sd[j]);
       cwb[j] = static_cast<A>(go * eps_c_d);
       bb[j] = static_cast<A>(go * ome * wtb[j]);
     }
@@ -141,8 +154,11 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       for (int64_t j = 0; j < nb; ++j) bb[j] = A(0) + bb[j];
   } else {
     for (int64_t j = 0; j < nb; ++j) {
-      rab[j] = static_cast<A>(gob[j] * qd[j] / sd[j]);
-      cwb[j] = static_cast<A>(gob[j]);
+      const double go = gob[j] * gs;
+      double a = go * qd[j];
+      if (zloss) a += zl(j, go);
+      rab[j] = static_cast<A>(a / sd[j]);
+      cwb[j] = static_cast<A>(go);
       bb[j] = A(0);
     }
   }
@@ -160,15 +176,17 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
         for (int64_t v = 0; v < nv; ++v) {
           const int64_t n = nb - v * W, off = c * I + v * W;
           const V e = V::load(es + c * ts + v * W);
+          const V xz = V::load(xs + c * ts + v * W);
           V gv = e * av[v];
           if (qo || smooth) {
-            const V d = (V::load(xs + c * ts + v * W) - mv[v]) - lv[v];
+            const V d = ((capped ? zof_t(xz) : xz) - mv[v]) - lv[v];
             const V wq = qo ? wv * qprime(ldx(qo + off, n, A(0))) : wv;
             sv[v] = fmadd(wq, d, sv[v]);
             gv = fmsub(e, av[v], cwv[v] * wq);
           }
           if (gt_) {
             if (onehot) gv = select(eq(tv[v], cv), fmsub(e, av[v], bv[v]), gv);
+            if (capped) gv = gv * dtanh(xz);
             stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
           }
         }
@@ -180,7 +198,9 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     for (int64_t j = 0; j < nb; ++j) {
       if (okb[j] == A(0)) continue;
       const int64_t t = tgt[i0 + j];
-      put(gt_ + t * I + j, lane0(fmsub(V::set1(es[t * ts + j]), V::set1(rab[j]), V::set1(bb[j]))));
+      V gt = fmsub(V::set1(es[t * ts + j]), V::set1(rab[j]), V::set1(bb[j]));
+      if (capped) gt = gt * dtanh(V::set1(xs[t * ts + j]));
+      put(gt_ + t * I + j, lane0(gt));
     }
   // Loss per position (as finish()).
   alignas(64) double lb[kTile];
@@ -189,11 +209,13 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     for (int64_t j = 0; j < nb; ++j) {
       double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j]));
       if (smooth) l -= eps_c_d * accd[j];  // accd is set only then
+      if (zloss) l += zloss_term(mb[j], lseb[j]);
       lb[j] = tgt[i0 + j] != ignore ? l : 0.0;
     }
   } else {
-    for (int64_t j = 0; j < nb; ++j) lb[j] = -accd[j];
+    for (int64_t j = 0; j < nb; ++j) lb[j] = zloss ? zloss_term(mb[j], lseb[j]) - accd[j] : -accd[j];
   }
+  for (int64_t j = 0; j < nb && lse_out; ++j) store_lse(i0 + j, !tgt || tgt[i0 + j] != ignore, mb[j], lseb[j]);
   if (loss_out)
     for (int64_t j = 0; j < nb; ++j) loss_out[i0 + j] = static_cast<A>(lb[j]);
   if (pos_loss)

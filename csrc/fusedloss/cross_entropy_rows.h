@@ -5,14 +5,24 @@
 
 // Pass 1 over [c0, c1) (c0 a multiple of kStep): the chunk's max, then
 // e = exp(x - m) and its sum, the chunk re-read from L1; es: optional scratch
-// for e, indexed by absolute class.
+// for e, indexed by absolute class. Transformed logits ([Note logit
+// transform]): z from x, t kept in tb (capped), and the second loop reads z
+// back from tb instead of x.
 template <class S>
-typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es) const {
+typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es,
+                                                            A* tb) const {
   const A inf = std::numeric_limits<A>::infinity();
   V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
   for (int64_t c = c0; c < c1; c += kStep) {
     V xv[4];
-    load_step(xr, c, c1, -inf, xv);
+    if (xf) {
+      V tv[4];
+      load_step_z(xr, c, c1, xv, tv);
+      if (tb)
+        for (int k = 0; k < 4; ++k) tv[k].store(tb + (c - c0) + k * W);
+    } else {
+      load_step(xr, c, c1, -inf, xv);
+    }
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
   Part part;
@@ -33,7 +43,14 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   double qd = 0;
   for (int64_t c = c0; c < c1; c += kStep) {
     V xv[4];
-    load_step(xr, c, c1, -inf, xv);
+    if (tb) {
+      for (int k = 0; k < 4; ++k) xv[k] = zof_t(V::load(tb + (c - c0) + k * W));
+      pad_step(c, c1, xv);
+    } else if (xf) {
+      load_step_z(xr, c, c1, xv, nullptr);
+    } else {
+      load_step(xr, c, c1, -inf, xv);
+    }
     if (ahead)
       for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
         const char* line = ahead + (c - c0) * int64_t(sizeof(S)) + b;
@@ -60,9 +77,11 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
 
 // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
 // smoothing / probability-target loss sum_c w_c q'_c log p_c. cm: the chunk's
-// max from pass 1; e is read from es or recomputed, the same bits either way.
+// max from pass 1; e is read from es or recomputed, the same bits either way;
+// so is t (capped), from tb (indexed from c0) or recomputed.
 template <class S>
-double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es, const S* pf) const {
+double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm,
+                                   const A* es, const A* tb, const S* pf) const {
   const A inf = std::numeric_limits<A>::infinity();
   const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
   const V F = vexp(m - M) * V::set1(p.ra);  // p = e * F * S / a
@@ -85,7 +104,8 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
           __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
       for (int k = 0; k < 4; ++k) {
         const int64_t off = c + k * W;
-        const V gv = V::load(es + off) * F;
+        V gv = V::load(es + off) * F;
+        if (capped) gv = gv * dtanh(V::load(tb + (off - c0)));
         if (delta > 0) {
           if (pend) stream_join(gr + off - delta, prev, gv, delta);
           else store_lanes(gr + off, gv, 0, int(W) - delta);
@@ -98,10 +118,14 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
     }
     flush();
     V e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
+    V tv[4] = {e[0], e[0], e[0], e[0]};  // t (capped), pads 0
     if (es) {
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = V::load(es + c + k * W);
+      if (capped)
+        for (int k = 0; k < 4 && c + k * W < c1; ++k) tv[k] = V::load(tb + (c - c0) + k * W);
     } else {
-      load_step(xr, c, c1, -inf, xv);
+      if (xf) load_step_z(xr, c, c1, xv, tv);
+      else load_step(xr, c, c1, -inf, xv);
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k] = vexp_nonpos(xv[k] - m);
     }
     const bool st = stream && !(tgt && p.t >= c && p.t < c + kStep);  // the target lane is rewritten below
@@ -110,13 +134,17 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       if (n <= 0) break;
       V gv;
       if (loss) {
-        const V d = ((es || n < W ? ldx(xr + off, n, A(0)) : xv[k]) - M) - lse;
+        // z with pads 0 (times weight 0 below): capped from t, else x (times s)
+        V z = capped ? zof_t(tv[k]) : es || n < W ? ldx(xr + off, n, A(0)) : xv[k];
+        if (xf && !capped && (es || n < W)) z = z * V::set1(zmul);
+        const V d = (z - M) - lse;
         const V wq = qr ? ldw(off, n) * qprime(ldx(qr + off, n, A(0))) : ldw(off, n);
         acc = fmadd(wq, d, acc);
         gv = fmsub(e[k], F, cw * wq);
       } else {
         gv = e[k] * F;
       }
+      if (capped) gv = gv * dtanh(tv[k]);
       if (gr && !(st && n >= W && vstream(gr + off, gv))) stx(gr + off, n, gv);
     }
     if (loss && last_of_flush_block(c, c0)) accd += double(hsum(acc)), acc = V::set1(0);
@@ -124,15 +152,22 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
       const A cww = smooth ? p.cw * p.wt : A(0);
-      put(gr + p.t, lane0(fmsub(V::set1(eb[p.t - c]), F, V::set1(cww + p.b))));
+      V gt = fmsub(V::set1(eb[p.t - c]), F, V::set1(cww + p.b));
+      if (capped) {
+        alignas(64) A tt[4 * W];
+        for (int k = 0; k < 4; ++k) tv[k].store(tt + k * W);
+        gt = gt * dtanh(V::set1(tt[p.t - c]));
+      }
+      put(gr + p.t, lane0(gt));
     }
   }
   flush();
   return accd + double(hsum(acc));
 }
 
+// tb: a chunk of t scratch (capped), pass 1's only: pass 2 recomputes t.
 template <class S>
-void CrossEntropy<S>::row_serial(int64_t r, Part* parts) const {
+void CrossEntropy<S>::row_serial(int64_t r, Part* parts, A* tb) const {
   const S* xr = x + r * C;
   const S* qr = q ? q + r * C : nullptr;
   S* gr = g ? g + r * C : nullptr;
@@ -140,10 +175,11 @@ void CrossEntropy<S>::row_serial(int64_t r, Part* parts) const {
   double acc = 0;
   if (p.valid) {
     const int64_t nch = chunks();
-    for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), nullptr);
+    for (int64_t k = 0; k < nch; ++k) parts[k] = chunk_stats(xr, qr, k * kChunk, chunk_end(k * kChunk), nullptr, tb);
     combine(p, parts, nch);
     if (need_pass2())
-      for (int64_t k = 0; k < nch; ++k) acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, parts[k].m, nullptr);
+      for (int64_t k = 0; k < nch; ++k)
+        acc += chunk_grad(xr, qr, gr, k * kChunk, chunk_end(k * kChunk), p, parts[k].m, nullptr, nullptr);
   } else if (gr) {
     zero(gr, C);
   }
@@ -154,14 +190,17 @@ void CrossEntropy<S>::row_serial(int64_t r, Part* parts) const {
 // with pass 1 of row r + 1: one streams its writes while the other streams
 // its reads, so memory is busy both ways (the passes alone leave it idle in
 // turn). Same chunk math as row_serial, so the same bits. pbuf: 2 x chunks()
-// parts, sbuf: 2 x scratch_len() (two rows' e).
+// parts, sbuf: 2 x scratch_len() (two rows' e), tbuf: the same for t (capped) or nullptr.
 template <class S>
-void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf) const {
+void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf, A* tbuf) const {
   const int64_t nch = chunks(), len = scratch_len();
   Part* parts[2] = {pbuf, pbuf + nch};
   A* es[2] = {sbuf, sbuf + len};
+  A* ts[2] = {tbuf, tbuf ? tbuf + len : nullptr};
   const auto stats = [&](int64_t r, Pos& p, int b, int64_t k) {
-    if (p.valid) parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b]);
+    if (p.valid)
+      parts[b][k] = chunk_stats(x + r * C, q ? q + r * C : nullptr, k * kChunk, chunk_end(k * kChunk), es[b],
+                                ts[b] ? ts[b] + k * kChunk : nullptr);
   };
   int cur = 0;
   Pos p = r0 < r1 ? setup(r0, x + r0 * C, 1) : Pos{};
@@ -177,7 +216,7 @@ void CrossEntropy<S>::rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf
       if (!p.valid) zero(gr + c0, chunk_end(c0) - c0);
       else
         acc += chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, chunk_end(c0), p, parts[cur][k].m, es[cur],
-                          more ? x + (r + 1) * C : nullptr);
+                          ts[cur] ? ts[cur] + c0 : nullptr, more ? x + (r + 1) * C : nullptr);
       if (more) stats(r + 1, pn, 1 - cur, k);
     }
     finish(r, p, acc);
@@ -196,8 +235,15 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
   // kPlain: per-row state in arrays, as Pos would hold it with eps = 0, w = 1.
   alignas(64) A eb[kRowBlock][NV * W];
   alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock], xts[kRowBlock];
+  // Transformed logits ([Note logit transform]): z and t per row, pads 0.
+  constexpr int kZRows = kPlain ? 1 : kRowBlock;
+  alignas(64) A zb[kZRows][NV * W], tz[kZRows][NV * W];
   bool ok[kRowBlock];
   const int64_t nb = r1 - r0;
+  // The last vector's lanes past C: pads.
+  alignas(64) A lane[W];
+  for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
+  const auto real = lt(V::load(lane), V::set1(A(C - (NV - 1) * W)));
   // Two sweeps over the block (max, then exp-sum): each row's chain
   // (reduction, exp, reduction) is long, so rows are kept independent for
   // the CPU to overlap rather than one row's whole chain after another's.
@@ -214,15 +260,23 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       ok[j] = pos[j].valid;
     }
     if (!ok[j]) continue;
-    V mx = ldx(xr, C, -inf);
-    for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -inf));
+    V mx;
+    if (!kPlain && xf) {
+      mx = V::set1(-inf);
+      for (int k = 0; k < NV; ++k) {
+        V t = V::set1(0);
+        const V z = zof(ldx(xr + k * W, C - k * W, A(0)), t);
+        z.store(zb[j] + k * W), t.store(tz[j] + k * W);
+        mx = vmax(mx, k == NV - 1 ? select(real, z, V::set1(-inf)) : z);
+      }
+    } else {
+      mx = ldx(xr, C, -inf);
+      for (int k = 1; k < NV; ++k) mx = vmax(mx, ldx(xr + k * W, C - k * W, -inf));
+    }
     Ms[j] = hmax(mx);
   }
   // The last vector's pad lanes read the row max (e = 1, then zeroed), not
   // -inf: exp's fast path needs every lane in its normal range.
-  alignas(64) A lane[W];
-  for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
-  const auto real = lt(V::load(lane), V::set1(A(C - (NV - 1) * W)));
   for (int64_t j = 0; j < nb; ++j) {
     if (!ok[j]) continue;
     const int64_t r = r0 + j;
@@ -230,7 +284,14 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     const V mj = V::set1(Ms[j]);
     V es = V::set1(0);
     for (int k = 0; k < NV; ++k) {
-      V e = vexp_nonpos(ldx(xr + k * W, C - k * W, Ms[j]) - mj);
+      V xk;
+      if (!kPlain && xf) {
+        xk = V::load(zb[j] + k * W);
+        if (k == NV - 1) xk = select(real, xk, mj);
+      } else {
+        xk = ldx(xr + k * W, C - k * W, Ms[j]);
+      }
+      V e = vexp_nonpos(xk - mj);
       if (k == NV - 1) e = select(real, e, V::set1(0));
       es = es + e;
       e.store(eb[j] + k * W);
@@ -285,15 +346,19 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       V gv = e * ra;
       if (smooth || q) {
         const V wq = q ? ldw(k * W, C - k * W) * qprime(ldx(q + r * C + k * W, C - k * W, A(0))) : ldw(k * W, C - k * W);
-        la = fmadd(wq, (ldx(xr + k * W, C - k * W, A(0)) - V::set1(p.M)) - lse, la);
+        const V z = xf ? V::load(zb[j] + k * W) : ldx(xr + k * W, C - k * W, A(0));
+        la = fmadd(wq, (z - V::set1(p.M)) - lse, la);
         gv = fmsub(e, ra, cw * wq);
       }
+      if (capped) gv = gv * dtanh(V::load(tz[j] + k * W));
       if (gr) stx(gr + k * W, C - k * W, gv);
     }
     const double acc = smooth || q ? double(hsum(la)) : 0.0;  // else la is 0
     if (gr && tgt) {
       const A cww = smooth ? p.cw * p.wt : A(0);
-      put(gr + p.t, lane0(fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b))));
+      V gt = fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b));
+      if (capped) gt = gt * dtanh(V::set1(tz[j][p.t]));
+      put(gr + p.t, lane0(gt));
     }
     finish(r, p, acc);
   }
@@ -307,13 +372,15 @@ void CrossEntropy<S>::rows_chunked(int nt) {
   Scratch<Pos> pos(N);
   Scratch<Part> parts(items);
   Scratch<double> accs(items);
+  Scratch<A> tbuf(capped ? int64_t(nt) * kChunk : 0);  // pass 1's t, a chunk per thread
   for (int64_t r = 0; r < N; ++r) pos[r] = setup(r, x + r * C, 1);  // before any write
 #pragma omp parallel num_threads(nt)
   {
+    A* tb = capped ? tbuf.p + omp_get_thread_num() * kChunk : nullptr;
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < items; ++it) {
       const int64_t r = it / nch, c0 = (it % nch) * kChunk;
-      if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, chunk_end(c0), nullptr);
+      if (pos[r].valid) parts[it] = chunk_stats(x + r * C, q ? q + r * C : nullptr, c0, chunk_end(c0), nullptr, tb);
     }
 #pragma omp single
     for (int64_t r = 0; r < N; ++r)
@@ -328,7 +395,8 @@ void CrossEntropy<S>::rows_chunked(int nt) {
         if (gr) zero(gr + c0, n);
         continue;
       }
-      if (need_pass2()) accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, parts[it].m, nullptr);
+      if (need_pass2())
+        accs[it] = chunk_grad(x + r * C, q ? q + r * C : nullptr, gr, c0, c0 + n, p, parts[it].m, nullptr, nullptr);
     }
     stream_fence();
   }
@@ -365,26 +433,32 @@ void CrossEntropy<S>::rows(int nt) {
   // Per-thread scratch, allocated before the parallel region: a failure
   // throws here, not in a thread.
   if (use_scratch()) {  // gradient wanted and a row fits in L2 with its scratch
+    const int64_t len = 2 * scratch_len();  // a thread's two rows
     Scratch<Part> pbuf(int64_t(nt) * 2 * nch);
-    Scratch<A> sbuf(int64_t(nt) * 2 * scratch_len());
-    if (nt <= 1) return rows_pipelined(0, N, pbuf.p, sbuf.p);
+    Scratch<A> sbuf(int64_t(nt) * len);
+    Scratch<A> tbuf(capped ? int64_t(nt) * len : 0);
+    const auto tb = [&](int64_t t) { return capped ? tbuf.p + t * len : nullptr; };
+    if (nt <= 1) return rows_pipelined(0, N, pbuf.p, sbuf.p, tb(0));
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      rows_pipelined(N * t / T, N * (t + 1) / T, pbuf.p + t * 2 * nch, sbuf.p + t * 2 * scratch_len());
+      rows_pipelined(N * t / T, N * (t + 1) / T, pbuf.p + t * 2 * nch, sbuf.p + t * len, tb(t));
     }
     return;
   }
   Scratch<Part> parts(int64_t(nt) * nch);
+  Scratch<A> tbuf(capped ? int64_t(nt) * kChunk : 0);  // pass 1's t, a chunk per thread
+  const auto tb = [&](int64_t t) { return capped ? tbuf.p + t * kChunk : nullptr; };
   if (nt <= 1) {
-    for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p);
+    for (int64_t r = 0; r < N; ++r) row_serial(r, parts.p, tb(0));
     return stream_fence();
   }
 #pragma omp parallel num_threads(nt)
   {
-    Part* mine = parts.p + omp_get_thread_num() * nch;
+    const int t = omp_get_thread_num();
+    Part* mine = parts.p + t * nch;
 #pragma omp for schedule(static) nowait
-    for (int64_t r = 0; r < N; ++r) row_serial(r, mine);
+    for (int64_t r = 0; r < N; ++r) row_serial(r, mine, tb(t));
     stream_fence();
   }
 }

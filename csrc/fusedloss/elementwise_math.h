@@ -1,4 +1,4 @@
-// The project's vector exp/log applied elementwise, so the tests can hold the
+// The project's vector exp/log/tanh applied elementwise, so the tests can hold the
 // exact functions the kernels use against a float64 reference on every ISA
 // path (tests/test_math.py). Included inside each per-ISA namespace after
 // simd/math.h; not used by the losses themselves.
@@ -10,7 +10,7 @@ void apply_math(MathOp op, const T* in, T* out, int64_t n) {
   for (int64_t i = 0; i < n; i += V::W) {
     const int64_t left = n - i;
     const V x = left >= V::W ? V::load(in + i) : load_n(in + i, left, T(1));
-    const V y = op == MathOp::Exp ? vexp(x) : vlog(x);
+    const V y = op == MathOp::Exp ? vexp(x) : op == MathOp::Log ? vlog(x) : vtanh(x);
     if (left >= V::W) {
       y.store(out + i);
     } else {

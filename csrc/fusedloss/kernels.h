@@ -43,6 +43,15 @@ struct CrossEntropyProblem {
   void* grad_input;             // S[outer * classes * inner], or nullptr
   const void* grad_output;      // A[outer * inner] for Reduction::None, or nullptr
   double grad_output_scalar;    // the upstream gradient when grad_output is nullptr
+  // LLM options (the defaults change nothing). The softmax runs on
+  // z = logit_scale * x, then, when softcap > 0, z = softcap * tanh(z / softcap);
+  // grad_input is still the gradient w.r.t. x.
+  double logit_scale = 1.0;
+  double softcap = 0.0;         // 0: no cap
+  // z-loss: every position that is not ignored adds
+  // lse_square_scale * logsumexp(z)^2 to its loss (not multiplied by weight).
+  double lse_square_scale = 0.0;
+  void* lse_out = nullptr;      // A[outer * inner]: logsumexp(z) per position, NaN where ignored; or nullptr
 };
 
 struct CrossEntropyResult {
@@ -143,16 +152,35 @@ struct ClassLossProblem {
   double grad_output_scalar;  // used when grad_output is nullptr
 };
 
+// Distillation KL divergence between softmax(target / T) (the teacher) and
+// softmax(input / T) (the student), both raw logits, contiguous rows x classes:
+// per row T^2 sum_j p_j (log p_j - log q_j) (kl_div_logits.h). Reduction::Mean
+// divides by rows (torch's "batchmean"). The gradient is w.r.t. input only.
+struct KLDivLogitsProblem {
+  DType dtype;
+  const void* input;         // S[rows * classes]
+  const void* target;        // S[rows * classes]
+  int64_t rows;
+  int64_t classes;
+  double temperature;        // finite, > 0
+  Reduction reduction;
+  void* loss;                // A[rows] per-row loss for Reduction::None, or nullptr
+  void* grad_input;          // S[rows * classes], or nullptr; may equal input
+  const void* grad_output;   // A[rows] for Reduction::None, or nullptr
+  double grad_output_scalar; // used when grad_output is nullptr
+};
+
 // Returns the reduced loss (0 for Reduction::None; NaN for a mean over nothing).
 using CrossEntropyFn = CrossEntropyResult (*)(const CrossEntropyProblem&, int threads);
 using ElementwiseFn = ElementwiseResult (*)(const ElementwiseProblem&, int threads);
 // Result as cross-entropy's: the reduced loss, or the first bad target (nll:
 // neither in [0, classes) nor ignore_index; multi_margin: not in [0, classes)).
 using ClassLossFn = CrossEntropyResult (*)(const ClassLossProblem&, int threads);
+using KLDivLogitsFn = double (*)(const KLDivLogitsProblem&, int threads);
 
-// The kernels' own exp/log over n contiguous Float32 or Float64 values
+// The kernels' own exp/log/tanh over n contiguous Float32 or Float64 values
 // (for the tests that bound their error; one thread).
-enum class MathOp : int { Exp = 0, Log = 1 };
+enum class MathOp : int { Exp = 0, Log = 1, Tanh = 2 };
 using MathFn = void (*)(MathOp op, DType dtype, const void* in, void* out, int64_t n);
 
 struct KernelTable {
@@ -162,6 +190,7 @@ struct KernelTable {
   MathFn math;
   ClassLossFn nll;
   ClassLossFn multi_margin;
+  KLDivLogitsFn kl_div_logits;
 };
 
 // One per ISA build; each lives in its own translation unit and namespace.

@@ -63,6 +63,7 @@ namespace FUSEDLOSS_ISA {
 #include "fusedloss/cross_entropy.h"
 #include "fusedloss/elementwise_ops.h"
 #include "fusedloss/elementwise.h"
+#include "fusedloss/kl_div_logits.h"
 #include "fusedloss/elementwise_math.h"
 // clang-format on
 }  // namespace FUSEDLOSS_ISA
@@ -70,7 +71,7 @@ namespace FUSEDLOSS_ISA {
 const KernelTable& FUSEDLOSS_ISA_TABLE(FUSEDLOSS_ISA)() {
   namespace k = FUSEDLOSS_ISA;
   static const KernelTable table{FUSEDLOSS_ISA_NAME(FUSEDLOSS_ISA), &k::cross_entropy, &k::elementwise,
-                                 &k::elementwise_math, &k::nll, &k::multi_margin};
+                                 &k::elementwise_math, &k::nll, &k::multi_margin, &k::kl_div_logits};
   return table;
 }
 

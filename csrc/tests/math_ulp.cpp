@@ -1,4 +1,4 @@
-// Max ULP error of simd/math.h's vexp / vlog against long-double expl/logl
+// Max ULP error of simd/math.h's vexp / vlog / vtanh against long-double expl/logl/tanhl
 // (64-bit mantissa: an exact-enough reference for float and double).
 // Not built by the package. Build and run each ISA (from the repo root):
 //   g++ -O2 -std=c++17 -Icsrc csrc/tests/math_ulp.cpp -o /tmp/ulp_base && /tmp/ulp_base
@@ -46,17 +46,20 @@ template <class T> long double ulp_err(T got, long double ref) {
   return fabsl(static_cast<long double>(got) - ref) / ldexpl(1.0L, ulp_exp);
 }
 
+enum Fn { kExp, kLog, kTanh };
 template <class V, class T> struct Worst {
   long double err = 0;
   T at = 0;
-  bool is_log;
+  Fn fn;
   void check(const T* xs, int n) {
     alignas(64) T in[V::W], out[V::W];
     for (int i = 0; i < n; i += V::W) {
       for (int k = 0; k < V::W; ++k) in[k] = xs[i + k < n ? i + k : i];
-      (is_log ? isa::vlog(V::load(in)) : isa::vexp(V::load(in))).store(out);
+      const V v = V::load(in);
+      (fn == kLog ? isa::vlog(v) : fn == kExp ? isa::vexp(v) : isa::vtanh(v)).store(out);
       for (int k = 0; k < V::W && i + k < n; ++k) {
-        const long double ref = is_log ? logl(static_cast<long double>(in[k])) : expl(static_cast<long double>(in[k]));
+        const long double xl = static_cast<long double>(in[k]);
+        const long double ref = fn == kLog ? logl(xl) : fn == kExp ? expl(xl) : tanhl(xl);
         const long double e = ulp_err(out[k], ref);
         if (e > err) err = e, at = in[k];
       }
@@ -67,7 +70,7 @@ template <class V, class T> struct Worst {
 int main() {
   using isa::VD;
   using isa::VF;
-  Worst<VF, float> fe{0, 0, false}, fl{0, 0, true};
+  Worst<VF, float> fe{0, 0, kExp}, fl{0, 0, kLog}, ft{0, 0, kTanh};
   static float buf[1 << 16];
   int n = 0;
   auto flush = [&](Worst<VF, float>& w) { w.check(buf, n); n = 0; };
@@ -89,12 +92,24 @@ int main() {
     if (n > (1 << 16) - 4) flush(fl);
   }
   flush(fl);
+  // tanh: every 4th pattern of [-10, 10] (1 from 9.02 on), every pattern of [0.5, 0.75].
+  for (uint32_t u = 0; u <= 0x41200000u; u += 4) {
+    buf[n++] = isa::bits_float(u), buf[n++] = -isa::bits_float(u);
+    if (n > (1 << 16) - 4) flush(ft);
+  }
+  for (uint32_t u = 0x3f000000u; u <= 0x3f400000u; ++u) {
+    buf[n++] = isa::bits_float(u);
+    if (n > (1 << 16) - 4) flush(ft);
+  }
+  flush(ft);
   printf("float exp: max %.3Lf ulp at %.9g\nfloat log: max %.3Lf ulp at %.9g\n", fe.err, double(fe.at), fl.err,
          double(fl.at));
+  printf("float tanh: max %.3Lf ulp at %.9g\n", ft.err, double(ft.at));
 
-  Worst<VD, double> de{0, 0, false}, dl{0, 0, true};
+  Worst<VD, double> de{0, 0, kExp}, dl{0, 0, kLog}, dt{0, 0, kTanh};
   std::mt19937_64 rng(1);
-  std::uniform_real_distribution<double> ux(-746.0, 710.0), um(0.5, 2.0), ue(-1074.0, 1024.0);
+  std::uniform_real_distribution<double> ux(-746.0, 710.0), um(0.5, 2.0), ue(-1074.0, 1024.0), ut(-20.0, 20.0),
+      ul(-40.0, 2.0);
   static double dbuf[4096];
   for (int rep = 0; rep < 2000; ++rep) {
     for (double& v : dbuf) v = ux(rng);
@@ -103,7 +118,10 @@ int main() {
     de.check(dbuf, 4096);
     for (double& v : dbuf) v = rep % 2 ? um(rng) : ldexp(um(rng), static_cast<int>(ue(rng)));
     dl.check(dbuf, 4096);
+    for (double& v : dbuf) v = rep % 2 ? ut(rng) : ldexp(1.0, static_cast<int>(ul(rng))) * um(rng) * (v > 0 ? 1 : -1);
+    dt.check(dbuf, 4096);
   }
+  printf("double tanh: max %.3Lf ulp at %.17g\n", dt.err, dt.at);
   printf("double exp: max %.3Lf ulp at %.17g\ndouble log: max %.3Lf ulp at %.17g\n", de.err, de.at, dl.err, dl.at);
   const float sp[8] = {0.0f, -0.0f, -1.0f, std::numeric_limits<float>::infinity(),
                        std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity(), 1.0f, 1e-45f};

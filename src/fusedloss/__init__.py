@@ -43,6 +43,7 @@ from ._gan import (
     gan_generator_loss,
     gan_generator_loss_and_grad,
 )
+from ._kl_div import kl_div_with_logits, kl_div_with_logits_and_grad
 
 from ._threadpoolctl import register_on_import as _register_with_threadpoolctl  # noqa: E402
 
@@ -67,6 +68,8 @@ __all__ = [
     "huber_loss_and_grad",
     "kl_div",
     "kl_div_and_grad",
+    "kl_div_with_logits",
+    "kl_div_with_logits_and_grad",
     "l1_loss",
     "l1_loss_and_grad",
     "mse_loss",

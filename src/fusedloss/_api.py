@@ -143,6 +143,8 @@ def _cross_entropy(
     grad_output: Any = None,
     out: Any = None,
     inplace: Any = False,
+    options: v.CEOptions = v.NO_CE_OPTIONS,
+    lse_out: Any = None,
 ) -> tuple[Any, np.ndarray | None]:
     # The common case (contiguous float32/float64, int64 targets, default
     # options) takes only identity checks here: at 64 x 10 the Python layer
@@ -185,14 +187,61 @@ def _cross_entropy(
             x, original, red, loss_shape, accum, grad_output, out, inplace, t, w
         )
 
-    total = _core.cross_entropy(
-        x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
-        False, outer, classes, inner,
-    )
+    if options is v.NO_CE_OPTIONS and lse_out is None:
+        total = _core.cross_entropy(
+            x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
+            False, outer, classes, inner,
+        )
+    else:
+        operands = {"input": original, "target": target, "weight": w, "grad_output": go, "out": out}
+        total = _kernel_with_options(
+            x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
+            (outer, classes, inner), loss_shape, options, lse_out, operands,
+        )
     loss = _narrow_scalar(dtype, total) if loss_buf is None else _shape_loss(loss_buf, dtype)
     if grad_buf is None:
         return loss, None
     return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+
+def _kernel_with_options(
+    x: np.ndarray,
+    t: np.ndarray,
+    w: np.ndarray | None,
+    ignore_index: int,
+    label_smoothing: float,
+    red: int,
+    loss_buf: np.ndarray | None,
+    grad_buf: np.ndarray | None,
+    go: np.ndarray | None,
+    go_scalar: float,
+    geometry: tuple[int, int, int],
+    loss_shape: tuple[int, ...],
+    options: v.CEOptions,
+    lse_out: Any,
+    operands: dict[str, Any],
+) -> float:
+    """The kernel call with the LLM options: num_items_in_batch turns the mean into
+    a sum divided by it (loss and gradient); lse_out is filled (through a buffer of
+    the accumulation dtype when it is not one)."""
+    v.check_num_items(options, red)
+    divisor = options.num_items_in_batch
+    if divisor is not None:
+        red = _REDUCTIONS["sum"]
+        go_scalar /= divisor
+    lse_buf = lse_copy = None
+    if lse_out is not None:
+        accum = v.accumulation_dtype(x.dtype)
+        lse_buf, lse_copy = v.lse_destination(lse_out, loss_shape, accum, operands)
+    total = _core.cross_entropy(
+        x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar, False,
+        *geometry, logit_scale=options.logit_scale, softcap=options.softcap,
+        lse_square_scale=options.lse_square_scale, lse_out=lse_buf,
+    )
+    if lse_copy is not None:
+        with np.errstate(over="ignore"):  # float16 lse_out: inf past its range, as a cast
+            lse_copy[...] = lse_buf
+    return total if divisor is None else total / divisor
 
 
 def _gradient_destination(
@@ -250,6 +299,46 @@ def _finish_grad(
     return grad_buf  # shaped like x, which is shaped like original
 
 
+# Defaults of the LLM options, by identity: a call that leaves them all out
+# costs five `is` tests, not a validation.
+_NO_SCALE = 1.0
+_NO_ZLOSS = 0.0
+
+
+def _with_options(
+    input: Any,
+    target: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    want_grad: bool,
+    grad_output: Any,
+    out: Any,
+    inplace: Any,
+    logit_scale: Any,
+    softcap: Any,
+    lse_square_scale: Any,
+    num_items_in_batch: Any,
+    lse_out: Any,
+) -> tuple[Any, np.ndarray | None]:
+    """A call that passes any LLM option: checked, then the plain route still
+    serves it when the values change nothing (logit_scale=1, ...)."""
+    options = v.ce_options(logit_scale, softcap, lse_square_scale, num_items_in_batch)
+    if options == v.NO_CE_OPTIONS and lse_out is None:
+        plain = _plain_cross_entropy(
+            input, target, weight, ignore_index, reduction, label_smoothing, want_grad,
+            grad_output, out, inplace,
+        )
+        if plain is not None:
+            return plain
+        options = v.NO_CE_OPTIONS
+    return _cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, want_grad, grad_output,
+        out, inplace, options, lse_out,
+    )
+
+
 def cross_entropy(
     input: np.ndarray,
     target: np.ndarray,
@@ -257,6 +346,12 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
+    logit_scale: float = _NO_SCALE,
+    softcap: float | None = None,
+    lse_square_scale: float = _NO_ZLOSS,
+    num_items_in_batch: float | None = None,
+    lse_out: np.ndarray | None = None,
 ) -> Any:
     """Softmax cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
@@ -265,7 +360,28 @@ def cross_entropy(
     target: integer class indices shaped like input without C, or class
     probabilities shaped like input. Returns a scalar of input's dtype for
     mean/sum, or the per-element loss (input's dtype) for reduction="none".
+
+    LLM options (keywords; the defaults change nothing), all fused into the one pass:
+
+    - ``logit_scale``: the softmax runs on ``z = logit_scale * input`` (finite, any sign);
+    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (Gemma-2 capping; None or > 0);
+    - ``lse_square_scale``: z-loss (PaLM): each position that is not ignored adds
+      ``lse_square_scale * logsumexp(z)**2`` to its own loss, not multiplied by ``weight``.
+      It is part of the per-position loss: ``reduction="none"`` shows it, "sum" adds it,
+      "mean" divides the total by the usual denominator (the count, or the sum of the
+      targets' weights);
+    - ``num_items_in_batch``: with ``reduction="mean"``, the summed loss is divided by
+      this number instead of the batch's own denominator (gradient accumulation over
+      micro-batches: 0 when every target is ignored); any other reduction raises ValueError;
+    - ``lse_out``: an array shaped like the unreduced loss that receives ``logsumexp(z)``
+      per position, NaN where the target is ignored (computed in the same pass).
     """
+    if not (logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS
+            and softcap is None and num_items_in_batch is None and lse_out is None):
+        return _with_options(
+            input, target, weight, ignore_index, reduction, label_smoothing, False, None, None,
+            False, logit_scale, softcap, lse_square_scale, num_items_in_batch, lse_out,
+        )[0]
     plain = _plain_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing, False, None, None, False
     )
@@ -285,14 +401,28 @@ def cross_entropy_and_grad(
     grad_output: Any = None,
     out: np.ndarray | None = None,
     inplace: bool = False,
+    *,
+    logit_scale: float = _NO_SCALE,
+    softcap: float | None = None,
+    lse_square_scale: float = _NO_ZLOSS,
+    num_items_in_batch: float | None = None,
+    lse_out: np.ndarray | None = None,
 ) -> tuple[Any, np.ndarray]:
     """Cross-entropy and its gradient w.r.t. ``input``, in one fused pass.
 
     The gradient is that of ``sum(grad_output * loss)`` (grad_output defaults
     to 1 and has the loss's shape), in input's dtype (float32, float64 or
     float16, as :func:`cross_entropy`). ``out=`` receives the gradient;
-    ``inplace=True`` overwrites ``input`` with it (no extra memory).
+    ``inplace=True`` overwrites ``input`` with it (no extra memory). The LLM
+    options are those of :func:`cross_entropy`; the gradient is w.r.t. ``input``
+    (through the scale and the cap), z-loss's included.
     """
+    if not (logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS
+            and softcap is None and num_items_in_batch is None and lse_out is None):
+        return _with_options(  # type: ignore[return-value]
+            input, target, weight, ignore_index, reduction, label_smoothing, True, grad_output,
+            out, inplace, logit_scale, softcap, lse_square_scale, num_items_in_batch, lse_out,
+        )
     result = _plain_cross_entropy(
         input, target, weight, ignore_index, reduction, label_smoothing, True, grad_output, out,
         inplace,

@@ -33,10 +33,16 @@ def cross_entropy(
     outer: int = -1,                         # with classes/inner: the geometry of any
     classes: int = -1,                       # C-contiguous input of outer*C*inner elements
     inner: int = -1,                         # (then only element counts are checked)
+    logit_scale: float = 1.0,                # z = logit_scale * x (finite)
+    softcap: float = 0.0,                    # then z = softcap * tanh(z / softcap); 0 = no cap
+    lse_square_scale: float = 0.0,           # z-loss: + lse_square_scale * logsumexp(z)^2 per kept position
+    lse_out: npt.NDArray[np.floating] | None = None,  # (outer, inner) accumulation dtype: logsumexp(z),
+                                             # NaN where the target is ignored
 ) -> float:
-    """Fused softmax cross-entropy (+ gradient). Returns the reduced loss
-    (0.0 for reduction none). Raises IndexError naming ``target`` for an index
-    outside [0, C) that is not ignore_index; nothing is written then."""
+    """Fused softmax cross-entropy (+ gradient) of the logits z = logit_scale * x
+    (then capped), w.r.t. x. Returns the reduced loss (0.0 for reduction none).
+    Raises IndexError naming ``target`` for an index outside [0, C) that is not
+    ignore_index; nothing is written then."""
 
 def mse(
     input: npt.NDArray[np.generic],
@@ -94,6 +100,20 @@ def multi_margin(
     """Multi-class margin loss (+ gradient). Raises IndexError naming ``target`` for an
     index outside [0, C); nothing is written then."""
 
+def kl_div_with_logits(
+    input: npt.NDArray[np.generic],          # (rows, classes) student logits
+    target: npt.NDArray[np.generic],         # (rows, classes) teacher logits, input's dtype
+    temperature: float,                      # finite, > 0
+    reduction: int,                          # 1 (mean) divides by rows: torch's "batchmean"
+    loss_out: npt.NDArray[np.floating] | None,     # (rows,); required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself
+    grad_output: npt.NDArray[np.floating] | None,  # (rows,), reduction none only
+    grad_output_scalar: float = 1.0,
+    bfloat16: bool = False,
+) -> float:
+    """T^2 * KL(softmax(target / T) || softmax(input / T)) per row, reduced, and its
+    gradient T * (softmax(input / T) - softmax(target / T)) w.r.t. input."""
+
 def get_num_threads() -> int: ...
 def set_num_threads(threads: int) -> None: ...
 def cpu_capability() -> str: ...
@@ -101,5 +121,5 @@ def supported_capabilities() -> list[str]: ...
 def set_capability(name: str) -> None:
     """Force a compiled path (tests). ValueError if unknown or unsupported."""
 def elementwise_math(op: str, values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-    """The kernels' own vector exp ('exp') or log ('log') on the active path, elementwise
+    """The kernels' own vector exp ('exp'), log ('log') or tanh ('tanh') on the active path, elementwise
     over a C-contiguous float32/float64 array (tests bound its error)."""

@@ -136,6 +136,20 @@ def _ce_loss_shape(x: Tensor) -> list[int]:
     return shape
 
 
+# Cross-entropy's LLM options as the kernel takes them: (logit_scale, softcap (0:
+# none), lse_square_scale, divisor). divisor: num_items_in_batch, with the reduction
+# then passed as SUM: loss and gradient are divided by it. None: no option set.
+CEExtras = tuple[float, float, float, "float | None"]
+
+
+def new_lse(x: Tensor) -> Tensor:
+    """An uninitialised per-position log-sum-exp buffer for ce_kernel (accumulation dtype)."""
+    return torch.empty(_ce_loss_shape(x), dtype=_ACCUM[x.dtype])
+
+
+_NO_OPTIONS: dict = {}  # the plain call passes no option to the binding
+
+
 def ce_kernel(
     x: Tensor,
     target: Tensor,
@@ -145,9 +159,12 @@ def ce_kernel(
     label_smoothing: float,
     grad: Tensor | None,
     float32_loss: bool = False,
+    extras: CEExtras | None = None,
+    lse: Tensor | None = None,
 ) -> Tensor:
     """Runs the fused cross-entropy kernel; writes d(loss)/d(input) (for
-    grad_output 1) into ``grad`` when given (``grad`` may be ``x`` itself).
+    grad_output 1) into ``grad`` when given (``grad`` may be ``x`` itself), and
+    logsumexp(z) per position into ``lse`` (accumulation dtype) when given.
     Returns the loss in the input's dtype, or float32 (half input under autocast)."""
     outer, classes, inner = _ce_geometry(x)
     dtype = x.dtype
@@ -163,18 +180,26 @@ def ce_kernel(
     ga = None
     if grad is not None:
         ga = xa if grad is x else _array(grad)
+    options = _NO_OPTIONS
+    go_scalar = 1.0
+    divisor = None
+    if extras is not None or lse is not None:
+        scale, cap, zloss, divisor = extras or (1.0, 0.0, 0.0, None)
+        go_scalar = 1.0 if divisor is None else 1.0 / divisor
+        options = {"logit_scale": scale, "softcap": cap, "lse_square_scale": zloss,
+                   "lse_out": None if lse is None else lse.numpy()}
     if reduction == NONE:
         loss = torch.empty(_ce_loss_shape(x), dtype=accum)
         _core.cross_entropy(
-            xa, ta, wa, ignore_index, label_smoothing, NONE, loss.numpy(), ga, None, 1.0, bf16,
-            outer, classes, inner,
+            xa, ta, wa, ignore_index, label_smoothing, NONE, loss.numpy(), ga, None, go_scalar,
+            bf16, outer, classes, inner, **options,
         )
         return loss if accum is out else loss.to(out)
     value = _core.cross_entropy(
-        xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, 1.0, bf16,
-        outer, classes, inner,
+        xa, ta, wa, ignore_index, label_smoothing, reduction, None, ga, None, go_scalar, bf16,
+        outer, classes, inner, **options,
     )
-    return torch.scalar_tensor(value, dtype=out)
+    return torch.scalar_tensor(value if divisor is None else value / divisor, dtype=out)
 
 
 def _class_dim(x: Tensor) -> int:
@@ -204,6 +229,15 @@ def scale_grad(
     return grad.mul_(go) if inplace else grad * go
 
 
+def transformed_logits(x: Tensor, extras: CEExtras | None) -> Tensor:
+    """z = logit_scale * x, then softcap * tanh(z / softcap), with torch ops."""
+    if extras is None:
+        return x
+    scale, cap, _, _ = extras
+    z = x * scale if scale != 1.0 else x
+    return cap * torch.tanh(z / cap) if cap else z
+
+
 def ce_target_grad(
     x: Tensor,
     weight: Tensor | None,
@@ -211,13 +245,15 @@ def ce_target_grad(
     label_smoothing: float,
     grad_output: Tensor,
     target_dtype: torch.dtype,
+    extras: CEExtras | None = None,
 ) -> Tensor:
     """d(loss)/d(target) for probability targets, with torch ops:
-    -(1 - label_smoothing) * w_c * log_softmax(x)_c * g (divided by the number of
-    samples for mean)."""
+    -(1 - label_smoothing) * w_c * log_softmax(z)_c * g (divided by the number of
+    samples for mean, by num_items_in_batch when given; z-loss does not depend
+    on the target)."""
     dim = _class_dim(x)
     accum = _ACCUM[x.dtype]
-    logp = torch.log_softmax(x.to(accum), dim=dim)
+    logp = torch.log_softmax(transformed_logits(x.to(accum), extras), dim=dim)
     if weight is not None:
         shape = [1] * x.dim()
         shape[dim] = -1
@@ -227,6 +263,8 @@ def ce_target_grad(
         go = _per_sample(go, x)
     elif reduction == MEAN:
         go = go / (x.numel() // x.shape[dim])
+    if extras is not None and extras[3] is not None:
+        go = go / extras[3]
     return (logp * (go * -(1.0 - label_smoothing))).to(target_dtype)
 
 
@@ -257,10 +295,11 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, target, weight, reduction, ignore_index, label_smoothing, inplace,
-                float32_loss, shape):
+                float32_loss, shape, extras, lse):
         ctx.set_materialize_grads(False)
         need_input = x.requires_grad
         ctx.reduction = reduction
+        ctx.extras = extras
         # The target gradient needs the logits in backward: then no overwriting.
         inplace = inplace and need_input and not target.requires_grad
         logits = x if shape is None else x.view(shape)
@@ -269,7 +308,8 @@ class CrossEntropyFunction(torch.autograd.Function):
         if need_input:
             grad = logits if inplace else new_gradient(logits)
         loss = ce_kernel(
-            logits, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss
+            logits, target, weight, reduction, ignore_index, label_smoothing, grad, float32_loss,
+            extras, lse,
         )
         if inplace:
             grad = x  # the dirty output itself: autograd tracks its version
@@ -290,14 +330,15 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "fusedloss: the logits passed to cross_entropy(..., inplace_backward=True) "
                 "were overwritten by their gradient and must not be used afterwards"
             )
+        nones = (None,) * 9  # the options' arguments
         if grad_loss is None:
-            return None, None, None, None, None, None, None, None, None
+            return (None, None) + nones
         saved = ctx.saved_tensors
         grad_input = grad_target = None
         if len(saved) > 1:
             x = saved[1]
             grad_target = ce_target_grad(
-                x, saved[2], ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
+                x, saved[2], ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype, ctx.extras
             )
         if saved[0] is not None:
             grad = saved[0] if ctx.shape is None else saved[0].view(ctx.shape)
@@ -305,7 +346,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             if ctx.shape is not None:
                 grad_input = grad_input.view(saved[0].shape)
         grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-        return grad_input, grad_target, None, None, None, None, None, None, None
+        return (grad_input, grad_target) + nones
 
 
 def _fast_apply(fn_class):
@@ -341,38 +382,55 @@ def cross_entropy_op(
     label_smoothing: float,
     compute_grad: bool,
     float32_loss: bool,
-) -> tuple[Tensor, Tensor]:
-    """Returns (loss, grad_input for grad_output 1); grad_input is an empty
-    tensor when compute_grad is False."""
+    logit_scale: float = 1.0,
+    softcap: float = 0.0,
+    lse_square_scale: float = 0.0,
+    want_lse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (loss, grad_input for grad_output 1, logsumexp per position);
+    grad_input is an empty tensor when compute_grad is False, the last one
+    when want_lse is False (num_items_in_batch is a division after the op)."""
     grad = new_gradient(input) if compute_grad else input.new_empty((0,))
+    extras = _op_extras(logit_scale, softcap, lse_square_scale)
+    lse = new_lse(input) if want_lse else None
     loss = ce_kernel(
         input, target, weight, reduction, ignore_index, label_smoothing,
-        grad if compute_grad else None, float32_loss,
+        grad if compute_grad else None, float32_loss, extras, lse,
     )
-    return loss, grad
+    return loss, grad, input.new_empty((0,)) if lse is None else lse
+
+
+def _op_extras(logit_scale: float, softcap: float, lse_square_scale: float) -> CEExtras | None:
+    if logit_scale == 1.0 and softcap == 0.0 and lse_square_scale == 0.0:
+        return None
+    return (logit_scale, softcap, lse_square_scale, None)
 
 
 @cross_entropy_op.register_fake
-def _(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad, float32_loss):
-    shape = _ce_loss_shape(input) if reduction == NONE else []
+def _(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad, float32_loss,
+      logit_scale=1.0, softcap=0.0, lse_square_scale=0.0, want_lse=False):
+    shape = _ce_loss_shape(input)
     grad = torch.empty_like(input) if compute_grad else input.new_empty((0,))
-    return input.new_empty(shape, dtype=torch.float32 if float32_loss else input.dtype), grad
+    lse = input.new_empty(shape, dtype=_ACCUM[input.dtype]) if want_lse else input.new_empty((0,))
+    loss_shape = shape if reduction == NONE else []
+    return input.new_empty(loss_shape, dtype=torch.float32 if float32_loss else input.dtype), grad, lse
 
 
 def _ce_setup_context(ctx, inputs, output):
-    x, target, weight, reduction, _, label_smoothing, compute_grad, _ = inputs
+    x, target, weight, reduction, _, label_smoothing, compute_grad, _ = inputs[:8]
     ctx.reduction = reduction
     ctx.label_smoothing = label_smoothing
     ctx.compute_grad = compute_grad
     ctx.target_grad = target.requires_grad
-    ctx.mark_non_differentiable(output[1])
+    ctx.extras = _op_extras(*inputs[8:11])
+    ctx.mark_non_differentiable(output[1], output[2])
     if target.requires_grad:
         ctx.save_for_backward(output[1], x, weight)
     else:
         ctx.save_for_backward(output[1], None, None)
 
 
-def _ce_backward(ctx, grad_loss, _grad_grad):
+def _ce_backward(ctx, grad_loss, _grad_grad, _grad_lse):
     grad, x, weight = ctx.saved_tensors
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
@@ -382,10 +440,10 @@ def _ce_backward(ctx, grad_loss, _grad_grad):
         grad_input = scale_grad(grad, grad_loss, ctx.reduction, grad.dim() > 1, False)
     if ctx.target_grad:
         grad_target = ce_target_grad(
-            x, weight, ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype
+            x, weight, ctx.reduction, ctx.label_smoothing, grad_loss, x.dtype, ctx.extras
         )
     grad_input, grad_target = _guard_double_backward(grad_input, grad_target)
-    return grad_input, grad_target, None, None, None, None, None, None
+    return (grad_input, grad_target) + (None,) * 10
 
 
 cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)

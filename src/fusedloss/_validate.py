@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -103,6 +104,57 @@ def positive_integer(value: object, name: str) -> int:
     return result
 
 
+def real_number(value: object, name: str, what: str) -> float:
+    """A finite real number (not a bool) as a float; ``what`` describes the allowed values."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name}: expected {what}, got {result}")
+    return result
+
+
+class CEOptions(NamedTuple):
+    """Cross-entropy's LLM options, checked, as the kernel takes them."""
+
+    logit_scale: float
+    softcap: float  # 0.0: no cap
+    lse_square_scale: float
+    num_items_in_batch: float | None
+
+
+def ce_options(
+    logit_scale: object, softcap: object, lse_square_scale: object, num_items_in_batch: object
+) -> CEOptions:
+    scale = real_number(logit_scale, "logit_scale", "a finite number")
+    cap = 0.0
+    if softcap is not None:
+        cap = real_number(softcap, "softcap", "None or a finite number > 0")
+        if cap <= 0:
+            raise ValueError(f"softcap: expected None or a finite number > 0, got {cap}")
+    zloss = real_number(lse_square_scale, "lse_square_scale", "a finite number >= 0")
+    if zloss < 0:
+        raise ValueError(f"lse_square_scale: expected a finite number >= 0, got {zloss}")
+    items = None
+    if num_items_in_batch is not None:
+        items = real_number(num_items_in_batch, "num_items_in_batch", "None or a number > 0")
+        if items <= 0:
+            raise ValueError(f"num_items_in_batch: expected None or a number > 0, got {items}")
+    return CEOptions(scale, cap, zloss, items)
+
+
+NO_CE_OPTIONS = CEOptions(1.0, 0.0, 0.0, None)
+
+
+def check_num_items(options: CEOptions, reduction: int) -> None:
+    if options.num_items_in_batch is not None and reduction != REDUCTIONS["mean"]:
+        name = next(k for k, code in REDUCTIONS.items() if code == reduction)
+        raise ValueError(
+            f"num_items_in_batch: only taken with reduction='mean' (it replaces the mean's "
+            f"denominator), got reduction={name!r}"
+        )
+
+
 def same_shape(arr: np.ndarray, shape: tuple[int, ...], name: str, what: str) -> None:
     if arr.shape != shape:
         raise ValueError(f"{name}: expected shape {shape} ({what}), got {arr.shape}")
@@ -162,6 +214,25 @@ def grad_output_value(
         raise TypeError(f"grad_output: expected a real floating array, got dtype {arr.dtype}")
     same_shape(arr, loss_shape, "grad_output", "the shape of the unreduced loss")
     return np.asarray(arr, dtype=accum, order="C"), 1.0
+
+
+def lse_destination(
+    lse_out: object, loss_shape: tuple[int, ...], accum: np.dtype, operands: dict[str, object]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(buffer the kernel fills with the log-sum-exp, the caller's array to copy it
+    into afterwards or None): lse_out itself when C-contiguous of the accumulation dtype."""
+    arr = array(lse_out, "lse_out")
+    if arr.dtype.kind != "f":
+        raise TypeError(f"lse_out: expected a floating array, got dtype {arr.dtype}")
+    same_shape(arr, loss_shape, "lse_out", "the shape of the unreduced loss")
+    if not arr.flags.writeable:
+        raise ValueError("lse_out: array is read-only")
+    for name, other in operands.items():
+        if isinstance(other, np.ndarray) and np.may_share_memory(arr, other):
+            raise ValueError(f"lse_out: shares memory with {name}")
+    if arr.dtype == accum and arr.flags.c_contiguous and arr.dtype.isnative:
+        return arr, None
+    return np.empty(loss_shape, dtype=accum), arr
 
 
 def gradient_buffer(

@@ -26,8 +26,12 @@ same names. Properties:
 - float16 / bfloat16 are read as they are and accumulated in float32; losses and
   gradients come back in the input's dtype.
 - Registered as ``torch.library`` custom ops (``fusedloss::cross_entropy``,
-  ``fusedloss::elementwise``, ``fusedloss::nll_loss``, ``fusedloss::multi_margin_loss``):
-  ``torch.compile(fullgraph=True)`` traces them.
+  ``fusedloss::elementwise``, ``fusedloss::nll_loss``, ``fusedloss::multi_margin_loss``,
+  ``fusedloss::kl_div_with_logits``): ``torch.compile(fullgraph=True)`` traces them.
+- Cross-entropy takes the LLM options ``logit_scale``, ``softcap``,
+  ``lse_square_scale`` (z-loss), ``num_items_in_batch`` and ``return_lse`` (see
+  :func:`cross_entropy`); :func:`kl_div_with_logits` is the distillation loss on
+  logits (see there).
 - Double backward is not supported: differentiating a gradient raises.
 
 Fallbacks to torch's own implementation (same result, no fusion): tensors not on
@@ -47,8 +51,10 @@ from torch import Tensor, nn
 from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
+from . import _torch_ce_options as _options
 from . import _torch_ops as _ops
 from ._torchscript import RefusesTorchScript, torch_twin
+from ._torch_kl import kl_div_with_logits
 from ._torch_losses import (  # the elementwise losses
     BCELoss,
     BCEWithLogitsLoss,
@@ -71,7 +77,7 @@ from ._torch_class_losses import __all__ as _class_all
 from ._torch_gan import gan_discriminator_loss, gan_generator_loss  # the GAN objective
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "gan_discriminator_loss", "gan_generator_loss",
-           *_elementwise_all, *_class_all]
+           "kl_div_with_logits", *_elementwise_all, *_class_all]
 
 _DTYPES = _ops.SUPPORTED_DTYPES
 _is_compiling = torch.compiler.is_compiling
@@ -79,6 +85,9 @@ _float32_loss = _ops.float32_loss
 _functorch_active = _ops.functorch_active
 _reduction_code = _ops.reduction_code
 _INT64_MIN, _INT64_MAX = _ops.INT64_MIN, _ops.INT64_MAX
+# Defaults of cross-entropy's LLM options, tested by identity (see cross_entropy).
+_NO_SCALE = 1.0
+_NO_ZLOSS = 0.0
 
 
 def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) -> bool:
@@ -156,7 +165,12 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     *,
     inplace_backward: bool = False,
-) -> Tensor:
+    logit_scale: float = _NO_SCALE,
+    softcap: float | None = None,
+    lse_square_scale: float = _NO_ZLOSS,
+    num_items_in_batch: float | Tensor | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Fused drop-in for :func:`torch.nn.functional.cross_entropy`.
 
     ``input`` is ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)``; ``target`` int64
@@ -164,10 +178,35 @@ def cross_entropy(
     ``input``. Gradients flow to ``input`` and, for probability targets, to
     ``target``. With ``inplace_backward=True`` the gradient is written into the
     logits' storage (see the module docstring). Tensors not on the CPU and the
-    other cases listed in the module docstring use torch's own implementation.
+    other cases listed in the module docstring use torch's own implementation
+    (for the options below: the same loss composed of torch ops).
+
+    LLM options (keywords; the defaults change nothing), fused into the kernel:
+
+    - ``logit_scale``: the softmax runs on ``z = logit_scale * input``;
+    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (None or > 0);
+    - ``lse_square_scale``: z-loss: each position that is not ignored adds
+      ``lse_square_scale * logsumexp(z)**2`` to its own loss (not multiplied by
+      ``weight``); "none" shows it, "mean" divides the total by the usual denominator;
+    - ``num_items_in_batch``: with ``reduction="mean"``, the summed loss is divided by
+      it instead (a number, or a one-element tensor as Hugging Face passes it; under
+      ``torch.compile`` the tensor is not read by Python); other reductions raise;
+    - ``return_lse=True``: returns ``(loss, lse)``, ``lse`` = ``logsumexp(z)`` per
+      position (shaped like the unreduced loss, float32 for half input, NaN where the
+      target is ignored), from the same pass and not differentiable.
     """
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
+    if not (logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS and softcap is None
+            and num_items_in_batch is None and return_lse is False):
+        options = _options.check(
+            logit_scale, softcap, lse_square_scale, num_items_in_batch, return_lse, reduction,
+            _is_compiling(),
+        )
+        return _options.cross_entropy(
+            input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward,
+            options,
+        )
     code = _reduction_code(reduction)
     autocast = isinstance(input, Tensor) and _float32_loss(input)
     if code is None or not _ce_fusable(
@@ -198,10 +237,11 @@ def cross_entropy(
         if whole is not None:
             return _ops.cross_entropy_apply(
                 whole, target, weight, code, ignore_index, label_smoothing, True, autocast,
-                input.shape,
+                input.shape, None, None,
             )[0]
     return _ops.cross_entropy_apply(
-        input, target, weight, code, ignore_index, label_smoothing, False, autocast, None
+        input, target, weight, code, ignore_index, label_smoothing, False, autocast, None, None,
+        None,
     )
 
 
@@ -209,7 +249,10 @@ class CrossEntropyLoss(RefusesTorchScript, nn.CrossEntropyLoss):
     """Drop-in for :class:`torch.nn.CrossEntropyLoss` computed by
     :func:`fusedloss.torch.cross_entropy`; same constructor (deprecated
     ``size_average``/``reduce`` handled and warned about as torch does) plus
-    ``inplace_backward``."""
+    ``inplace_backward`` and the LLM options ``logit_scale``, ``softcap``,
+    ``lse_square_scale`` and ``num_items_in_batch`` (checked at construction;
+    ``forward(..., num_items_in_batch=n)`` overrides the last one per call, as it
+    changes from step to step)."""
 
     def __init__(
         self,
@@ -221,16 +264,41 @@ class CrossEntropyLoss(RefusesTorchScript, nn.CrossEntropyLoss):
         label_smoothing: float = 0.0,
         *,
         inplace_backward: bool = False,
+        logit_scale: float = _NO_SCALE,
+        softcap: float | None = None,
+        lse_square_scale: float = _NO_ZLOSS,
+        num_items_in_batch: float | Tensor | None = None,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _options.check(
+            logit_scale, softcap, lse_square_scale, num_items_in_batch, False, self.reduction,
+            False,
+        )
         self.inplace_backward = inplace_backward
+        self.logit_scale = logit_scale
+        self.softcap = softcap
+        self.lse_square_scale = lse_square_scale
+        self.num_items_in_batch = num_items_in_batch
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return cross_entropy(
+    def forward(
+        self, input: Tensor, target: Tensor, *, num_items_in_batch: float | Tensor | None = None
+    ) -> Tensor:
+        if num_items_in_batch is None:
+            num_items_in_batch = self.num_items_in_batch
+        return cross_entropy(  # type: ignore[return-value]
             input, target, weight=self.weight, ignore_index=self.ignore_index,
             reduction=self.reduction, label_smoothing=self.label_smoothing,
-            inplace_backward=self.inplace_backward,
+            inplace_backward=self.inplace_backward, logit_scale=self.logit_scale,
+            softcap=self.softcap, lse_square_scale=self.lse_square_scale,
+            num_items_in_batch=num_items_in_batch,
         )
 
     def extra_repr(self) -> str:
-        return "inplace_backward=True" if self.inplace_backward else ""
+        given = {
+            "inplace_backward": self.inplace_backward is not False,
+            "logit_scale": self.logit_scale is not _NO_SCALE,
+            "softcap": self.softcap is not None,
+            "lse_square_scale": self.lse_square_scale is not _NO_ZLOSS,
+            "num_items_in_batch": self.num_items_in_batch is not None,
+        }
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name, on in given.items() if on)

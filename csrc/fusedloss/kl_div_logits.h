@@ -1,0 +1,271 @@
+// Distillation KL divergence on raw logits, loss and gradient in one pass
+// over memory. Per row (C classes), with p = softmax(t / T) (target, the
+// teacher) and q = softmax(x / T) (input, the student):
+//   loss = T^2 sum_j p_j (log p_j - log q_j),   d loss / d x = T (q - p).
+// float32 / float64, float16 / bfloat16 storage (float math); every ISA.
+//
+// Included inside a per-ISA namespace after simd/math.h, common.h and
+// cross_entropy.h (kSerialWork). A row
+// is cut into chunks of kChunk classes, as cross-entropy rows are
+// (cross_entropy.h). Pass 1 reads a chunk of x and of t from memory and finds
+// both maxima m, then (both chunks in L1) a = x/T - mx and b = t/T - mt, the
+// exps of both, their sums s, and B = sum_j e^b_j (b_j - a_j); it may keep the
+// exps in scratch. As log p_j - log q_j = (b_j - a_j) + c with one c per
+// chunk, the loss needs no second pass:
+//   loss = T^2 sum_k Ft_k (B_k + st_k c_k),  Ft_k = e^(mt_k - Mt) / St,
+//   c_k = (mt_k - Mt) - (mx_k - Mx) + log Sx - log St
+// (M, S: the row's maxima and exp-sums). a and b are formed as torch's
+// log_softmax forms x - max (no FMA), so a shift common to both rows cancels
+// exactly, and one class gives exactly 0. Pass 2 (only
+// for the gradient) writes T g (q_j - p_j), with the exps read back from
+// scratch or recomputed from x and t (the same bits either way). Partials are
+// combined in chunk order in double and rows summed pairwise: results depend
+// on the shape only, never on the thread count.
+#pragma once
+
+template <class S> struct KLDivLogits {
+  using A = acc_t<S>;
+  using V = vec_t<S>;
+  static constexpr int64_t W = V::W;
+  static constexpr int64_t kStep = 2 * W;  // two vectors of each array
+  // 128 steps: 128 terms per float accumulator lane (as cross-entropy's
+  // chunks); the chunks of x and t fit in L1 together (16 KiB each, AVX-512 float).
+  static constexpr int64_t kChunk = 128 * kStep;
+  static constexpr int64_t kFlushSteps = 16;  // B's float sums go to double every 32 terms a lane
+
+  const S* x;
+  const S* t;
+  S* g;                  // gradient, or nullptr
+  int64_t N, C;
+  A inv_t;               // 1 / T
+  double T;
+  const A* go_arr;       // per-row upstream gradient (Reduction::None), or nullptr
+  double go_scalar;      // upstream gradient, already / N for the mean
+  A* loss_out;           // per-row loss, or nullptr
+  double* row_loss;      // per-row loss for the reduction, or nullptr
+
+  // One chunk: maxima of x/T and t/T, exp-sums relative to them, B.
+  struct Part { A mx, sx, mt, st; double b; };
+
+  static V ld(const S* p, int64_t n, A pad) { return n >= W ? vload(p) : load_n(p, n, pad); }
+  static A floor_max(A m) {  // all -inf: e = 0, not exp(-inf - -inf) = NaN
+    return m == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::lowest() : m;
+  }
+  static auto lanes_below(int64_t n) {
+    alignas(64) A lane[W];
+    for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
+    return lt(V::load(lane), V::set1(A(n)));
+  }
+  // v / T - m (a or b; pads, -inf, give -inf), and its exp.
+  V shifted(V v, V m) const { return v * V::set1(inv_t) - m; }
+  V expo(V v, V m) const { return vexp_nonpos(shifted(v, m)); }
+
+  int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
+  int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
+  // Scratch for both rows' exps: while x, t and it stay in L2 together.
+  bool use_scratch() const { return g && C * int64_t(sizeof(A)) <= (int64_t(1) << 17); }
+  int64_t padded() const { return (C + kStep - 1) / kStep * kStep; }
+
+  // Pass 1 over [c0, c1); ex, et: optional scratch for the exps (absolute index).
+  Part stats(const S* xr, const S* tr, int64_t c0, int64_t c1, A* ex, A* et) const {
+    const A inf = std::numeric_limits<A>::infinity();
+    V ax[2] = {V::set1(-inf), V::set1(-inf)}, at[2] = {ax[0], ax[1]};
+    for (int64_t c = c0; c < c1; c += kStep)
+      for (int k = 0; k < 2; ++k) {
+        ax[k] = vmax(ax[k], ld(xr + c + k * W, c1 - c - k * W, -inf));
+        at[k] = vmax(at[k], ld(tr + c + k * W, c1 - c - k * W, -inf));
+      }
+    Part pt;
+    // max(x_j / T) = max(x_j) / T: rounding is monotonic.
+    pt.mx = floor_max(hmax(vmax(ax[0], ax[1])) * inv_t);
+    pt.mt = floor_max(hmax(vmax(at[0], at[1])) * inv_t);
+    const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
+    V sx[2] = {V::set1(0), V::set1(0)}, st[2] = {sx[0], sx[1]}, bv[2] = {sx[0], sx[1]};
+    double bd = 0;
+    for (int64_t c = c0; c < c1; c += kStep) {
+      for (int k = 0; k < 2; ++k) {
+        const int64_t off = c + k * W, n = c1 - off;
+        if (n <= 0) break;
+        const V a = shifted(ld(xr + off, n, -inf), mx), b = shifted(ld(tr + off, n, -inf), mt);
+        const V e = vexp_nonpos(a), f = vexp_nonpos(b);
+        sx[k] = sx[k] + e, st[k] = st[k] + f;
+        const V d = n >= W ? b - a : select(lanes_below(n), b - a, V::set1(0));
+        bv[k] = fmadd(f, d, bv[k]);
+        if (ex) e.store(ex + off), f.store(et + off);
+      }
+      if ((c - c0) / kStep % kFlushSteps == kFlushSteps - 1) bd += double(hsum(bv[0] + bv[1])), bv[0] = bv[1] = V::set1(0);
+    }
+    pt.sx = hsum(sx[0] + sx[1]);
+    pt.st = hsum(st[0] + st[1]);
+    pt.b = bd + double(hsum(bv[0] + bv[1]));
+    return pt;
+  }
+
+  // A row's totals from its chunks, in chunk order.
+  struct Row { A Mx, Mt; double Sx, St; };
+  Row combine(const Part* parts, int64_t nch, double& loss) const {
+    Row rw{parts[0].mx, parts[0].mt, 0, 0};
+    for (int64_t k = 1; k < nch; ++k) {
+      rw.Mx = parts[k].mx > rw.Mx ? parts[k].mx : rw.Mx;
+      rw.Mt = parts[k].mt > rw.Mt ? parts[k].mt : rw.Mt;
+    }
+    for (int64_t k = 0; k < nch; ++k) {
+      rw.Sx += double(parts[k].sx) * ::exp(double(parts[k].mx) - double(rw.Mx));
+      rw.St += double(parts[k].st) * ::exp(double(parts[k].mt) - double(rw.Mt));
+    }
+    const double ls = ::log(rw.Sx) - ::log(rw.St);
+    double acc = 0;
+    for (int64_t k = 0; k < nch; ++k) {
+      const double dt = double(parts[k].mt) - double(rw.Mt), dx = double(parts[k].mx) - double(rw.Mx);
+      acc += ::exp(dt) / rw.St * (parts[k].b + double(parts[k].st) * ((dt - dx) + ls));
+    }
+    loss = T * T * acc;
+    return rw;
+  }
+
+  double go_of(int64_t r) const { return go_arr ? double(go_arr[r]) : go_scalar; }
+
+  // Pass 2 over [c0, c1): g = T go (q - p). pf: the next row's x and t to
+  // prefetch (this pass reads cache only; memory would idle), or nullptr.
+  void grad(const S* xr, const S* tr, S* gr, int64_t c0, int64_t c1, const Part& pt, const Row& rw, double go,
+            const A* ex, const A* et, const S* pfx, const S* pft) const {
+    const double G = go * T;
+    const V gx = V::set1(static_cast<A>(G * ::exp(double(pt.mx) - double(rw.Mx)) / rw.Sx));
+    const V gt = V::set1(static_cast<A>(G * ::exp(double(pt.mt) - double(rw.Mt)) / rw.St));
+    const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
+    const A inf = std::numeric_limits<A>::infinity();
+    for (int64_t c = c0; c < c1; c += kStep) {
+      if (pfx)
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const char*>(pft + c) + b, 0, 2);
+        }
+      for (int k = 0; k < 2; ++k) {
+        const int64_t off = c + k * W, n = c1 - off;
+        if (n <= 0) break;
+        V e, f;
+        if (ex) {
+          e = V::load(ex + off), f = V::load(et + off);
+        } else {
+          e = expo(ld(xr + off, n, -inf), mx), f = expo(ld(tr + off, n, -inf), mt);
+        }
+        const V gv = fmsub(e, gx, f * gt);
+        if (n >= W) vstore(gr + off, gv);
+        else store_n(gr + off, n, gv);
+      }
+    }
+  }
+
+  void store_row(int64_t r, double l) const {
+    if (loss_out) loss_out[r] = static_cast<A>(l);
+    if (row_loss) row_loss[r] = l;
+  }
+
+  // Rows [r0, r1), one after another. parts: chunks() entries; ex, et: the
+  // exps' scratch (padded() each) or nullptr.
+  void rows(int64_t r0, int64_t r1, Part* parts, A* ex, A* et) const {
+    const int64_t nch = chunks();
+    for (int64_t r = r0; r < r1; ++r) {
+      const S* xr = x + r * C;
+      const S* tr = t + r * C;
+      for (int64_t k = 0; k < nch; ++k) parts[k] = stats(xr, tr, k * kChunk, chunk_end(k * kChunk), ex, et);
+      double l;
+      const Row rw = combine(parts, nch, l);
+      store_row(r, l);
+      if (!g) continue;
+      const bool more = r + 1 < r1;
+      for (int64_t k = 0; k < nch; ++k)
+        grad(xr, tr, g + r * C, k * kChunk, chunk_end(k * kChunk), parts[k], rw, go_of(r), ex, et,
+             more ? xr + C : nullptr, more ? tr + C : nullptr);
+    }
+  }
+
+  // Few rows, many chunks: threads share each row chunk by chunk (the same
+  // chunk math and combine order, hence the same bits).
+  void rows_chunked(int nt) const {
+    const int64_t nch = chunks(), items = N * nch;
+    Scratch<Part> parts(items);
+    Scratch<Row> rws(N);
+#pragma omp parallel num_threads(nt)
+    {
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < items; ++it) {
+        const int64_t r = it / nch, c0 = (it % nch) * kChunk;
+        parts[it] = stats(x + r * C, t + r * C, c0, chunk_end(c0), nullptr, nullptr);
+      }
+#pragma omp single
+      for (int64_t r = 0; r < N; ++r) {
+        double l;
+        rws[r] = combine(parts.p + r * nch, nch, l);
+        store_row(r, l);
+      }
+      if (g) {
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < items; ++it) {
+          const int64_t r = it / nch, c0 = (it % nch) * kChunk;
+          grad(x + r * C, t + r * C, g + r * C, c0, chunk_end(c0), parts[it], rws[r], go_of(r), nullptr, nullptr,
+               nullptr, nullptr);
+        }
+      }
+    }
+  }
+
+  void run(int threads) {
+    const int nt = N * C < kSerialWork ? 1 : threads;
+    const int64_t nch = chunks();
+    if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
+    // Per-thread scratch, allocated before the parallel region (a failure
+    // throws here, not in a thread).
+    const int64_t len = use_scratch() ? padded() : 0;
+    Scratch<Part> parts(int64_t(nt) * nch);
+    Scratch<A> es(int64_t(nt) * 2 * len);
+    const auto run_rows = [&](int64_t th, int64_t r0, int64_t r1) {
+      A* ex = len ? es.p + th * 2 * len : nullptr;
+      rows(r0, r1, parts.p + th * nch, ex, ex ? ex + len : nullptr);
+    };
+    if (nt <= 1) return run_rows(0, 0, N);
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t th = omp_get_thread_num(), n = omp_get_num_threads();
+      run_rows(th, N * th / n, N * (th + 1) / n);
+    }
+  }
+};
+
+template <class S> double kl_div_logits_typed(const KLDivLogitsProblem& pr, int threads) {
+  using A = acc_t<S>;
+  const int64_t N = pr.rows;
+  if (N == 0) return pr.reduction == Reduction::Mean ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+  const bool mean = pr.reduction == Reduction::Mean;
+  if (pr.classes == 0) {  // a sum over no classes: every row's loss is 0
+    if (pr.loss)
+      for (int64_t r = 0; r < N; ++r) static_cast<A*>(pr.loss)[r] = A(0);
+    return 0.0;
+  }
+  KLDivLogits<S> k{};
+  k.x = static_cast<const S*>(pr.input);
+  k.t = static_cast<const S*>(pr.target);
+  k.g = static_cast<S*>(pr.grad_input);
+  k.N = N;
+  k.C = pr.classes;
+  k.T = pr.temperature;
+  k.inv_t = static_cast<A>(1.0 / pr.temperature);
+  k.go_arr = pr.reduction == Reduction::None ? static_cast<const A*>(pr.grad_output) : nullptr;
+  k.go_scalar = mean ? pr.grad_output_scalar / double(N) : pr.grad_output_scalar;
+  k.loss_out = static_cast<A*>(pr.loss);
+  Scratch<double> rl(pr.reduction == Reduction::None ? 0 : N);
+  k.row_loss = pr.reduction == Reduction::None ? nullptr : rl.p;
+  k.run(threads);
+  if (pr.reduction == Reduction::None) return 0.0;
+  const double total = ordered_sum(rl.p, N);
+  return mean ? total / double(N) : total;
+}
+
+inline double kl_div_logits(const KLDivLogitsProblem& pr, int threads) {
+  switch (pr.dtype) {
+    case DType::Float64: return kl_div_logits_typed<double>(pr, threads);
+    case DType::Float16: return kl_div_logits_typed<Half>(pr, threads);
+    case DType::BFloat16: return kl_div_logits_typed<BF16>(pr, threads);
+    default: return kl_div_logits_typed<float>(pr, threads);
+  }
+}

@@ -165,32 +165,4 @@ void require_no_aliasing(const py::array& grad, const py::array& input,
   }
 }
 
-OptionalBuffers check_optional_buffers(const py::object& loss_out, const py::object& grad_input,
-                                       const py::object& grad_output, Reduction reduction,
-                                       DType dtype, const std::vector<int64_t>& loss_shape,
-                                       const std::vector<int64_t>& input_shape,
-                                       bool complex_input) {
-  const DType accum = accumulation_dtype(dtype);
-  if (reduction == Reduction::None && loss_out.is_none()) {
-    throw py::value_error("loss_out: required for reduction none");
-  }
-  if (!loss_out.is_none()) {
-    require_output(py::reinterpret_borrow<py::array>(loss_out), accum, loss_shape, "loss_out");
-  }
-  if (!grad_input.is_none()) {
-    require_output(py::reinterpret_borrow<py::array>(grad_input), dtype, input_shape,
-                   "grad_input", complex_input);
-  }
-  if (!grad_output.is_none()) {
-    if (reduction != Reduction::None) {
-      throw py::value_error("grad_output: an array is only taken with reduction none; "
-                            "pass grad_output_scalar");
-    }
-    require_buffer(py::reinterpret_borrow<py::array>(grad_output), accum, loss_shape,
-                   "grad_output");
-  }
-  return {data_or_null(grad_output), mutable_data_or_null(loss_out),
-          mutable_data_or_null(grad_input)};
-}
-
 }  // namespace fusedloss::bindings

@@ -33,6 +33,7 @@ from ._class_losses import (
     nll_loss,
     nll_loss_and_grad,
 )
+from ._linear_ce import linear_cross_entropy, linear_cross_entropy_and_grad
 
 __version__ = "0.1.0"
 
@@ -51,6 +52,7 @@ __all__ = [
     "kl_div_and_grad",
     "l1_loss",
     "l1_loss_and_grad",
+    "linear_cross_entropy", "linear_cross_entropy_and_grad",
     "mse_loss",
     "mse_loss_and_grad",
     "multi_margin_loss",

@@ -1,0 +1,491 @@
+"""Fused linear + cross-entropy over NumPy arrays: the logits ``input @ W.T + b``
+exist one chunk of tokens at a time.
+
+Per chunk: project it (NumPy's matmul, i.e. its BLAS), let the fused kernel
+(``_core.cross_entropy``) overwrite the chunk's logits with their gradient, then
+add the chunk's share of the input's, weight's and bias's gradients (two more
+matmuls and a column sum). One chunk buffer serves every chunk, so forward +
+gradient needs about the weight's gradient plus one chunk beyond the results
+(the Liger-Kernel / Cut Cross-Entropy scheme, on CPU).
+
+The loop (:func:`run_chunks`) is written once over a small "head" interface
+(project a chunk, accumulate a chunk's gradients) so that the torch layer
+(``_torch_linear_ce``) runs the same loop with torch's matmuls.
+
+Reductions: the kernel sums each chunk (``reduction="sum"``); a mean divides by
+the denominator of the whole batch, computed first from the targets alone (the
+weights of the non-ignored targets, the number of positions for probability
+targets, or ``num_items_in_batch``) and folded into the gradient's scale.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import _core
+from . import _validate as v
+from ._api import _class_index_target, _narrow_scalar
+
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_and_grad", "DEFAULT_CHUNK_BYTES"]
+
+#: Default logits memory of one chunk: 64 MiB holds 524 tokens of a 32000-word
+#: vocabulary in float32. Fewer, bigger chunks run the weight-gradient matmul on
+#: more tokens at once (each chunk reads and writes the whole weight gradient).
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+# NumPy's matmul cannot accumulate into its output: a later chunk's weight
+# gradient goes through a temporary of at most this many bytes, a block of classes
+# at a time (the first chunk writes the weight gradient directly).
+_WEIGHT_GRAD_BLOCK_BYTES = 4 * 2**20
+_NONE, _MEAN, _SUM = 0, 1, 2
+
+
+# ------------------------------------------------------------------ the plan
+
+
+@dataclass
+class Plan:
+    """What the chunk loop needs, every array already checked and C-contiguous.
+
+    ``target`` is ``(N, inner)`` int64 class indices or ``(N, C * inner)``
+    probabilities; the logits of a chunk are ``(rows, C * inner)``, i.e.
+    ``(rows, C, inner)`` for the kernel.
+    """
+
+    tokens: int
+    classes: int
+    inner: int
+    target: np.ndarray
+    weight: np.ndarray | None
+    ignore_index: int
+    label_smoothing: float
+    reduction: int
+    extras: dict[str, float]  # the kernel's scale / cap / z-loss keywords, non-default ones only
+    denominator: float  # the mean's divisor over the whole batch (1.0 otherwise)
+    chunk_tokens: int
+
+
+class Head(Protocol):
+    """The matrix products of one layer (NumPy here, torch in the torch layer)."""
+
+    def logits(self, start: int, stop: int) -> np.ndarray:
+        """The chunk's logits, ``(stop - start, C * inner)``, in a reused buffer the
+        kernel may overwrite (C-contiguous, float32 or float64)."""
+
+    def accumulate(self, start: int, stop: int, grad: np.ndarray) -> None:
+        """Add the chunk's gradients, from ``grad`` (the chunk's logits gradient)."""
+
+
+def mean_denominator(
+    target: np.ndarray, weight: np.ndarray | None, ignore_index: int, positions: int
+) -> float:
+    """The divisor of reduction mean over the whole batch, as torch (and the kernel):
+    the summed weights of the non-ignored class-index targets (their count without
+    weights), or the number of positions for probability targets. NaN when nothing
+    is weighed (every target ignored or of weight 0): torch's 0/0."""
+    if target.dtype.kind == "f":
+        return float(positions)
+    keep = target != ignore_index
+    if weight is None:
+        count = int(np.count_nonzero(keep))
+        return float(count) if count else math.nan
+    w = np.where(keep, weight[np.where(keep, target, 0)], 0).astype(np.float64)
+    if not np.any(w != 0):
+        return math.nan
+    return float(np.sum(w))  # pairwise summation; weights that cancel give 0 (then +-inf/NaN)
+
+
+def check_class_range(target: np.ndarray, classes: int, ignore_index: int) -> None:
+    """IndexError, as the kernel would raise it, before any chunk is computed."""
+    if target.dtype.kind == "f" or target.size == 0:
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bad.any():
+        pos = int(np.flatnonzero(bad.reshape(-1))[0])
+        value = int(target.reshape(-1)[pos])
+        raise IndexError(
+            f"target: class index {value} at flat position {pos} is out of range "
+            f"[0, {classes}) and is not ignore_index ({ignore_index})"
+        )
+
+
+def chunk_tokens_for(tokens: int, row_bytes: int, chunk_bytes: Any) -> int:
+    """Tokens per chunk: as many as fit ``chunk_bytes`` of logits (at least one)."""
+    budget = DEFAULT_CHUNK_BYTES if chunk_bytes is None else v.positive_integer(
+        chunk_bytes, "chunk_bytes"
+    )
+    return max(1, min(tokens, budget // max(row_bytes, 1)))
+
+
+def run_chunks(
+    plan: Plan,
+    head: Head,
+    want_grad: bool,
+    grad_output_scalar: float = 1.0,
+    loss_out: np.ndarray | None = None,
+    grad_output: np.ndarray | None = None,
+) -> float:
+    """The loop: per chunk, logits -> loss (+ gradient in place) -> gradients.
+
+    Returns the reduced loss (the mean already divided); for reduction none the
+    per-token losses go to ``loss_out`` (``(N, inner)``) and ``grad_output``
+    (``(N, inner)`` or None for ones) weighs the gradient.
+    """
+    red = plan.reduction
+    kernel_red = _NONE if red == _NONE else _SUM
+    scale = grad_output_scalar
+    if red == _MEAN:  # IEEE division: a zero or NaN divisor gives +-inf / NaN, as torch
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = float(np.float64(grad_output_scalar) / np.float64(plan.denominator))
+    total = 0.0
+    step = plan.chunk_tokens
+    for start in range(0, plan.tokens, step):
+        stop = min(start + step, plan.tokens)
+        logits = head.logits(start, stop)
+        total += _core.cross_entropy(
+            logits,
+            plan.target[start:stop],
+            plan.weight,
+            plan.ignore_index,
+            plan.label_smoothing,
+            kernel_red,
+            None if loss_out is None else loss_out[start:stop],
+            logits if want_grad else None,
+            None if grad_output is None else grad_output[start:stop],
+            scale,
+            False,
+            stop - start,
+            plan.classes,
+            plan.inner,
+            **plan.extras,
+        )
+        if want_grad:
+            head.accumulate(start, stop, logits)
+    if red == _MEAN:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(total) / np.float64(plan.denominator))
+    return total
+
+
+# ------------------------------------------------------------ argument checks
+
+
+@dataclass
+class Shapes:
+    tokens: int
+    hidden: int
+    classes: int
+    out_features: tuple[int, ...]
+    batched: bool
+
+    @property
+    def inner(self) -> int:
+        return math.prod(self.out_features)
+
+    @property
+    def loss_shape(self) -> tuple[int, ...]:
+        """reduction none's result: (N, *out_features), or () for one unbatched token."""
+        return (self.tokens, *self.out_features) if self.batched else ()
+
+    @property
+    def logits_shape(self) -> tuple[int, ...]:
+        lead = (self.tokens,) if self.batched else ()
+        return (*lead, self.classes, *self.out_features)
+
+
+def real_value(value: Any, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name}: expected a finite number, got {result}")
+    return result
+
+
+def extras_kwargs(logit_scale: Any, softcap: Any, lse_square_scale: Any) -> dict[str, float]:
+    """The kernel's keywords for the LLM options, only those not at their default
+    (so the plain call is exactly the plain cross-entropy)."""
+    extras: dict[str, float] = {}
+    scale = real_value(logit_scale, "logit_scale")
+    if scale != 1.0:
+        extras["logit_scale"] = scale
+    if softcap is not None:
+        cap = real_value(softcap, "softcap")
+        if cap <= 0:
+            raise ValueError(f"softcap: expected a positive number or None, got {cap}")
+        extras["softcap"] = cap
+    z = real_value(lse_square_scale, "lse_square_scale")
+    if z < 0:
+        raise ValueError(f"lse_square_scale: expected a number >= 0, got {z}")
+    if z != 0.0:
+        extras["lse_square_scale"] = z
+    return extras
+
+
+def num_items_value(num_items_in_batch: Any, reduction: int) -> float | None:
+    if num_items_in_batch is None:
+        return None
+    if reduction != _MEAN:
+        raise ValueError("num_items_in_batch: only taken with reduction='mean'")
+    if isinstance(num_items_in_batch, np.ndarray) and num_items_in_batch.shape == ():
+        num_items_in_batch = num_items_in_batch[()]
+    items = real_value(num_items_in_batch, "num_items_in_batch")
+    if items <= 0:
+        raise ValueError(f"num_items_in_batch: expected a positive number, got {items}")
+    return items
+
+
+def shapes_of(input_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> Shapes:
+    """Token, hidden and class extents; ValueError naming the argument that disagrees."""
+    if len(input_shape) not in (1, 2):
+        raise ValueError(f"input: expected shape (H,) or (N, H), got {input_shape}")
+    if len(weight_shape) < 2:
+        raise ValueError(
+            f"linear_weight: expected shape (C, H) (or (C, d1, ..., dk, H)), got {weight_shape}"
+        )
+    hidden = input_shape[-1]
+    if weight_shape[-1] != hidden:
+        raise ValueError(
+            f"linear_weight: expected last dimension {hidden} (the input's H), got shape "
+            f"{weight_shape}"
+        )
+    batched = len(input_shape) == 2
+    out_features = tuple(weight_shape[1:-1])
+    if out_features and not batched:
+        raise ValueError(
+            f"input: a K-dimensional linear_weight {weight_shape} needs batched (N, H) input, "
+            f"got shape {input_shape}"
+        )
+    if weight_shape[0] == 0:
+        raise ValueError("linear_weight: the class dimension is empty")
+    tokens = input_shape[0] if batched else 1
+    return Shapes(tokens, hidden, weight_shape[0], out_features, batched)
+
+
+def float_operand(value: Any, name: str, dtype: np.dtype | None) -> np.ndarray:
+    """A float32/float64 array (of ``dtype`` when given: all operands agree, as in torch)."""
+    arr = v.array(value, name)
+    if arr.dtype not in (v.F32, v.F64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {arr.dtype}")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def target_rows(target: Any, shapes: Shapes, dtype: np.dtype, ignore_index: int) -> np.ndarray:
+    """``(N, inner)`` int64 class indices or ``(N, C * inner)`` probabilities of ``dtype``."""
+    t = v.array(target, "target")
+    kind = t.dtype.kind
+    if kind in "iu":
+        t = _class_index_target(t, shapes.loss_shape)
+        return t.reshape(shapes.tokens, shapes.inner)
+    if kind == "f":
+        v.same_shape(t, shapes.logits_shape, "target", "class probabilities: the logits' shape")
+        if ignore_index != -100:
+            raise ValueError(  # as torch: probabilities have no class to ignore
+                f"ignore_index: not supported with class-probability targets, got {ignore_index}"
+            )
+        return np.ascontiguousarray(t, dtype=dtype).reshape(shapes.tokens, -1)
+    raise TypeError(
+        "target: expected integer class indices or floating class probabilities, "
+        f"got dtype {t.dtype}"
+    )
+
+
+@dataclass
+class Operands:
+    x: np.ndarray  # (N, H)
+    w: np.ndarray  # (C * inner, H), C- or F-contiguous
+    b: np.ndarray | None  # (C * inner,)
+    shapes: Shapes
+    plan: Plan
+
+
+def operands(
+    input: Any, linear_weight: Any, target: Any, linear_bias: Any, weight: Any, reduction: Any,
+    ignore_index: Any, label_smoothing: Any, logit_scale: Any, softcap: Any,
+    lse_square_scale: Any, num_items_in_batch: Any, chunk_bytes: Any,
+) -> Operands:
+    """Every argument checked (errors name it) before anything is computed."""
+    x = float_operand(input, "input", None)
+    dtype = x.dtype
+    w = float_operand(linear_weight, "linear_weight", dtype)
+    shapes = shapes_of(x.shape, w.shape)
+    rows = shapes.classes * shapes.inner
+    w = w.reshape(rows, shapes.hidden)
+    if not (w.flags.c_contiguous or w.flags.f_contiguous):
+        w = np.ascontiguousarray(w)  # matmul would copy it for every chunk
+    b = None
+    if linear_bias is not None:
+        b = float_operand(linear_bias, "linear_bias", dtype)
+        v.same_shape(b, (shapes.classes, *shapes.out_features), "linear_bias",
+                     "one bias per logit: linear_weight's shape without H")
+        b = np.ascontiguousarray(b).reshape(rows)
+    red = v.reduction_code(reduction)
+    smoothing = v.label_smoothing_value(label_smoothing)
+    ignore = v.integer_value(ignore_index, "ignore_index")
+    extras = extras_kwargs(logit_scale, softcap, lse_square_scale)
+    items = num_items_value(num_items_in_batch, red)
+    t = target_rows(target, shapes, dtype, ignore)
+    check_class_range(t, shapes.classes, ignore)
+    wt = None
+    if weight is not None:
+        wt = v.array(weight, "weight")
+        if wt.dtype.kind not in "fiu":
+            raise TypeError(f"weight: expected a floating array, got dtype {wt.dtype}")
+        v.same_shape(wt, (shapes.classes,), "weight", "one weight per class")
+        wt = np.ascontiguousarray(wt, dtype=dtype)
+    denominator = 1.0
+    if red == _MEAN:
+        denominator = items if items is not None else mean_denominator(
+            t, wt, ignore, shapes.tokens * shapes.inner
+        )
+    plan = Plan(
+        shapes.tokens, shapes.classes, shapes.inner, t, wt, ignore, smoothing, red, extras,
+        denominator, chunk_tokens_for(shapes.tokens, rows * dtype.itemsize, chunk_bytes),
+    )
+    return Operands(x.reshape(shapes.tokens, shapes.hidden), w, b, shapes, plan)
+
+
+# ------------------------------------------------------------ the NumPy head
+
+
+class NumpyHead:
+    """Chunks projected and differentiated with NumPy's matmul (its BLAS)."""
+
+    def __init__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, chunk_tokens: int,
+                 want_grad: bool) -> None:
+        self.x, self.w, self.b = x, w, b
+        self.buf = np.empty((chunk_tokens, w.shape[0]), dtype=x.dtype)
+        self.grad_x = self.grad_w = self.grad_b = None
+        self.block = self.scratch = None
+        if want_grad:
+            self.grad_x = np.empty_like(x)
+            self.grad_w = np.empty(w.shape, dtype=x.dtype)
+            if b is not None:
+                self.grad_b = np.zeros(b.shape, dtype=x.dtype)
+        self.started = False
+
+    def logits(self, start: int, stop: int) -> np.ndarray:
+        out = self.buf[: stop - start]
+        np.matmul(self.x[start:stop], self.w.T, out=out)
+        if self.b is not None:
+            out += self.b
+        return out
+
+    def accumulate(self, start: int, stop: int, grad: np.ndarray) -> None:
+        h = self.x[start:stop]
+        np.matmul(grad, self.w, out=self.grad_x[start:stop])
+        if self.grad_b is not None:
+            self.grad_b += grad.sum(axis=0)
+        if not self.started:
+            np.matmul(grad.T, h, out=self.grad_w)
+            self.started = True
+            return
+        if self.scratch is None:
+            rows, hidden = self.grad_w.shape
+            self.block = max(1, min(rows, _WEIGHT_GRAD_BLOCK_BYTES // max(hidden * h.itemsize, 1)))
+            self.scratch = np.empty((self.block, hidden), dtype=h.dtype)
+        gt = grad.T
+        for c0 in range(0, gt.shape[0], self.block):
+            c1 = min(c0 + self.block, gt.shape[0])
+            part = self.scratch[: c1 - c0]
+            np.matmul(gt[c0:c1], h, out=part)
+            self.grad_w[c0:c1] += part
+
+
+def _loss_array(loss_rows: np.ndarray, shapes: Shapes) -> np.ndarray:
+    return loss_rows.reshape(shapes.loss_shape)
+
+
+def _compute(
+    args: tuple[Any, ...], chunk_bytes: Any, want_grad: bool, grad_output: Any = None
+) -> tuple[Any, NumpyHead, Shapes]:
+    ops = operands(*args, chunk_bytes)
+    plan, shapes = ops.plan, ops.shapes
+    go_arr, go_scalar = None, 1.0
+    if want_grad:
+        go_arr, go_scalar = v.grad_output_value(grad_output, plan.reduction, shapes.loss_shape,
+                                                ops.x.dtype)
+        if go_arr is not None:
+            go_arr = go_arr.reshape(shapes.tokens, shapes.inner)
+    head = NumpyHead(ops.x, ops.w, ops.b, plan.chunk_tokens, want_grad)
+    if plan.reduction == _NONE:
+        loss_rows = np.empty((shapes.tokens, shapes.inner), dtype=ops.x.dtype)
+        run_chunks(plan, head, want_grad, go_scalar, loss_rows, go_arr)
+        return _loss_array(loss_rows, shapes), head, shapes
+    total = run_chunks(plan, head, want_grad, go_scalar)
+    return _narrow_scalar(ops.x.dtype, total), head, shapes
+
+
+def linear_cross_entropy(
+    input: np.ndarray,
+    linear_weight: np.ndarray,
+    target: np.ndarray,
+    linear_bias: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    lse_square_scale: float = 0.0,
+    num_items_in_batch: float | None = None,
+    *,
+    chunk_bytes: int | None = None,
+) -> Any:
+    """Cross-entropy of the logits ``input @ linear_weight.T + linear_bias``, which
+    are never materialised: only ``chunk_bytes`` of them at a time (default
+    :data:`DEFAULT_CHUNK_BYTES`, 64 MiB).
+
+    input: ``(N, H)`` or ``(H,)`` float32/float64; linear_weight: ``(C, H)`` (or
+    ``(C, d1, ..., dk, H)``, a K-dimensional loss) of the same dtype; target:
+    ``(N,)`` (``(N, d1, ..., dk)``) integer class indices or probabilities shaped
+    like the logits. The options are those of :func:`fusedloss.cross_entropy`
+    (``logit_scale``, ``softcap``, ``lse_square_scale`` apply to the logits in
+    that order); ``num_items_in_batch`` replaces the mean's divisor. Returns a
+    scalar of input's dtype, or the per-token losses for reduction ``"none"``.
+    """
+    args = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+            label_smoothing, logit_scale, softcap, lse_square_scale, num_items_in_batch)
+    return _compute(args, chunk_bytes, False)[0]
+
+
+def linear_cross_entropy_and_grad(
+    input: np.ndarray,
+    linear_weight: np.ndarray,
+    target: np.ndarray,
+    linear_bias: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    lse_square_scale: float = 0.0,
+    num_items_in_batch: float | None = None,
+    grad_output: Any = None,
+    *,
+    chunk_bytes: int | None = None,
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`linear_cross_entropy` and the gradients of ``sum(grad_output * loss)``
+    for ``input``, ``linear_weight`` and ``linear_bias`` (None without a bias):
+    ``(loss, grad_input, grad_linear_weight, grad_linear_bias)``, in one chunked
+    pass. Beyond the results, it needs one chunk of logits (and, after the first
+    chunk, a 4 MiB block for the weight gradient's accumulation)."""
+    args = (input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+            label_smoothing, logit_scale, softcap, lse_square_scale, num_items_in_batch)
+    loss, head, shapes = _compute(args, chunk_bytes, True, grad_output)
+    assert head.grad_x is not None and head.grad_w is not None
+    in_shape = (shapes.tokens, shapes.hidden) if shapes.batched else (shapes.hidden,)
+    grad_w = head.grad_w.reshape(shapes.classes, *shapes.out_features, shapes.hidden)
+    grad_b = None
+    if head.grad_b is not None:
+        grad_b = head.grad_b.reshape(shapes.classes, *shapes.out_features)
+    return loss, head.grad_x.reshape(in_shape), grad_w, grad_b

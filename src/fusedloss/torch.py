@@ -67,8 +67,10 @@ from ._torch_losses import (  # the elementwise losses
 from ._torch_losses import __all__ as _elementwise_all
 from ._torch_class_losses import MultiMarginLoss, NLLLoss, multi_margin_loss, nll_loss
 from ._torch_class_losses import __all__ as _class_all
+from ._torch_linear_ce import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: F401
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", *_elementwise_all, *_class_all]
+__all__ += ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
 _DTYPES = _ops.SUPPORTED_DTYPES
 _is_compiling = torch.compiler.is_compiling

@@ -366,6 +366,48 @@ def test_torch_compile_fullgraph(reduction) -> None:
     assert graphs and all("fusedloss.linear_cross_entropy" in g for g in graphs)
 
 
+INDUCTOR_SCRIPT = """
+import copy
+import torch
+from torch import nn
+import fusedloss.torch as flt
+
+torch.manual_seed(5)
+body = nn.Sequential(nn.Linear(20, 32), nn.GELU())
+crit = flt.LinearCrossEntropyLoss(32, 50, bias=True, label_smoothing=0.1, chunk_bytes=7 * 50 * 4)
+ref_body = copy.deepcopy(body)
+ref_crit = nn.LinearCrossEntropyLoss(32, 50, bias=True, label_smoothing=0.1)
+ref_crit.load_state_dict(crit.state_dict())
+for red in ("mean", "none"):
+    crit.reduction = ref_crit.reduction = red
+    compiled = torch.compile(lambda x, t: crit(body(x), t).sum(), fullgraph=True)
+    for _ in range(2):
+        x, t = torch.randn(32, 20), torch.randint(0, 50, (32,))
+        loss = compiled(x, t)
+        loss.backward()
+        ref = ref_crit(ref_body(x), t).sum()
+        ref.backward()
+        torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    pairs = zip([*body.parameters(), *crit.parameters()],
+                [*ref_body.parameters(), *ref_crit.parameters()])
+    for a, b in pairs:
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+print("INDUCTOR OK")
+"""
+
+
+@pytest.mark.slow
+def test_torch_compile_default_backend_inductor(tmp_path) -> None:
+    """Inductor (the default backend) in its own process, as for cross-entropy."""
+    script = tmp_path / "inductor_linear_ce.py"
+    script.write_text(INDUCTOR_SCRIPT)
+    env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "INDUCTOR OK" in proc.stdout
+
+
 # ------------------------------------------------------------------ DDP, memory
 
 DDP_WORKER = """

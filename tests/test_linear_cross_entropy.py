@@ -279,3 +279,17 @@ def test_non_contiguous_operands(rng) -> None:
     ours = fl.linear_cross_entropy_and_grad(x_s, w_t, case.target, chunk_bytes=4000,
                                             **_options(case))
     check_result(ours, case)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_without_scipy(monkeypatch, rng, dtype) -> None:
+    """Without SciPy's in-place gemm, later chunks add their weight gradient through
+    a block of classes at a time (here 3 classes: many blocks, a ragged last one)."""
+    from fusedloss import _linear_ce
+
+    monkeypatch.setattr(_linear_ce, "_accumulating_gemm", lambda dtype: None)
+    monkeypatch.setattr(_linear_ce, "_WEIGHT_GRAD_BLOCK_BYTES", 3 * H * np.dtype(dtype).itemsize)
+    case = make_case(rng, N, H, C, dtype, weight=True, ignore_frac=0.1)
+    ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target,
+                                            chunk_bytes=_chunk_bytes(dtype, 8), **_options(case))
+    check_result(ours, case)

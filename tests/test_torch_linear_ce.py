@@ -232,6 +232,23 @@ def test_num_items_in_batch(rng) -> None:
         check_result(ours, case, "mean", None, num_items_in_batch=77)
 
 
+@needs_extras
+def test_fallback_keeps_the_llm_options(rng) -> None:
+    """A target that requires grad takes torch's path (logits materialised, then
+    flt.cross_entropy) with the options intact."""
+    case = make_case(rng, 8, H, C, np.float64, probs=True)
+    x, w, b, t, _ = _tensors(case)
+    t.requires_grad_()
+    extras = EXTRA_CASES["all"]
+    loss = flt.linear_cross_entropy(x, w, t, linear_bias=b, **extras)
+    loss.backward()
+    ref = torch_reference(case, np.float64, "mean", None, **extras)
+    np.testing.assert_allclose(loss.detach().numpy(), ref.loss, rtol=1e-12)
+    for got, want in zip((x.grad, w.grad, b.grad), ref[1:]):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-13)
+    assert t.grad is not None
+
+
 # ------------------------------------------------------------------ the module
 
 
@@ -406,6 +423,28 @@ def test_torch_compile_default_backend_inductor(tmp_path) -> None:
                           timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "INDUCTOR OK" in proc.stdout
+
+
+@needs_extras
+def test_torch_compile_llm_options_and_num_items_tensor() -> None:
+    """The options and a tensor num_items_in_batch (as HF's Trainer passes it) trace."""
+    torch._dynamo.reset()
+    x = torch.randn(12, 8, requires_grad=True)
+    w = torch.randn(9, 8, requires_grad=True)
+    t = torch.randint(0, 9, (12,))
+
+    def f(x, w, t, n):
+        return flt.linear_cross_entropy(x, w, t, num_items_in_batch=n, softcap=5.0,
+                                        lse_square_scale=1e-3, chunk_bytes=9 * 4 * 5)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, w, t, torch.tensor(30))
+    grads = torch.autograd.grad(loss, (x, w))
+    ref = f(x, w, t, 30)
+    ref_grads = torch.autograd.grad(ref, (x, w))
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------ DDP, memory

@@ -211,7 +211,6 @@ def linear_cross_entropy(
     return loss.squeeze(0) if unbatched and code == chunks.NONE else loss
 
 
-
 class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
     """Drop-in for torch 2.13's :class:`torch.nn.LinearCrossEntropyLoss` computed by
     :func:`fusedloss.torch.linear_cross_entropy`: same constructor (the head's

@@ -24,6 +24,7 @@ import numpy as np
 
 import fusedloss as fl
 from fusedloss import _bench as b
+from fusedloss._bench_linear_ce import vm_bytes
 
 CE_SHAPES: tuple[tuple[int, ...], ...] = (
     (64, 10), (256, 1000), (4096, 1000), (8192, 4096), (1024, 32000), (2048, 50257),
@@ -143,14 +144,6 @@ def threads(torch: Any, shape: tuple[int, ...], budget: float, tick: Callable[[s
 # ------------------------------------------------------------------ peak memory (subprocess)
 
 
-def _vm(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_child(method: str, shape: tuple[int, ...]) -> None:
     """Run in a fresh process: print the VmHWM growth of one fwd+bwd over the live set."""
     import torch
@@ -185,9 +178,9 @@ def peak_child(method: str, shape: tuple[int, ...]) -> None:
             f.write("5")  # reset VmHWM to the current RSS
     except OSError:
         pass
-    base = max(_vm("VmRSS"), 0)
+    base = max(vm_bytes("VmRSS"), 0)
     result = step(x, t, g)
-    print(_vm("VmHWM") - base, x.nbytes, flush=True)
+    print(vm_bytes("VmHWM") - base, x.nbytes, flush=True)
     del result
 
 

@@ -146,7 +146,10 @@ def test_torch_compile_default_backend_inductor(tmp_path):
 
 # --------------------------------------------------------------------------- DDP
 
-DDP_WORKER = """
+# A 2-rank gloo DDP run in a fresh process: DDP_HEADER + a section defining
+# train(rank, loss_cls) -> parameters, OURS and REF + DDP_MAIN, which trains with both
+# and checks they agree and that the ranks stayed in sync.
+DDP_HEADER = """
 import sys
 from datetime import timedelta
 
@@ -159,7 +162,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import fusedloss
 import fusedloss.torch as flt
 
+"""
 
+CE_TRAIN = """
 def train(rank, loss_cls, steps=25):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 7)).double()
@@ -177,13 +182,17 @@ def train(rank, loss_cls, steps=25):
     return [p.detach().clone() for p in model.parameters()]
 
 
+OURS, REF = flt.CrossEntropyLoss, nn.CrossEntropyLoss
+"""
+
+DDP_MAIN = """
 def worker(rank, world, port):
     torch.set_num_threads(1)
     fusedloss.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=30))
-    ours = train(rank, flt.CrossEntropyLoss)
-    ref = train(rank, nn.CrossEntropyLoss)
+    ours = train(rank, OURS)
+    ref = train(rank, REF)
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
     # The ranks stayed in sync, as DDP promises.
@@ -208,19 +217,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_ddp_gloo_two_processes_match_torch(tmp_path):
+def run_ddp(tmp_path, train_section: str, timeout: float = 90) -> float:
+    """Runs DDP_HEADER + train_section + DDP_MAIN; returns the seconds it took."""
     script = tmp_path / "ddp_worker.py"
-    script.write_text(DDP_WORKER)
+    script.write_text(DDP_HEADER + train_section + DDP_MAIN)
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(script), str(_free_port())],
-        capture_output=True, text=True, timeout=90, env=env,
+        capture_output=True, text=True, timeout=timeout, env=env,
     )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "DDP OK" in proc.stdout
+    return elapsed
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes_match_torch(tmp_path):
+    elapsed = run_ddp(tmp_path, CE_TRAIN)
     print(f"\nDDP (2 gloo ranks, 25 steps x 2 losses): {elapsed:.1f} s")
     assert elapsed < 30
 

@@ -44,6 +44,7 @@ from ._gan import (
     gan_generator_loss_and_grad,
 )
 from ._kl_div import kl_div_with_logits, kl_div_with_logits_and_grad
+from ._linear_ce import linear_cross_entropy, linear_cross_entropy_and_grad
 
 from ._threadpoolctl import register_on_import as _register_with_threadpoolctl  # noqa: E402
 
@@ -72,6 +73,7 @@ __all__ = [
     "kl_div_with_logits_and_grad",
     "l1_loss",
     "l1_loss_and_grad",
+    "linear_cross_entropy", "linear_cross_entropy_and_grad",
     "mse_loss",
     "mse_loss_and_grad",
     "multi_margin_loss",

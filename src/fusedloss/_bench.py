@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,6 +32,7 @@ import fusedloss as fl
 from fusedloss._losses import ELEMENTWISE_BY_NAME, ELEMENTWISE_LOSSES, ElementwiseLoss
 
 from ._bench_gan import gan_case
+from ._bench_linear_ce import linear_ce_row, linear_ce_table
 from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
     HEADER,
     Row,
@@ -324,9 +325,12 @@ class Report:
     rows: list[Row]
     extras: list[Row]
     machine: list[str]
+    linear: list[Row] = field(default_factory=list)  # fused linear + cross-entropy
 
     def text(self) -> str:
-        return "\n\n".join([main_table(self.rows), extras_table(self.extras), "\n".join(self.machine)])
+        tables = [main_table(self.rows), extras_table(self.extras)]
+        tables += [linear_ce_table(r) for r in self.linear]
+        return "\n\n".join([*tables, "\n".join(self.machine)])
 
     def as_json(self) -> dict[str, Any]:
         def enc(r: Row) -> dict[str, Any]:
@@ -334,7 +338,7 @@ class Report:
                     "parity_ref": r.parity_ref, **r.extra}
 
         return {"rows": [enc(r) for r in self.rows], "extras": [enc(r) for r in self.extras],
-                "machine": self.machine}
+                "linear_ce": [enc(r) for r in self.linear], "machine": self.machine}
 
 
 def set_threads(torch: Any, threads: int | None) -> int:
@@ -364,9 +368,12 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))
+    # Peak memory needs a fresh process per contender: left out of the quick run.
+    tasks.append(("linear CE", lambda: linear_ce_row(torch, quick, budget, memory=not quick)))
 
     rows: list[Row] = []
     extras: list[Row] = []
+    linear: list[Row] = []
     bar = progress(len(tasks), quiet)
     try:
         for desc, task in tasks:
@@ -376,9 +383,11 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
                 extras.extend(result)
             elif result.case.startswith("CE forward-only"):
                 extras.insert(0, result)
+            elif result.case.startswith("linear CE"):
+                linear.append(result)
             else:
                 rows.append(result)
             bar.update(1)
     finally:
         bar.close()
-    return Report(rows, extras, machine_lines(torch, n))
+    return Report(rows, extras, machine_lines(torch, n), linear)

@@ -75,9 +75,11 @@ from ._torch_losses import __all__ as _elementwise_all
 from ._torch_class_losses import MultiMarginLoss, NLLLoss, multi_margin_loss, nll_loss
 from ._torch_class_losses import __all__ as _class_all
 from ._torch_gan import gan_discriminator_loss, gan_generator_loss  # the GAN objective
+from ._torch_linear_ce import LinearCrossEntropyLoss, linear_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "gan_discriminator_loss", "gan_generator_loss",
-           "kl_div_with_logits", *_elementwise_all, *_class_all]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy",
+           "gan_discriminator_loss", "gan_generator_loss", "kl_div_with_logits",
+           "linear_cross_entropy", *_elementwise_all, *_class_all]
 
 _DTYPES = _ops.SUPPORTED_DTYPES
 _is_compiling = torch.compiler.is_compiling

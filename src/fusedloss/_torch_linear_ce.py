@@ -1,0 +1,271 @@
+"""``flt.linear_cross_entropy`` and ``flt.LinearCrossEntropyLoss``: drop-ins for
+torch 2.13's ``F.linear_cross_entropy`` and ``nn.LinearCrossEntropyLoss`` plus the
+LLM options of cross-entropy, the logits computed one chunk of tokens at a time
+(``_torch_linear_ce_ops``).
+
+- ``options`` (torch's ``LinearCrossEntropyOptions``) is accepted; an explicit
+  ``batch_chunk_size`` with ``chunking_method=None`` sets the tokens per chunk,
+  its other fields are ignored. Otherwise a chunk holds ``chunk_bytes`` of logits
+  (default 64 MiB). Unlike torch, ``options=None`` is chunked too.
+- ``torch.compile(fullgraph=True)`` traces the custom ops
+  ``fusedloss::linear_cross_entropy`` and ``fusedloss::linear_cross_entropy_backward``.
+
+Falls back to torch (``F.linear`` then cross-entropy: torch's own
+``F.linear_cross_entropy``, or ``flt.cross_entropy`` when an LLM option is set)
+for what the kernel does not do: tensors not on the CPU, other dtypes, operands
+of different dtypes, a target or class weight that requires grad, tensor
+subclasses and torch.func transforms, empty extents, and bad shapes (torch raises
+its own errors then).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import has_torch_function_variadic
+
+from . import _linear_ce_chunks as chunks
+from . import _validate as v
+from ._torch_linear_ce_ops import (
+    Config,
+    LinearCrossEntropyFunction,
+    forward_chunks,
+    linear_cross_entropy_op,
+)
+
+__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
+
+_REDUCTIONS = {"none": chunks.NONE, "mean": chunks.MEAN, "sum": chunks.SUM}
+_HALF = (torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float64) + _HALF
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_is_compiling = torch.compiler.is_compiling
+
+
+# ------------------------------------------------------------- the public face
+
+
+def _reduction_code(reduction: Any) -> int | None:
+    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
+
+
+def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
+             label_smoothing, autocast) -> bool:
+    """True when the chunked kernel computes what torch's reference path would."""
+    tensors = (input, linear_weight, target)
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return False
+    if linear_bias is not None and not isinstance(linear_bias, Tensor):
+        return False
+    if has_torch_function_variadic(input, linear_weight, target, linear_bias, weight):
+        return False
+    if _ops_functorch_active():
+        return False
+    dtype = input.dtype
+    if dtype not in _DTYPES or linear_weight.dtype is not dtype:
+        return False
+    if not all(t.is_cpu for t in tensors) or target.requires_grad:
+        return False
+    if input.dim() not in (1, 2) or linear_weight.dim() < 2:
+        return False
+    if input.numel() == 0 or linear_weight.numel() == 0:
+        return False
+    if input.shape[-1] != linear_weight.shape[-1]:
+        return False
+    logits_shape = (*input.shape[:-1], *linear_weight.shape[:-1])
+    out_features = tuple(linear_weight.shape[1:-1])
+    if out_features and input.dim() == 1:
+        return False
+    if linear_bias is not None and not (
+        linear_bias.dtype is dtype and linear_bias.is_cpu
+        and tuple(linear_bias.shape) == tuple(linear_weight.shape[:-1])
+    ):
+        return False
+    if target.dtype is torch.int64:
+        if tuple(target.shape) != (*input.shape[:-1], *out_features):
+            return False
+    elif not (target.dtype is dtype and tuple(target.shape) == logits_shape
+              and ignore_index is None):
+        return False
+    if weight is not None and not (
+        isinstance(weight, Tensor) and weight.is_cpu
+        and (weight.dtype is dtype or (weight.dtype in _DTYPES and autocast))
+        and not weight.requires_grad and tuple(weight.shape) == (linear_weight.shape[0],)
+    ):
+        return False
+    ignore = -100 if ignore_index is None else ignore_index
+    return (type(ignore) is int and _INT64_MIN <= ignore <= _INT64_MAX
+            and isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0)
+
+
+def _ops_float32_loss(input: Tensor) -> bool:
+    """Half input under CPU autocast: a float32 loss, as torch's cross-entropy gives."""
+    return input.dtype in _HALF and torch.is_autocast_enabled("cpu")
+
+
+def _ops_functorch_active() -> bool:
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active and active())
+
+
+def _reference(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+               label_smoothing, options, extras: dict[str, Any]) -> Tensor:
+    """torch's own computation (logits materialised), with the LLM options via
+    ``flt.cross_entropy`` when any is set."""
+    if not extras:
+        return F.linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
+            options=options,
+        )
+    from . import torch as flt
+
+    out_features = tuple(linear_weight.shape[1:-1])
+    logits = F.linear(input, linear_weight.reshape(-1, linear_weight.shape[-1]),
+                      None if linear_bias is None else linear_bias.reshape(-1))
+    logits = logits.reshape(*input.shape[:-1], linear_weight.shape[0], *out_features)
+    return flt.cross_entropy(
+        logits, target, weight=weight, reduction=reduction,
+        ignore_index=-100 if ignore_index is None else ignore_index,
+        label_smoothing=label_smoothing, **extras,
+    )
+
+
+def _chunk_tokens(options: Any) -> int:
+    """An explicit ``LinearCrossEntropyOptions.batch_chunk_size`` (0: none)."""
+    if options is None or getattr(options, "chunking_method", "auto") is not None:
+        return 0
+    size = getattr(options, "batch_chunk_size", None)
+    return int(size) if size else 0
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: Any = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    lse_square_scale: float = 0.0,
+    num_items_in_batch: Any = None,
+    chunk_bytes: int | None = None,
+) -> Tensor:
+    """Fused drop-in for torch 2.13's :func:`torch.nn.functional.linear_cross_entropy`
+    (``cross_entropy(input @ linear_weight.T + linear_bias, target, ...)``) with the
+    logits never materialised beyond one chunk of ``chunk_bytes`` (default 64 MiB),
+    plus ``logit_scale``, ``softcap``, ``lse_square_scale`` and ``num_items_in_batch``
+    as in :func:`fusedloss.torch.cross_entropy`. See the module docstring for
+    ``options``, half precision and the fallbacks."""
+    code = _reduction_code(reduction)
+    if num_items_in_batch is not None and code != chunks.MEAN:
+        raise ValueError("num_items_in_batch: only taken with reduction='mean'")
+    extras = chunks.extras_kwargs(logit_scale, softcap, lse_square_scale)
+    if num_items_in_batch is not None:
+        extras["num_items_in_batch"] = num_items_in_batch
+    float32_loss = isinstance(input, Tensor) and _ops_float32_loss(input)
+    if code is None or not _fusable(input, linear_weight, target, linear_bias, weight,
+                                    ignore_index, label_smoothing, float32_loss):
+        return _reference(input, linear_weight, target, linear_bias, weight, reduction,
+                          ignore_index, label_smoothing, options, extras)
+    cfg = Config(
+        code, -100 if ignore_index is None else ignore_index, float(label_smoothing),
+        float(logit_scale), float(softcap or 0.0), float(lse_square_scale),
+        _chunk_tokens(options),
+        chunks.DEFAULT_CHUNK_BYTES if chunk_bytes is None else v.positive_integer(
+            chunk_bytes, "chunk_bytes"),
+    )
+    num_items = None
+    if num_items_in_batch is not None:
+        num_items = torch.as_tensor(num_items_in_batch, dtype=torch.float64).detach().cpu()
+        if not _is_compiling() and not float(num_items) > 0:
+            raise ValueError(
+                f"num_items_in_batch: expected a positive number, got {float(num_items)}")
+    unbatched = input.dim() == 1
+    if unbatched:  # one token: a batch of one, squeezed back
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    grad_on = torch.is_grad_enabled()
+    needs = (grad_on and input.requires_grad, grad_on and linear_weight.requires_grad,
+             grad_on and linear_bias is not None and linear_bias.requires_grad)
+    if _is_compiling():
+        loss = linear_cross_entropy_op(
+            input, linear_weight, linear_bias, target.contiguous(), weight, num_items,
+            cfg.reduction, cfg.ignore_index, cfg.label_smoothing, cfg.logit_scale, cfg.softcap,
+            cfg.lse_square_scale, cfg.chunk_tokens, cfg.chunk_bytes, *needs, float32_loss,
+        )[0]
+    elif any(needs):
+        loss = LinearCrossEntropyFunction.apply(
+            input, linear_weight, linear_bias, target.contiguous(), weight, num_items, cfg,
+            float32_loss)
+    else:
+        loss = forward_chunks(input, linear_weight, linear_bias, target.contiguous(), weight,
+                              num_items, cfg, needs, float32_loss)[0]
+    return loss.squeeze(0) if unbatched and code == chunks.NONE else loss
+
+
+class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
+    """Drop-in for torch 2.13's :class:`torch.nn.LinearCrossEntropyLoss` computed by
+    :func:`fusedloss.torch.linear_cross_entropy`: same constructor (the head's
+    weight is ``self.linear.weight``, ``(num_classes * prod(out_features),
+    in_features)``) plus the LLM options and ``chunk_bytes``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        out_features: tuple[int, ...] = (),
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        reduction: str = "mean",
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        options: Any = None,
+        logit_scale: float = 1.0,
+        softcap: float | None = None,
+        lse_square_scale: float = 0.0,
+        chunk_bytes: int | None = None,
+    ) -> None:
+        super().__init__(
+            in_features, num_classes, out_features=out_features, bias=bias, device=device,
+            dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+            label_smoothing=label_smoothing, options=options,
+        )
+        chunks.extras_kwargs(logit_scale, softcap, lse_square_scale)  # bad values raise here
+        self.logit_scale = logit_scale
+        self.softcap = softcap
+        self.lse_square_scale = lse_square_scale
+        self.chunk_bytes = chunk_bytes
+
+    def forward(self, input: Tensor, target: Tensor, num_items_in_batch: Any = None) -> Tensor:
+        """``num_items_in_batch`` (reduction mean): the divisor instead of the
+        batch's own count, for gradient accumulation over micro-batches."""
+        linear_weight = self.linear.weight.reshape(
+            (self.num_classes, *self.out_features, self.linear.in_features))
+        linear_bias = None
+        if self.linear.bias is not None:
+            linear_bias = self.linear.bias.reshape((self.num_classes, *self.out_features))
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+            reduction=self.reduction, ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing, options=self.options,
+            logit_scale=self.logit_scale, softcap=self.softcap,
+            lse_square_scale=self.lse_square_scale, num_items_in_batch=num_items_in_batch,
+            chunk_bytes=self.chunk_bytes,
+        )
+
+    def extra_repr(self) -> str:
+        extras = [f"{k}={getattr(self, k)}" for k, d in (
+            ("logit_scale", 1.0), ("softcap", None), ("lse_square_scale", 0.0),
+            ("chunk_bytes", None)) if getattr(self, k) != d]
+        return ", ".join([super().extra_repr(), *extras])

@@ -1,0 +1,331 @@
+"""fusedloss.torch's linear_cross_entropy and LinearCrossEntropyLoss against torch.
+
+References: torch's ``F.cross_entropy`` on materialised logits in float64 (and
+float32, for the float32 tolerance of tests/conftest.py), torch 2.13's own
+``F.linear_cross_entropy`` (reference and chunked paths) and
+``nn.LinearCrossEntropyLoss``; gradcheck. torch.compile, DDP and peak memory:
+tests/test_torch_linear_ce_training.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fusedloss.torch as flt  # noqa: E402
+from fusedloss import _linear_ce_chunks  # noqa: E402
+from linear_ce_cases import (  # noqa: E402
+    EXTRA_CASES,
+    OPTION_CASES,
+    check_result,
+    make_case,
+    torch_reference,
+)
+from test_linear_cross_entropy import needs_extras  # noqa: E402
+
+N, H, C = 37, 16, 101
+
+
+def _tensors(case, dtype=None):
+    """(x, w, b) leaves requiring grad, target, class weight as torch tensors."""
+    def leaf(a):
+        t = torch.from_numpy(np.array(a))
+        return (t if dtype is None else t.to(dtype)).requires_grad_()
+
+    x, w = leaf(case.x), leaf(case.w)
+    b = None if case.b is None else leaf(case.b)
+    t = torch.from_numpy(case.target)
+    if t.is_floating_point() and dtype is not None:
+        t = t.to(dtype)
+    weight = None if case.weight is None else torch.from_numpy(case.weight)
+    if weight is not None and dtype is not None:
+        weight = weight.to(dtype)
+    return x, w, b, t, weight
+
+
+def _ours(case, reduction="mean", go=None, dtype=None, **kwargs):
+    """flt.linear_cross_entropy's loss and gradients, as NumPy arrays."""
+    x, w, b, t, weight = _tensors(case, dtype)
+    loss = flt.linear_cross_entropy(
+        x, w, t, linear_bias=b, weight=weight, reduction=reduction,
+        ignore_index=case.kwargs.get("ignore_index"),
+        label_smoothing=case.kwargs.get("label_smoothing", 0.0), **kwargs)
+    upstream = torch.ones_like(loss) if go is None else torch.as_tensor(go, dtype=loss.dtype)
+    loss.backward(upstream.reshape(loss.shape))
+    grads = [a.grad for a in (x, w, b) if a is not None]
+    out = [loss.detach(), *grads] + ([None] if b is None else [])
+    def array(g):  # NumPy has no bfloat16: half results come back widened
+        return g.detach().double().numpy() if g.dtype in (torch.bfloat16, torch.float16) \
+            else g.detach().numpy()
+
+    return tuple(None if g is None else array(g) for g in out)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("options", list(OPTION_CASES))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_and_grads_match_torch(rng, dtype, reduction, options, bias) -> None:
+    """Eight tokens per chunk (a ragged last chunk); reduction none with a random
+    upstream gradient (its backward recomputes the chunks)."""
+    case = make_case(rng, N, H, C, dtype, bias=bias, **OPTION_CASES[options])
+    go = rng.standard_normal(N).astype(dtype) if reduction == "none" else None
+    ours = _ours(case, reduction, go, chunk_bytes=8 * C * np.dtype(dtype).itemsize)
+    check_result(ours, case, reduction, go)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weight", [False, True], ids=["unweighted", "weighted"])
+def test_matches_torch_chunked_path(rng, reduction, weight) -> None:
+    """torch 2.13's own chunked F.linear_cross_entropy (LinearCrossEntropyOptions),
+    in float64, where it applies (index targets, no label smoothing)."""
+    case = make_case(rng, 64, H, C, np.float64, weight=weight, ignore_frac=0.2)
+    x, w, b, t, wt = _tensors(case)
+    ref = F.linear_cross_entropy(
+        x, w, t, linear_bias=b, weight=wt, reduction=reduction,
+        options=nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=16))
+    go = torch.randn(ref.shape, dtype=torch.float64)
+    ref.backward(go)
+    ours = _ours(case, reduction, go.numpy(),
+                 options=nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=16))
+    for got, want in zip(ours, (ref, x.grad, w.grad, b.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_matches_torch_reference_path_k_dimensional(rng, probs) -> None:
+    """F.linear_cross_entropy with a K-dimensional weight (C, d1, d2, H), options=None."""
+    case = make_case(rng, 9, 8, 11, np.float64, out_features=(3, 2), probs=probs,
+                     label_smoothing=0.1)
+    x, w, b, t, _ = _tensors(case)
+    ref = F.linear_cross_entropy(x, w, t, linear_bias=b, label_smoothing=0.1)
+    ref.backward()
+    ours = _ours(case, chunk_bytes=3 * 11 * 6 * 8)
+    for got, want in zip(ours, (ref, x.grad, w.grad, b.grad)):
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision(rng, dtype, reduction) -> None:
+    """Half input: no less accurate than torch's own half computation, and the
+    weight's gradient accumulates in float32 over 64 one-token chunks (a bfloat16
+    accumulation would lose ~2**-9 relative per chunk)."""
+    case = make_case(rng, 64, H, C, np.float64, weight=True, ignore_frac=0.1)
+    case = case._replace(x=case.x.astype(np.float32), w=case.w.astype(np.float32),
+                         b=case.b.astype(np.float32), weight=case.weight.astype(np.float32))
+    # Values representable in the half dtype, so both sides see the same operands.
+    half = {k: torch.from_numpy(getattr(case, k)).to(dtype) for k in ("x", "w", "b", "weight")}
+    case = case._replace(**{k: v.float().numpy() for k, v in half.items()})
+    go = rng.standard_normal(64).astype(np.float32) if reduction == "none" else None
+    ours = _ours(case, reduction, go, dtype=dtype, chunk_bytes=C * 4)
+    ref = torch_reference(case, np.float64, reduction, go)
+    x, w, b, t, wt = _tensors(case, dtype)
+    logits = x @ w.T + b
+    loss = F.cross_entropy(logits, t, weight=wt, reduction=reduction)
+    loss.backward(torch.ones_like(loss) if go is None else torch.from_numpy(go).to(dtype))
+    torch_half = (loss, x.grad, w.grad, b.grad)
+    for k, name in enumerate(("loss", "grad_input", "grad_linear_weight", "grad_linear_bias")):
+        err = np.abs(ours[k] - ref[k]).max()
+        torch_err = np.abs(torch_half[k].detach().double().numpy() - ref[k]).max()
+        ulp = float(torch.finfo(dtype).eps) * np.abs(ref[k]).max()
+        assert err <= max(torch_err, ulp), f"{name}: {err:.3g} vs torch {torch_err:.3g}"
+        if name == "grad_linear_weight":  # one rounding of the float32 sum: <= half an ulp
+            assert err <= 0.5 * ulp + 1e-6 * np.abs(ref[k]).max(), f"{name}: {err:.3g}"
+
+
+def test_half_loss_dtypes(rng) -> None:
+    """bf16 loss and gradients in the operands' dtypes; a float32 loss under autocast."""
+    case = make_case(rng, 8, H, C, np.float32)
+    x, w, b, t, _ = _tensors(case, torch.bfloat16)
+    loss = flt.linear_cross_entropy(x, w, t, linear_bias=b)
+    loss.backward()
+    assert loss.dtype == x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert flt.linear_cross_entropy(x, w, t, linear_bias=b).dtype == torch.float32
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
+def test_gradcheck(rng, reduction, probs) -> None:
+    case = make_case(rng, 6, 4, 7, np.float64, probs=probs, weight=True,
+                     ignore_frac=0.0 if probs else 0.3, label_smoothing=0.1)
+    _, _, _, t, wt = _tensors(case)
+    x, w, b = (torch.tensor(a, requires_grad=True) for a in (case.x, case.w, case.b))
+
+    def fn(x, w, b):
+        return flt.linear_cross_entropy(x, w, t, linear_bias=b, weight=wt, reduction=reduction,
+                                        label_smoothing=0.1, chunk_bytes=2 * 7 * 8)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+
+
+def test_unbatched_input(rng) -> None:
+    case = make_case(rng, 1, H, C, np.float64, batched=False)
+    for reduction in ("mean", "none"):
+        ours = _ours(case, reduction)
+        assert ours[0].shape == () and ours[1].shape == (H,)
+        check_result(ours, case, reduction)
+
+
+def test_all_tokens_ignored_is_nan_as_torch(rng) -> None:
+    case = make_case(rng, N, H, C, np.float64, ignore_frac=1.0)
+    ours = _ours(case, chunk_bytes=1000)
+    assert np.isnan(ours[0])
+    check_result(ours, case)
+
+
+def test_retain_graph_backward_twice(rng) -> None:
+    """Gradients are scaled in place only when the graph is not retained."""
+    case = make_case(rng, N, H, C, np.float64)
+    x, w, b, t, _ = _tensors(case)
+    loss = flt.linear_cross_entropy(x, w, t, linear_bias=b, chunk_bytes=3000) * 3
+    loss.backward(retain_graph=True)
+    first = [a.grad.clone() for a in (x, w, b)]
+    loss.backward()
+    for a, g in zip((x, w, b), first):
+        torch.testing.assert_close(a.grad, 2 * g)
+
+
+def test_only_some_operands_need_grad(rng) -> None:
+    case = make_case(rng, N, H, C, np.float64)
+    x, w, b, t, _ = _tensors(case)
+    w.requires_grad_(False)
+    b.requires_grad_(False)
+    flt.linear_cross_entropy(x, w, t, linear_bias=b, reduction="none").sum().backward()
+    ref = torch_reference(case, np.float64, "none")
+    np.testing.assert_allclose(x.grad.numpy(), ref.grad_x, rtol=1e-10, atol=1e-13)
+    with torch.no_grad():
+        loss = flt.linear_cross_entropy(x, w, t, linear_bias=b)
+    assert loss.grad_fn is None
+    np.testing.assert_allclose(loss.numpy(), torch_reference(case, np.float64).loss, rtol=1e-12)
+
+
+@needs_extras
+@pytest.mark.parametrize("extras", list(EXTRA_CASES))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_llm_options_match_torch_composition(rng, dtype, reduction, extras) -> None:
+    case = make_case(rng, N, H, C, dtype, **OPTION_CASES["ignore-smooth-weight"])
+    go = rng.standard_normal(N).astype(dtype) if reduction == "none" else None
+    ours = _ours(case, reduction, go, chunk_bytes=8 * C * np.dtype(dtype).itemsize,
+                 **EXTRA_CASES[extras])
+    check_result(ours, case, reduction, go, **EXTRA_CASES[extras])
+
+
+@needs_extras
+def test_num_items_in_batch(rng) -> None:
+    case = make_case(rng, N, H, C, np.float64, weight=True, ignore_frac=0.2)
+    for items in (77, torch.tensor(77)):
+        ours = _ours(case, num_items_in_batch=items, chunk_bytes=3000)
+        check_result(ours, case, "mean", None, num_items_in_batch=77)
+
+
+@needs_extras
+def test_fallback_keeps_the_llm_options(rng) -> None:
+    """A target that requires grad takes torch's path (logits materialised, then
+    flt.cross_entropy) with the options intact."""
+    case = make_case(rng, 8, H, C, np.float64, probs=True)
+    x, w, b, t, _ = _tensors(case)
+    t.requires_grad_()
+    extras = EXTRA_CASES["all"]
+    loss = flt.linear_cross_entropy(x, w, t, linear_bias=b, **extras)
+    loss.backward()
+    ref = torch_reference(case, np.float64, "mean", None, **extras)
+    np.testing.assert_allclose(loss.detach().numpy(), ref.loss, rtol=1e-12)
+    for got, want in zip((x.grad, w.grad, b.grad), ref[1:]):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-13)
+    assert t.grad is not None
+
+
+# ------------------------------------------------------------------ the module
+
+
+@pytest.mark.parametrize("out_features", [(), (2, 3)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_module_is_torchs_module(out_features, bias) -> None:
+    """Same parameters as nn.LinearCrossEntropyLoss from the same seed, same
+    outputs and gradients; an instance of torch's class."""
+    kwargs = dict(out_features=out_features, bias=bias, dtype=torch.float64,
+                  weight=torch.rand(11, dtype=torch.float64) + 0.5, label_smoothing=0.05)
+    torch.manual_seed(0)
+    ours = flt.LinearCrossEntropyLoss(8, 11, chunk_bytes=200, **kwargs)
+    torch.manual_seed(0)
+    ref = nn.LinearCrossEntropyLoss(8, 11, **kwargs)
+    assert isinstance(ours, nn.LinearCrossEntropyLoss)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    x = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 11, (10, *out_features))
+    x2 = x.detach().clone().requires_grad_()
+    a, r = ours(x, t), ref(x2, t)
+    a.backward()
+    r.backward()
+    torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-13)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-13)
+    assert "chunk_bytes=200" in repr(ours)
+
+
+# ------------------------------------------------------------------ fallbacks
+
+
+def test_fallbacks_give_torchs_results_and_errors(rng) -> None:
+    case = make_case(rng, 8, H, C, np.float64, probs=True)
+    x, w, b, t, _ = _tensors(case)
+    # A target that requires grad: torch's reference path, with the target's gradient.
+    t.requires_grad_()
+    flt.linear_cross_entropy(x, w, t, linear_bias=b).backward()
+    t2 = t.detach().clone().requires_grad_()
+    F.linear_cross_entropy(x.detach(), w.detach(), t2, linear_bias=b.detach()).backward()
+    torch.testing.assert_close(t.grad, t2.grad)
+    # Bad arguments raise torch's own errors.
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        flt.linear_cross_entropy(x, w, t.detach(), ignore_index=-100)
+    with pytest.raises(RuntimeError, match="in_features"):
+        flt.linear_cross_entropy(x, w[:, :3], t.detach())
+    with pytest.raises(RuntimeError):
+        flt.linear_cross_entropy(x, w.float(), t.detach())
+    with pytest.raises(RuntimeError, match="linear_bias"):
+        flt.linear_cross_entropy(x, w, t.detach(), linear_bias=b[:-1])
+    with pytest.raises(ValueError, match="num_items_in_batch"):
+        flt.linear_cross_entropy(x, w, t.detach(), reduction="sum", num_items_in_batch=3)
+    with pytest.raises(ValueError, match="softcap"):
+        flt.linear_cross_entropy(x, w, t.detach(), softcap=-1.0)
+    # Meta tensors: torch's own shapes.
+    loss = flt.linear_cross_entropy(x.to("meta"), w.to("meta"), t.detach().to("meta"),
+                                    reduction="none")
+    assert loss.shape == (8,) and loss.device.type == "meta"
+
+
+def test_target_out_of_range_raises_index_error(rng) -> None:
+    case = make_case(rng, 8, H, C, np.float64)
+    x, w, b, t, _ = _tensors(case)
+    t[3] = C
+    with pytest.raises(IndexError, match="target"):
+        flt.linear_cross_entropy(x, w, t, linear_bias=b)
+    assert x.grad is None
+
+
+def test_options_batch_chunk_size_sets_the_chunk(monkeypatch, rng) -> None:
+    seen = []
+    run = _linear_ce_chunks.run_chunks
+
+    def spy(plan, *args, **kwargs):
+        seen.append(plan.chunk_tokens)
+        return run(plan, *args, **kwargs)
+
+    monkeypatch.setattr(_linear_ce_chunks, "run_chunks", spy)
+    case = make_case(rng, N, H, C, np.float64)
+    x, w, b, t, _ = _tensors(case)
+    opts = nn.LinearCrossEntropyOptions(chunking_method=None, batch_chunk_size=5)
+    flt.linear_cross_entropy(x, w, t, options=opts).backward()
+    flt.linear_cross_entropy(x, w, t, options=nn.LinearCrossEntropyOptions(), chunk_bytes=C * 8 * 3)
+    flt.linear_cross_entropy(x, w, t)
+    assert seen == [5, 3, N]

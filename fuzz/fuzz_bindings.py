@@ -324,7 +324,8 @@ def _decode_gan(r: Reader, fn: str) -> Case:
     """real_logits / fake_logits of any shapes and dtypes (often different), a kind
     (sometimes unknown) and, for _and_grad, grad_output, out_real / out_fake / out, inplace."""
     base = fn.removesuffix("_and_grad")
-    kinds = list(GAN_DISCRIMINATOR_KINDS if base == "gan_discriminator_loss" else GAN_GENERATOR_KINDS)
+    discriminator = base == "gan_discriminator_loss"
+    kinds = list(GAN_DISCRIMINATOR_KINDS if discriminator else GAN_GENERATOR_KINDS)
     arrays = []
     for _ in GAN_ARGS[base]:
         if r.chance(12):
@@ -347,7 +348,7 @@ def _decode_gan(r: Reader, fn: str) -> Case:
             kwargs["grad_output"] = make_array(r, (), r.pick(["float32", "float64"]))
         elif g == 3:
             kwargs["grad_output"] = r.pick(["1", True, [1.0], np.array(1j), np.ones(2)])
-        outs = ["out_real", "out_fake"] if base == "gan_discriminator_loss" else ["out"]
+        outs = ["out_real", "out_fake"] if discriminator else ["out"]
         for name, x in zip(outs, arrays):
             if isinstance(x, np.ndarray) and r.chance(60):
                 kwargs[name] = _gan_out(r, x, [a for a in arrays if a is not x])
@@ -770,7 +771,8 @@ def _check_gan_result(case: Case, result: Any) -> None:
     loss, grads = (result[0], result[1:]) if case.fn.endswith("_and_grad") else (result, ())
     if not isinstance(loss, np.generic) or loss.dtype != np.result_type(*native):
         raise Finding(f"loss: {type(loss)} {getattr(loss, 'dtype', '')} in {case.describe()}")
-    outs = [case.kwargs.get(k) for k in (("out",) if len(arrays) == 1 else ("out_real", "out_fake"))]
+    out_names = ("out",) if len(arrays) == 1 else ("out_real", "out_fake")
+    outs = [case.kwargs.get(k) for k in out_names]
     for grad, a, dtype, out, arg in zip(grads, arrays, native, outs, case.args):
         if not isinstance(grad, np.ndarray) or grad.dtype != dtype or grad.shape != a.shape:
             raise Finding(f"grad: {getattr(grad, 'dtype', type(grad))} in {case.describe()}")

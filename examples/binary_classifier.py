@@ -21,7 +21,8 @@ import fusedloss as fl
 from numpy_mlp import MLP, Adam
 
 
-def two_moons(rng: np.random.Generator, n: int, noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def two_moons(rng: np.random.Generator, n: int,
+              noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """n points on two interleaved half circles (label 0: upper, 1: lower), with noise."""
     label = rng.integers(0, 2, n)
     angle = rng.uniform(0, np.pi, n)

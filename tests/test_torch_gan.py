@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
 
 import fusedloss.torch as flt  # noqa: E402
 from fusedloss import _torch_elementwise  # noqa: E402

@@ -26,12 +26,10 @@ from torch.overrides import has_torch_function_unary
 from . import _torch_elementwise as _ew
 from ._gan import _kind
 from ._losses import GAN_DISCRIMINATOR_KINDS, GAN_GENERATOR_KINDS, GanTerm
-from ._torch_ops import MEAN, SUPPORTED_DTYPES
+from ._torch_ops import MEAN, SUPPORTED_DTYPES, functorch_active
 from ._torchscript import torch_twin
 
 __all__ = ["gan_discriminator_loss", "gan_generator_loss"]
-
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 # Each kernel op of the GAN objective in torch ops, for target t in the terms' values.
 _TORCH_OPS = {
@@ -56,7 +54,7 @@ def _fusable(x: Tensor) -> bool:
         and x.is_cpu
         and x.numel() > 0
         and not has_torch_function_unary(x)
-        and not _functorch_active()
+        and not functorch_active()
     )
 
 

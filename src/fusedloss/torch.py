@@ -52,7 +52,7 @@ from torch.overrides import has_torch_function_variadic
 
 from . import _torch_ce_options as _options
 from . import _torch_ops as _ops
-from ._torch_kl import kl_div_with_logits
+from ._torch_kl import KLDivWithLogitsLoss, kl_div_with_logits
 from ._torch_losses import (  # the elementwise losses
     BCELoss,
     BCEWithLogitsLoss,
@@ -71,7 +71,13 @@ from ._torch_losses import (  # the elementwise losses
 )
 from ._torch_losses import __all__ as _elementwise_all
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "kl_div_with_logits", *_elementwise_all]
+__all__ = [
+    "CrossEntropyLoss",
+    "KLDivWithLogitsLoss",
+    "cross_entropy",
+    "kl_div_with_logits",
+    *_elementwise_all,
+]
 
 _REDUCTIONS = {"none": _ops.NONE, "mean": _ops.MEAN, "sum": _ops.SUM}
 _DTYPES = _ops.SUPPORTED_DTYPES

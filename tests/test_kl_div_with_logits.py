@@ -247,6 +247,13 @@ def test_torch_gradcheck(reduction, shape):
     assert torch.autograd.gradcheck(lambda x: flt.kl_div_with_logits(x, t, 1.7, reduction), (x,))
 
 
+def test_torch_module():
+    x, t = torch_pair((4, 9), torch.float64)
+    crit = flt.KLDivWithLogitsLoss(temperature=2.0, reduction="sum")
+    assert "temperature=2.0" in repr(crit)
+    torch.testing.assert_close(crit(x, t), kl_reference(x, t, 2.0, "sum"))
+
+
 def test_torch_target_is_a_constant():
     x, t = torch_pair((4, 9), torch.float32)
     t.requires_grad_(True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.overrides import has_torch_function_variadic
 
 from . import _core
@@ -185,3 +185,19 @@ def kl_div_with_logits(
     if not (torch.is_grad_enabled() and input.requires_grad):
         return kl_kernel(input, target, temperature, code, None, autocast)
     return _apply(input, target, temperature, code, autocast)
+
+
+class KLDivWithLogitsLoss(nn.Module):
+    """The module of :func:`kl_div_with_logits`: ``KLDivWithLogitsLoss(temperature=2.0)
+    (student_logits, teacher_logits)``."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "batchmean") -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return kl_div_with_logits(input, target, self.temperature, self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature!r}, reduction={self.reduction!r}"

@@ -54,7 +54,7 @@ from torch.overrides import has_torch_function_variadic
 from . import _torch_ce_options as _options
 from . import _torch_ops as _ops
 from ._torchscript import RefusesTorchScript, torch_twin
-from ._torch_kl import kl_div_with_logits
+from ._torch_kl import KLDivWithLogitsLoss, kl_div_with_logits
 from ._torch_losses import (  # the elementwise losses
     BCELoss,
     BCEWithLogitsLoss,
@@ -77,7 +77,7 @@ from ._torch_class_losses import __all__ as _class_all
 from ._torch_gan import gan_discriminator_loss, gan_generator_loss  # the GAN objective
 from ._torch_linear_ce import LinearCrossEntropyLoss, linear_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy",
+__all__ = ["CrossEntropyLoss", "KLDivWithLogitsLoss", "LinearCrossEntropyLoss", "cross_entropy",
            "gan_discriminator_loss", "gan_generator_loss", "kl_div_with_logits",
            "linear_cross_entropy", *_elementwise_all, *_class_all]
 

@@ -24,6 +24,7 @@ from torch.overrides import has_torch_function_variadic
 from . import _core
 from . import _torch_ops as _ops
 from ._torch_losses import _legacy  # deprecated size_average / reduce -> reduction
+from ._torchscript import RefusesTorchScript, torch_twin
 
 __all__ = ["MultiMarginLoss", "NLLLoss", "multi_margin_loss", "nll_loss"]
 
@@ -233,6 +234,7 @@ def _fused(kernel, op, input, target, weight, code, options, autocast, torch_fn)
         return torch_fn()
 
 
+@torch_twin(F.nll_loss)
 def nll_loss(
     input: Tensor,
     target: Tensor,
@@ -270,6 +272,7 @@ def nll_loss(
     )
 
 
+@torch_twin(F.multi_margin_loss)
 def multi_margin_loss(
     input: Tensor,
     target: Tensor,
@@ -312,7 +315,7 @@ def multi_margin_loss(
     )
 
 
-class NLLLoss(nn.NLLLoss):
+class NLLLoss(RefusesTorchScript, nn.NLLLoss):
     """Drop-in for :class:`torch.nn.NLLLoss` computed by :func:`fusedloss.torch.nll_loss`
     (same constructor, deprecated ``size_average``/``reduce`` included)."""
 
@@ -323,7 +326,7 @@ class NLLLoss(nn.NLLLoss):
         )
 
 
-class MultiMarginLoss(nn.MultiMarginLoss):
+class MultiMarginLoss(RefusesTorchScript, nn.MultiMarginLoss):
     """Drop-in for :class:`torch.nn.MultiMarginLoss` computed by
     :func:`fusedloss.torch.multi_margin_loss` (same constructor)."""
 

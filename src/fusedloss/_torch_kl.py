@@ -17,6 +17,7 @@ from . import _core
 from . import _torch_ops as _ops
 from . import _validate as v
 from . import torch as _flt  # imports this module first: used at call time only
+from ._torchscript import RefusesTorchScript, torch_twin
 
 _REDUCTIONS = {"none": _ops.NONE, "batchmean": _ops.MEAN, "mean": _ops.MEAN, "sum": _ops.SUM}
 
@@ -126,6 +127,7 @@ def _composed(input: Tensor, target: Tensor, temperature: float, reduction: str)
     return total if reduction == "sum" else total / rows
 
 
+@torch_twin(None)
 def kl_div_with_logits(
     input: Tensor, target: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
 ) -> Tensor:
@@ -187,7 +189,7 @@ def kl_div_with_logits(
     return _apply(input, target, temperature, code, autocast)
 
 
-class KLDivWithLogitsLoss(nn.Module):
+class KLDivWithLogitsLoss(RefusesTorchScript, nn.Module):
     """The module of :func:`kl_div_with_logits`: ``KLDivWithLogitsLoss(temperature=2.0)
     (student_logits, teacher_logits)``."""
 

@@ -153,6 +153,36 @@ def regression_inputs(
     return np.asarray(values).astype(dtype)
 
 
+def elementwise_values(
+    kind: str, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any
+) -> np.ndarray:
+    """Values an elementwise loss takes for ``kind`` (``_losses.ElementwiseLoss.input_kind`` /
+    ``target_kind``): probabilities include the edges 0, 1 and 0.5, where the logs clamp
+    and ``xlogy(0, 0) = 0``."""
+    if kind == "real":
+        a = rng.standard_normal(shape) * 2
+    elif kind == "probability":
+        a = rng.uniform(0, 1, shape)
+        if a.size > 2:
+            a.reshape(-1)[:3] = [0.0, 1.0, 0.5]
+    elif kind == "binary":
+        a = rng.integers(0, 2, shape).astype(np.float64)
+    elif kind == "log_probability":
+        a = np.log(rng.uniform(1e-3, 1, shape))
+    else:
+        raise ValueError(f"unknown value kind {kind!r}")
+    return np.asarray(a, dtype=dtype)
+
+
+def option_sets(loss: Any) -> list[dict[str, Any]]:
+    """An elementwise loss's option sets: torch's defaults, then each sample value
+    of each option (``_losses.ElementwiseLoss.options``) on its own."""
+    sets: list[dict[str, Any]] = [{}]
+    for key, values in loss.options.items():
+        sets += [{key: value} for value in values[1:]]
+    return sets
+
+
 def upstream_gradient(
     rng: np.random.Generator, loss_shape: tuple[int, ...], dtype: Any, reduction: str
 ) -> np.ndarray:

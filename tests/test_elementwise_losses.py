@@ -21,25 +21,11 @@ from hypothesis import strategies as st
 import fusedloss as fl
 from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
-from conftest import REAL_DTYPES, check_against_torch, forced_capability
+from conftest import REAL_DTYPES, check_against_torch, forced_capability, option_sets
+from conftest import elementwise_values as make
 
 LOSS_IDS = [loss.name for loss in ELEMENTWISE_LOSSES]
 SHAPES = [(), (1,), (7,), (97,), (5, 33), (3, 4, 5), (2, 3, 4, 9), (300, 41)]
-
-
-def make(kind: str, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """Values a loss takes for `kind` (_losses.ElementwiseLoss.input_kind / target_kind)."""
-    if kind == "real":
-        a = rng.standard_normal(shape) * 2
-    elif kind == "probability":
-        a = rng.uniform(0, 1, shape)
-        if a.size > 2:  # the edges, where the logs clamp and xlogy(0, 0) = 0
-            a.reshape(-1)[:3] = [0.0, 1.0, 0.5]
-    elif kind == "binary":
-        a = rng.integers(0, 2, shape).astype(np.float64)
-    else:  # log_probability
-        a = np.log(rng.uniform(1e-3, 1, shape))
-    return np.asarray(a, dtype=dtype)
 
 
 def torch_fn(loss: ElementwiseLoss, **options: Any):
@@ -54,14 +40,6 @@ def torch_fn(loss: ElementwiseLoss, **options: Any):
             return fn(x, t, **kwargs, **opts)
 
     return call
-
-
-def option_sets(loss: ElementwiseLoss) -> list[dict[str, Any]]:
-    """torch's defaults, then each sample value of each option on its own."""
-    sets: list[dict[str, Any]] = [{}]
-    for key, values in loss.options.items():
-        sets += [{key: value} for value in values[1:]]
-    return sets
 
 
 def run(loss: ElementwiseLoss, x, t, reduction, options, grad_output=None, **call_kwargs):

@@ -100,17 +100,21 @@ struct SmoothL1Op : OpDefaults {
 };
 
 // -(t log x + (1 - t) log(1 - x)), each log clamped at -100 (aten's
-// binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12).
+// binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12f). The
+// target gradient is -logit(x) with unclamped logs, as torch's
+// (binary_cross_entropy_target_backward): +inf at x = 0, -inf at x = 1.
 // Input and target must lie in [0, 1] (NaN does not), as torch checks.
 struct BceOp : OpDefaults {
   static constexpr bool kChecksDomain = true;
   template <class V> static auto out_of_domain(V v) { return nge(v, V::set1(0)) | gt(v, V::set1(1)); }
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V lo = V::set1(-100);
-    const V log_x = vmax(vlog(x), lo), log_1mx = vmax(vlog1p(V::set1(0) - x), lo);
+    const V ln_x = vlog(x), ln_1mx = vlog1p(V::set1(0) - x);
+    const V log_x = vmax(ln_x, lo), log_1mx = vmax(ln_1mx, lo);
     const V loss = (t - V::set1(1)) * log_1mx - t * log_x;
-    const V gx = (x - t) / vmax((V::set1(1) - x) * x, V::set1(static_cast<typename V::T>(1e-12)));
-    return {loss, gx, log_1mx - log_x};
+    // torch's EPSILON is the float 1e-12f in every dtype (aten/src/ATen/native/Loss.cpp).
+    const V gx = (x - t) / vmax((V::set1(1) - x) * x, V::set1(static_cast<typename V::T>(1e-12f)));
+    return {loss, gx, ln_1mx - ln_x};
   }
 };
 

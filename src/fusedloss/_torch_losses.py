@@ -233,6 +233,8 @@ def kl_div(
     ``reduction="batchmean"`` divides by ``input.size(0)``; torch's warning for
     ``"mean"`` included)."""
     if size_average is not None or reduce is not None:
+        if reduction == "batchmean":  # torch divides the legacy reduction by the batch size too
+            return F.kl_div(input, target, size_average, reduce, reduction, log_target)
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     elif reduction == "mean":
         warnings.warn(

@@ -68,7 +68,8 @@ struct CrossEntropyResult {
   X(KlDiv, KlDivOp, "kl_div")                                         \
   X(KlDivLogTarget, KlDivLogTargetOp, "kl_div_log_target")            \
   X(Hinge, HingeOp, "hinge")                                          \
-  X(Linear, LinearOp, "linear")
+  X(Linear, LinearOp, "linear")                                       \
+  X(BceWithLogitsPosWeight, BceWithLogitsPosWeightOp, "binary_cross_entropy_with_logits_pos_weight")
 
 enum class ElementwiseOp : int {
 #define FUSEDLOSS_ENUM_ENTRY(name, op, py) name,

@@ -22,6 +22,7 @@ from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
 from . import _torch_elementwise as _ew
+from ._elementwise import bce_with_logits_op
 from ._torch_ops import MEAN, NONE, SUM, SUPPORTED_DTYPES
 
 __all__ = [
@@ -217,7 +218,7 @@ def binary_cross_entropy_with_logits(
             input, target, weight, reduction=reduction, pos_weight=pos_weight
         )
 
-    return _fused("binary_cross_entropy_with_logits", fallback, input, target, reduction,
+    return _fused(bce_with_logits_op(pos_weight), fallback, input, target, reduction,
                   weight=weight, pos_weight=pos_weight)
 
 

@@ -9,7 +9,7 @@ The reference is torch itself, never fusedloss. Tolerances:
   (conftest.assert_matches: the same float64 formulas, a few ULP apart);
 * float32: no less accurate than torch's float32 against torch float64 on the same
   values: ``max|ours - ref| <= max(2 * max|torch32 - ref|, 4 eps32 max|ref|)``
-  (conftest.assert_matches);
+  (conftest.assert_matches), NaN and inf where torch's float32 has them;
 * float16 / bfloat16: against torch computing in float32 on the same (exactly
   widened) values, the result cast to the half type: ``rtol = 2 eps`` and
   ``atol = 2 eps * max|ref|`` (eps = 2**-10 / 2**-7). Both round a float32 result
@@ -107,19 +107,32 @@ def assert_like_torch(ours, ref, low, dtype, what):
         name = f"{what}: " + ("loss" if k == 0 else f"gradient {k}")
         assert a.dtype == dtype, f"{name}: dtype {a.dtype}, expected {dtype}"
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != torch {tuple(b.shape)}"
+        if dtype is torch.float32 and low is not None:
+            # NaN / inf where torch float32 has them (it overflows where float64 does not)
+            own = low[k].double()
+            _same_specials(a.double(), own, name)
+            finite = own.isfinite()
+            a, b, low_k = a[finite], b[finite], own[finite]
+            assert_matches(a.numpy(), b.double().numpy(), low_k.numpy(), np.float32, name)
+            continue
         if dtype in NP_DTYPE:
             assert_matches(a.numpy(), b.double().numpy(),
                            None if low is None else low[k].double().numpy(), NP_DTYPE[dtype], name)
             continue
         a, b = a.double(), b.to(dtype).double()  # torch float32, rounded as it would return it
-        assert torch.equal(a.isnan(), b.isnan()), f"{name}: NaN positions differ"
-        assert torch.equal(a.isinf(), b.isinf()), f"{name}: inf positions differ"
-        assert torch.equal(a[a.isinf()], b[b.isinf()]), f"{name}: inf signs differ"
+        _same_specials(a, b, name)
         finite = b.isfinite()
         eps = torch.finfo(dtype).eps
         scale = float(b[finite].abs().max()) if finite.any() else 0.0
         torch.testing.assert_close(a[finite], b[finite], rtol=2 * eps, atol=2 * eps * scale,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+def _same_specials(a, b, name):
+    """NaN and +-inf at the same positions, with the same signs."""
+    assert torch.equal(a.isnan(), b.isnan()), f"{name}: NaN positions differ {a} {b}"
+    assert torch.equal(a.isinf(), b.isinf()), f"{name}: inf positions differ {a} {b}"
+    assert torch.equal(a[a.isinf()], b[b.isinf()]), f"{name}: inf signs differ"
 
 
 def check_against_torch(loss, x, t, dtype, wrt=("input", "target"), **kwargs):
@@ -199,6 +212,22 @@ def test_torch_func_transforms_give_torch_results(loss):
     ours = torch.func.vmap(lambda a, b: _quiet(getattr(flt, loss.name), a, b))(x, t)
     theirs = torch.func.vmap(lambda a, b: _quiet(getattr(F, loss.name), a, b))(x, t)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_nan_and_inf_like_torch(loss, dtype):
+    """NaN and +-inf in input and target (each against finite values and each other):
+    loss and both gradients have NaN / inf where torch has them (BCE refuses them,
+    tested below)."""
+    if loss.name == "binary_cross_entropy":
+        return
+    special = [float("nan"), float("inf"), -float("inf"), 0.0, 1.0, -1e30]
+    pairs = torch.tensor(list(itertools.product(special, special)), dtype=torch.float64)
+    for options in option_sets(loss):
+        for reduction in ("none", "sum"):
+            check_against_torch(loss, pairs[:, 0], pairs[:, 1], dtype, reduction=reduction,
+                                **options)
 
 
 def _factor_cases():

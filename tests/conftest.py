@@ -25,6 +25,11 @@ Tolerances (applied by :func:`assert_matches`):
   confident row: loss = log(1 + 1e-9), gradient p_target - 1) comes from cancellation,
   in torch as in any implementation, with an absolute error of a few ULP of that
   order-1 scale, not of the tiny result.
+* BCE-with-logits' gradient, likewise: w (L sigmoid(x) - p t) g / n is a difference of
+  two terms, each as large as the gradient at target 0 or 1; where they nearly cancel,
+  torch's float32 is no better than a few ULP of them either, so "magnitude" is at least
+  that of the reference at those targets (one element where torch happens to round
+  well must not set the bound).
 
 NaN and +-inf must appear at exactly the positions (and with the sign) torch gives.
 """
@@ -32,6 +37,8 @@ NaN and +-inf must appear at exactly the positions (and with the sign) torch giv
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 import zlib
 from typing import Any, Callable, Iterator, NamedTuple
 
@@ -42,16 +49,19 @@ import torch.nn.functional as F
 
 import fusedloss as fl
 from fusedloss import _core
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
 CAPABILITIES: list[str] = list(_core.supported_capabilities())
 REDUCTIONS = ("none", "mean", "sum")
 REAL_DTYPES = (np.float32, np.float64)
 COMPLEX_DTYPES = (np.complex64, np.complex128)
-# (function name, input dtype) for the elementwise losses: MSE is real only, L1 also complex.
-REGRESSION_LOSSES = [("mse_loss", d) for d in REAL_DTYPES] + [
-    ("l1_loss", d) for d in REAL_DTYPES + COMPLEX_DTYPES
+# (loss, input dtype) for the elementwise losses (fusedloss/_losses.py): every one in
+# the real dtypes, the complex ones too where the loss takes them (L1).
+ELEMENTWISE_CASES: list[tuple[ElementwiseLoss, Any]] = [
+    (loss, d) for loss in ELEMENTWISE_LOSSES
+    for d in REAL_DTYPES + (COMPLEX_DTYPES if loss.complex_input else ())
 ]
-REGRESSION_IDS = [f"{name}-{np.dtype(d).name}" for name, d in REGRESSION_LOSSES]
+ELEMENTWISE_IDS = [f"{loss.name}-{np.dtype(d).name}" for loss, d in ELEMENTWISE_CASES]
 
 F32_EPS = float(np.finfo(np.float32).eps)
 F64_RTOL = 1e-10
@@ -153,6 +163,49 @@ def regression_inputs(
     return np.asarray(values).astype(dtype)
 
 
+def elementwise_values(
+    kind: str, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, scale: float = 2.0
+) -> np.ndarray:
+    """Values an elementwise loss takes for ``kind`` (``_losses.ElementwiseLoss.input_kind`` /
+    ``target_kind``): real ones normal times ``scale``; probabilities include the edges 0,
+    1 and 0.5, where the logs clamp and ``xlogy(0, 0) = 0``."""
+    if kind == "real":
+        a = rng.standard_normal(shape) * scale
+    elif kind == "probability":
+        a = rng.uniform(0, 1, shape)
+        if a.size > 2:
+            a.reshape(-1)[:3] = [0.0, 1.0, 0.5]
+    elif kind == "binary":
+        a = rng.integers(0, 2, shape).astype(np.float64)
+    elif kind == "log_probability":
+        a = np.log(rng.uniform(1e-3, 1, shape))
+    else:
+        raise ValueError(f"unknown value kind {kind!r}")
+    return np.asarray(a, dtype=dtype)
+
+
+def option_sets(loss: Any) -> list[dict[str, Any]]:
+    """An elementwise loss's option sets: torch's defaults, then each sample value
+    of each option (``_losses.ElementwiseLoss.options``) on its own."""
+    sets: list[dict[str, Any]] = [{}]
+    for key, values in loss.options.items():
+        sets += [{key: value} for value in values[1:]]
+    return sets
+
+
+def elementwise_inputs(
+    loss: ElementwiseLoss, rng: np.random.Generator, shape: tuple[int, ...], dtype: Any,
+    scale: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(input, target) for ``loss``: values of its kinds, or normal real and imaginary
+    parts times ``scale`` for complex dtypes."""
+    if np.issubdtype(dtype, np.complexfloating):
+        return regression_inputs(rng, shape, dtype, scale), regression_inputs(rng, shape, dtype,
+                                                                              scale)
+    return (elementwise_values(loss.input_kind, rng, shape, dtype, scale),
+            elementwise_values(loss.target_kind, rng, shape, dtype, scale))
+
+
 def upstream_gradient(
     rng: np.random.Generator, loss_shape: tuple[int, ...], dtype: Any, reduction: str
 ) -> np.ndarray:
@@ -189,12 +242,14 @@ def torch_loss_and_grad(
     **kwargs: Any,
 ) -> Reference:
     """torch's loss and d(sum(grad_output * loss))/d(input), computed at ``compute_dtype``
-    (e.g. float64, or float32 to measure torch's own float32 error) and returned widened."""
+    (e.g. float64, or float32 to measure torch's own float32 error) and returned widened.
+    Array options (``weight``, ``pos_weight``) become tensors of the loss's dtype."""
     compute_dtype = np.dtype(compute_dtype)
     loss_real = real_dtype(compute_dtype)
     xt = _to_torch(x, compute_dtype).requires_grad_(True)
     tt = _to_torch(target, compute_dtype)
-    extra = dict(kwargs)
+    extra = {k: _to_torch(v, loss_real) if isinstance(v, np.ndarray) else v
+             for k, v in kwargs.items()}
     if weight is not None:
         extra["weight"] = _to_torch(weight, loss_real)
     loss = loss_fn(xt, tt, **extra)
@@ -298,6 +353,9 @@ def check_against_torch(
     loss_scale = grad_scale = 0.0
     if loss_fn is F.cross_entropy:
         loss_scale, grad_scale = cross_entropy_scales(x, target, **kwargs)
+    elif getattr(loss_fn, "__name__", None) == "binary_cross_entropy_with_logits":
+        grad_scale = max(_scales(loss_fn, x, np.full_like(target, t), **kwargs)[1]
+                         for t in (0.0, 1.0))
     reduction = kwargs.get("reduction", "mean")
     assert_loss_type(loss, x.dtype, reduction, wide.loss.shape)
     assert_matches(
@@ -315,12 +373,31 @@ def check_against_torch(
 
 def cross_entropy_scales(x: np.ndarray, target: np.ndarray, **kwargs: Any) -> tuple[float, float]:
     """Magnitudes of the float64 loss and gradient at all-zero logits (see module doc)."""
-    at_zero = torch_loss_and_grad(
-        F.cross_entropy, np.zeros(x.shape), target, compute_dtype=np.float64, **kwargs
-    )
+    return _scales(F.cross_entropy, np.zeros(x.shape), target, **kwargs)
+
+
+def _scales(loss_fn: Callable[..., torch.Tensor], x: np.ndarray, target: np.ndarray,
+            **kwargs: Any) -> tuple[float, float]:
+    """Magnitudes of the float64 reference's loss and gradient."""
+    at = torch_loss_and_grad(loss_fn, x, target, compute_dtype=_WIDE[x.dtype], **kwargs)
     return tuple(  # type: ignore[return-value]
-        float(np.max(np.abs(a), initial=0.0, where=np.isfinite(a))) for a in at_zero
+        float(np.max(np.abs(a), initial=0.0, where=np.isfinite(a))) for a in at
     )
 
 
-TORCH_FN = {"cross_entropy": F.cross_entropy, "mse_loss": F.mse_loss, "l1_loss": F.l1_loss}
+def _without_warnings(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """torch's function, its warnings silenced: a reference says nothing (kl_div's note on
+    reduction="mean" is tested in test_torch_elementwise.py)."""
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(*args, **kwargs)
+    return call
+
+
+# The reference function for each loss's name.
+TORCH_FN: dict[str, Callable[..., torch.Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    **{loss.name: _without_warnings(getattr(F, loss.name)) for loss in ELEMENTWISE_LOSSES},
+}

@@ -9,6 +9,7 @@ failing ``inplace=True`` call. ``test_count`` prints how many bad inputs are tri
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 
 import fusedloss as fl
+from conftest import elementwise_inputs
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
 # --------------------------------------------------------------------------- cases
 
@@ -44,6 +47,12 @@ def _targets(n: int = 4, classes: int = 5) -> np.ndarray:
     return (np.arange(n) % classes).astype(np.int64)
 
 
+def _operands(loss: ElementwiseLoss, shape: tuple[int, ...] = (3, 4),
+              dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Valid input and target for an elementwise loss (values of its kinds)."""
+    return elementwise_inputs(loss, _rng(), shape, dtype)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
@@ -69,16 +78,15 @@ def _not_arrays() -> dict[str, Any]:
 
 
 CE_FNS = {"cross_entropy": fl.cross_entropy, "cross_entropy_and_grad": fl.cross_entropy_and_grad}
-REG_FNS = {
-    "mse_loss": fl.mse_loss,
-    "mse_loss_and_grad": fl.mse_loss_and_grad,
-    "l1_loss": fl.l1_loss,
-    "l1_loss_and_grad": fl.l1_loss_and_grad,
+# The elementwise losses (fusedloss/_losses.py): name -> (function, loss).
+ELEMENTWISE_FNS = {
+    name: (getattr(fl, name), loss)
+    for loss in ELEMENTWISE_LOSSES
+    for name in (loss.name, f"{loss.name}_and_grad")
 }
 GRAD_FNS = {
     "cross_entropy_and_grad": fl.cross_entropy_and_grad,
-    "mse_loss_and_grad": fl.mse_loss_and_grad,
-    "l1_loss_and_grad": fl.l1_loss_and_grad,
+    **{name: fn for name, (fn, _) in ELEMENTWISE_FNS.items() if name.endswith("_and_grad")},
 }
 
 
@@ -192,38 +200,74 @@ def _ce_cases() -> list[Bad]:
     return cases
 
 
-def _regression_cases() -> list[Bad]:
+def _elementwise_cases() -> list[Bad]:
     cases: list[Bad] = []
-    for name, fn in REG_FNS.items():
+    for name, (fn, loss) in ELEMENTWISE_FNS.items():
         add = _adder(cases, fn, name)
 
-        x = _logits((3, 4))
+        def ok(shape: tuple[int, ...] = (3, 4), loss: ElementwiseLoss = loss) -> np.ndarray:
+            return _operands(loss, shape)[0]
+
+        def ok_target(shape: tuple[int, ...] = (3, 4), loss: ElementwiseLoss = loss) -> np.ndarray:
+            return _operands(loss, shape)[1]
+
         for what, bad in _not_arrays().items():
-            add((bad, x), {}, TypeError, "input", f"not-array-{what}")
-            add((_logits((3, 4)), bad), {}, TypeError, "target", f"not-array-{what}")
+            add((bad, ok_target()), {}, TypeError, "input", f"not-array-{what}")
+            add((ok(), bad), {}, TypeError, "target", f"not-array-{what}")
         for what, bad in _wrong_dtype_arrays((3, 4)).items():
-            add((bad, _logits((3, 4))), {}, TypeError, "input", f"dtype-{what}")
+            add((bad, ok_target()), {}, TypeError, "input", f"dtype-{what}")
             if what not in ("int64", "int32"):  # integer targets are converted, as torch does
-                add((_logits((3, 4)), bad), {}, TypeError, "target", f"dtype-{what}")
-        if name.startswith("mse"):
-            add((_logits((3, 4)).astype(np.complex64), _logits((3, 4)).astype(np.complex64)), {},
+                add((ok(), bad), {}, TypeError, "target", f"dtype-{what}")
+        if not loss.complex_input:
+            add((ok().astype(np.complex64), ok_target().astype(np.complex64)), {},
                 TypeError, "input", "dtype-complex")
-        add((_logits((3, 4)), _logits((3, 4)).astype(np.complex64)), {}, TypeError, "target",
+        add((ok(), ok_target().astype(np.complex64)), {}, TypeError, "target",
             "complex-target-real-input")
-        add((_logits((3, 4)), _logits((4, 3))), {}, ValueError, "target", "shape-transposed")
-        add((_logits((3, 4)), _logits((4,))), {}, ValueError, "target", "shape-broadcastable")
-        add((_logits((3, 4)), _logits((1, 3, 4))), {}, ValueError, "target", "shape-extra-dim")
-        add((_logits((3, 4)), np.zeros((), np.float32)), {}, ValueError, "target", "shape-0d")
+        add((ok(), ok_target((4, 3))), {}, ValueError, "target", "shape-transposed")
+        add((ok(), ok_target((4,))), {}, ValueError, "target", "shape-broadcastable")
+        add((ok(), ok_target((1, 3, 4))), {}, ValueError, "target", "shape-extra-dim")
+        add((ok(), np.zeros((), np.float32)), {}, ValueError, "target", "shape-0d")
         add((np.zeros((0, 4), np.float32), np.zeros((4, 0), np.float32)), {}, ValueError,
             "target", "shape-empty")
-        for bad in ("avg", "MEAN", "", None, 1, b"sum"):
-            add((_logits((3, 4)), _logits((3, 4))), {"reduction": bad}, ValueError, "reduction",
-                repr(bad))
+        bad_reductions: list[Any] = ["avg", "MEAN", "", None, 1, b"sum"]
+        bad_reductions += [r for r in ("batchmean",) if r not in loss.reductions]
+        for bad in bad_reductions:
+            add((ok(), ok_target()), {"reduction": bad}, ValueError, "reduction", repr(bad))
+        for key, values in loss.options.items():
+            for what, (bad, error) in _bad_option_values(values).items():
+                add((ok(), ok_target()), {key: bad}, error, key, what)
+        params = inspect.signature(fn).parameters
+        for key in ("weight", "pos_weight"):
+            if key not in params:
+                continue
+            for what, bad in {"list": [[1.0] * 4] * 3, "str": "1", "bool": np.ones((3, 4), bool),
+                              "complex": np.ones((3, 4), np.complex64)}.items():
+                add((ok(), ok_target()), {key: bad}, TypeError, key, what)
+            for shape in ((5,), (2, 4, 4), (3, 1, 4, 1)):
+                add((ok(), ok_target()), {key: np.ones(shape, np.float32)}, ValueError, key,
+                    f"shape-{shape}")
     return cases
 
 
+def _bad_option_values(values: tuple[Any, ...]) -> dict[str, tuple[Any, type[Exception]]]:
+    """Bad values for an option whose valid sample values are ``values`` (the first is
+    torch's default): the wrong type, and for a number: negative, zero (unless a sample
+    value), NaN and infinite."""
+    if isinstance(values[0], bool):
+        return {"int": (1, TypeError), "str": ("True", TypeError), "None": (None, TypeError)}
+    bad: dict[str, tuple[Any, type[Exception]]] = {
+        "str": ("1", TypeError), "None": (None, TypeError), "list": ([1.0], TypeError),
+        "bool": (True, TypeError),
+        "negative": (-0.5, ValueError), "nan": (float("nan"), ValueError),
+        "inf": (float("inf"), ValueError),
+    }
+    if 0.0 not in values:
+        bad["zero"] = (0.0, ValueError)
+    return bad
+
+
 def _grad_cases() -> list[Bad]:
-    """grad_output, out and inplace of the three *_and_grad functions."""
+    """grad_output, out and inplace of every *_and_grad function."""
     cases: list[Bad] = []
     for name, fn in GRAD_FNS.items():
         add = _adder(cases, fn, name)
@@ -231,10 +275,9 @@ def _grad_cases() -> list[Bad]:
         ce = name.startswith("cross")
 
         def operands(shape: tuple[int, ...] = (4, 5), dtype: Any = np.float32) -> tuple[Any, Any]:
-            x = _logits(shape, dtype)
             if ce:
-                return x, _targets(shape[0], shape[1])
-            return x, _logits(shape, dtype) + np.asarray(1, dtype)
+                return _logits(shape, dtype), _targets(shape[0], shape[1])
+            return _operands(ELEMENTWISE_FNS[name][1], shape, dtype)
 
         loss_shape = (4,) if ce else (4, 5)
         # grad_output, scalar reductions
@@ -338,7 +381,7 @@ def _thread_cases() -> list[Bad]:
     return cases
 
 
-CASES: list[Bad] = _ce_cases() + _regression_cases() + _grad_cases() + _thread_cases()
+CASES: list[Bad] = _ce_cases() + _elementwise_cases() + _grad_cases() + _thread_cases()
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
 
 
@@ -413,7 +456,7 @@ def test_count(capsys: pytest.CaptureFixture[str]) -> None:
     per_fn: dict[str, int] = {}
     for c in CASES:
         per_fn[c.fn.__name__] = per_fn.get(c.fn.__name__, 0) + 1
-    assert set(per_fn) == {*CE_FNS, *REG_FNS, "set_num_threads"}
+    assert set(per_fn) == {*CE_FNS, *ELEMENTWISE_FNS, "set_num_threads"}
     with capsys.disabled():
         print(f"\n[test_bad_input] {len(CASES)} bad inputs (+{non_contiguous} strided/read-only "
               f"variants) across {len(per_fn)} public functions: {per_fn}")
@@ -447,13 +490,19 @@ def _valid_calls() -> list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[
                               (xin, p.astype(dt)), {**kw, **g}))
                 calls.append(("ce_out", fl.cross_entropy_and_grad, (xin, tin),
                               {**kw, "out": np.empty(xin.shape, dt)[::-1]}))
-                rt = r.astype(dt)
-                for name, fn in REG_FNS.items():
+                for name, (fn, loss) in ELEMENTWISE_FNS.items():
+                    xe, te = _operands(loss, x.shape, dt)
+                    if xin is not xs:
+                        xe, te = (np.repeat(a, 2, axis=0)[::-2] for a in (xe, te))
+                    ekw: dict[str, Any] = {"reduction": red}
+                    params = inspect.signature(fn).parameters
+                    if "weight" in params:
+                        ekw["weight"] = (r * r + 0.5).astype(dt)
+                    if "pos_weight" in params:
+                        ekw["pos_weight"] = w[:3].astype(dt)
                     if name.endswith("grad"):
-                        gr = {"grad_output": r.astype(dt) if red == "none" else 2.0}
-                        calls.append((name, fn, (xin, rt), {"reduction": red, **gr}))
-                    else:
-                        calls.append((name, fn, (xin, rt), {"reduction": red}))
+                        ekw["grad_output"] = r.astype(dt) if red == "none" else 2.0
+                    calls.append((name, fn, (xe, te), ekw))
     c = (x + 1j * r).astype(np.complex64)
     calls.append(("l1_complex", fl.l1_loss_and_grad, (c, c[::-1]), {"reduction": "sum"}))
     return calls
@@ -472,8 +521,11 @@ def test_valid_calls_modify_nothing() -> None:
 @pytest.mark.parametrize("fn", list(GRAD_FNS.values()), ids=list(GRAD_FNS))
 def test_inplace_returns_input(fn: Callable[..., Any]) -> None:
     """The counterpart: inplace=True does overwrite input (and nothing else)."""
-    x = _logits((4, 5), np.float64)
-    target = _targets() if fn is fl.cross_entropy_and_grad else _logits((4, 5), np.float64) * 0.5
+    x0, target = _logits((4, 5), np.float64), _targets()
+    if fn is not fl.cross_entropy_and_grad:
+        loss = next(loss for f, loss in ELEMENTWISE_FNS.values() if f is fn)
+        x0, target = _operands(loss, (4, 5), np.float64)
+    x = x0.copy()
     t_before = target.copy()
     _, expected = fn(x.copy(), target)
     _, got = fn(x, target, inplace=True)
@@ -481,7 +533,7 @@ def test_inplace_returns_input(fn: Callable[..., Any]) -> None:
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(target, t_before)
     # out=input (exactly the same array) is the same in-place gradient
-    y = _logits((4, 5), np.float64)
+    y = x0.copy()
     _, got = fn(y, target, out=y)
     assert got is y
     np.testing.assert_array_equal(y, expected)

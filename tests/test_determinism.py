@@ -3,8 +3,8 @@
 DESIGN.md: reductions are done in fixed-size blocks combined in a fixed order, so the
 loss and the gradient must not depend on ``fl.set_num_threads``. The shapes are big
 enough for every parallel path: many rows (512 x 4096), few rows with a huge C that
-the kernel splits (4 x 262144), the K-dim layout (8 x 21 x 64 x 64) and a 3e6-element
-MSE / L1. 1-4 threads oversubscribe a 2-core machine on purpose.
+the kernel splits (4 x 262144), the K-dim layout (8 x 21 x 64 x 64) and a 10^6-element
+input of every elementwise loss. 1-4 threads oversubscribe a 2-core machine on purpose.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import fusedloss as fl
+from conftest import ELEMENTWISE_CASES, ELEMENTWISE_IDS, elementwise_inputs
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
 THREADS = (1, 2, 3, 4)
 REDUCTIONS = ("none", "mean", "sum")
@@ -102,25 +104,26 @@ def test_cross_entropy_prob_targets(shape: tuple[int, ...], reduction: str) -> N
     _run_all_threads(call)
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
-@pytest.mark.parametrize("name", ["mse", "l1"])
-def test_regression(name: str, dtype: Any, reduction: str) -> None:
-    if name == "mse" and np.dtype(dtype).kind == "c":
-        pytest.skip("MSE takes real input only")
+ELEMENTWISE = [pytest.param(loss, dtype, reduction, id=f"{case_id}-{reduction}")
+               for (loss, dtype), case_id in zip(ELEMENTWISE_CASES, ELEMENTWISE_IDS)
+               if np.dtype(dtype) != np.complex128
+               for reduction in loss.reductions]
+
+
+@pytest.mark.parametrize("loss, dtype, reduction", ELEMENTWISE)
+def test_elementwise(loss: ElementwiseLoss, dtype: Any, reduction: str) -> None:
+    """Every elementwise loss (fusedloss/_losses.py) over 10^6 elements: 62 blocks
+    summed in parallel."""
     rng = _rng(7)
-    n = 3_000_000 if np.dtype(dtype).kind != "c" else 1_000_003
-    x = rng.standard_normal(n).astype(dtype)
-    t = rng.standard_normal(n).astype(dtype)
-    if np.dtype(dtype).kind == "c":
-        x = x + 1j * rng.standard_normal(n).astype(dtype)
-    loss_fn = getattr(fl, f"{name}_loss")
-    grad_fn = getattr(fl, f"{name}_loss_and_grad")
+    n = 1_000_003
+    x, t = elementwise_inputs(loss, rng, (n,), dtype)
+    loss_fn = getattr(fl, loss.name)
+    grad_fn = getattr(fl, f"{loss.name}_and_grad")
     go = rng.standard_normal(n).astype(x.real.dtype) if reduction == "none" else 1.5
 
     def call() -> tuple[Any, ...]:
-        loss, grad = grad_fn(x, t, reduction=reduction, grad_output=go)
-        return loss_fn(x, t, reduction=reduction), loss, grad
+        value, grad = grad_fn(x, t, reduction=reduction, grad_output=go)
+        return loss_fn(x, t, reduction=reduction), value, grad
 
     _run_all_threads(call)
 
@@ -129,9 +132,10 @@ def test_odd_sizes_around_blocks() -> None:
     """Sizes that are not multiples of any block or vector width, still bitwise stable."""
     rng = _rng(11)
     for n in (1, 7, 4095, 4097, 65537, 1_000_001):
-        x = rng.standard_normal(n).astype(np.float32)
-        t = rng.standard_normal(n).astype(np.float32)
-        _run_all_threads(lambda: (fl.mse_loss(x, t), fl.l1_loss(x, t, reduction="sum")))
+        for loss in ELEMENTWISE_LOSSES:
+            x, t = elementwise_inputs(loss, rng, (n,), np.float32)
+            _run_all_threads(lambda: (getattr(fl, loss.name)(x, t),
+                                      getattr(fl, loss.name)(x, t, reduction="sum")))
     for rows, classes in ((3, 100_003), (1001, 257), (2, 65537)):
         x = rng.standard_normal((rows, classes)).astype(np.float32)
         target = rng.integers(0, classes, rows)

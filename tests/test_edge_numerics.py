@@ -17,19 +17,20 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedloss as fl
+from conftest import ELEMENTWISE_CASES, TORCH_FN, elementwise_inputs, option_sets
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
 DTYPES = (np.float32, np.float64)
 REDUCTIONS = ("none", "mean", "sum")
 TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
          np.dtype(np.complex64): torch.complex64, np.dtype(np.complex128): torch.complex128}
 FL = {"cross_entropy": (fl.cross_entropy, fl.cross_entropy_and_grad),
-      "mse_loss": (fl.mse_loss, fl.mse_loss_and_grad),
-      "l1_loss": (fl.l1_loss, fl.l1_loss_and_grad)}
+      **{loss.name: (getattr(fl, loss.name), getattr(fl, f"{loss.name}_and_grad"))
+         for loss in ELEMENTWISE_LOSSES}}
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -44,7 +45,7 @@ def torch_ref(name: str, x: np.ndarray, target: np.ndarray, dtype: Any,
         tt = torch.from_numpy(np.array(target, dtype=dtype))
     if kw.get("weight") is not None:
         kw = {**kw, "weight": torch.from_numpy(np.array(kw["weight"], dtype=dtype))}
-    loss = getattr(F, name)(xt, tt, **kw)
+    loss = TORCH_FN[name](xt, tt, **kw)
     loss.backward(torch.ones_like(loss))
     assert xt.grad is not None
     return loss.detach().numpy(), xt.grad.numpy()
@@ -78,15 +79,24 @@ def check(name: str, x: np.ndarray, target: np.ndarray, deviation: Any = None,
     """fusedloss's loss (forward only and fused) and gradient against torch at both precisions.
 
     ``deviation``: (mask, value) where fusedloss's gradient is deliberately not torch's
-    (see KNOWN_DEVIATIONS); the torch gradient is replaced by ``value`` there.
+    (see KNOWN_DEVIATIONS); the torch gradient is replaced by ``value`` there. Where
+    torch refuses the values (BCE: input or target outside [0, 1]), fusedloss raises
+    ValueError naming the argument, and (None, None) is returned.
     """
     loss_fn, grad_fn = FL[name]
     before = x.copy()
+    try:
+        wide_loss, wide_grad = torch_ref(name, x, target, np.complex128 if x.dtype.kind == "c"
+                                         else np.float64, **kw)
+    except RuntimeError:
+        for fn in (loss_fn, grad_fn):
+            with pytest.raises(ValueError, match=r"^(input|target): "):
+                fn(x, target, **kw)
+        np.testing.assert_array_equal(x, before)
+        return None, None
     loss_only = loss_fn(x, target, **kw)
     loss, grad = grad_fn(x, target, **kw)
     np.testing.assert_array_equal(x, before)
-    wide_loss, wide_grad = torch_ref(name, x, target, np.complex128 if x.dtype.kind == "c"
-                                     else np.float64, **kw)
     same_loss, same_grad = torch_ref(name, x, target, x.dtype, **kw)
     if deviation is not None:
         mask, value = deviation
@@ -285,13 +295,17 @@ def test_cross_entropy_single_class() -> None:
         check("cross_entropy", x, np.zeros(4, np.int64), reduction="none")
 
 
-# -------------------------------------------------------------------- MSE / L1 edges
+# ---------------------------------------------------------- elementwise loss edges
 
 
-def _regression_case(edge: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = logits((3, 7), dtype)
-    t = logits((3, 7), dtype, seed=1)
+def _elementwise_case(loss: ElementwiseLoss, edge: str, dtype: Any,
+                      options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the loss's kinds with one kind of edge written in (torch judges each:
+    where it refuses them, as BCE does outside [0, 1], so must fusedloss)."""
+    x, t = elementwise_inputs(loss, np.random.default_rng(len(edge)), (3, 7), dtype)
     big = FLT_MAX if np.dtype(dtype) == np.float32 else 1e308
+    info = np.finfo(dtype)
+    param = next((v for k, v in options.items() if k in ("delta", "beta")), 1.0)
     if edge == "nan_input":
         x[1, 2] = np.nan
     elif edge == "nan_target":
@@ -312,24 +326,46 @@ def _regression_case(edge: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
         x[:] = 0.0
         t[:] = -0.0
     elif edge == "tiny":
-        x[:] = np.finfo(dtype).tiny
+        x[:] = info.tiny
         t[:] = 0.0
+    elif edge == "unit_interval_ends":  # BCE's clamped logs, KL's zero target
+        x[0, :4] = [0.0, 1.0, 0.0, 1.0]
+        t[0, :4] = [1.0, 0.0, 0.0, 1.0]
+    elif edge == "near_unit_interval_ends":  # log(x) below BCE's clamp at -100
+        x[1, :4] = [info.smallest_subnormal, info.tiny, 1.0 - info.epsneg, info.eps]
+        t[1, :4] = [1.0, 1.0, 0.0, 0.0]
+    elif edge == "neg_inf_input":  # a log-probability of 0
+        x[2, :3] = -np.inf
+        t[2, :3] = [0.0, 0.5, 1.0]
+    elif edge == "large_logits":  # exp over- and underflows; softplus must not
+        x[0, :6] = [-200.0, -50.0, 50.0, 200.0, -1e30, 1e30]
+        t[0, :6] = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    elif edge == "kinks":  # |x - t| at exactly delta / beta, and 0
+        x[1, :3] = [0.5 + param, 0.5 - param, 0.5]
+        t[1, :3] = 0.5
     elif edge != "plain":
         raise AssertionError(edge)
     return x, t
 
 
-REG_EDGES = ["plain", "nan_input", "nan_target", "inf", "inf_minus_inf", "overflow", "equal",
-             "signed_zero", "tiny"]
+EW_EDGES = ["plain", "nan_input", "nan_target", "inf", "inf_minus_inf", "overflow", "equal",
+            "signed_zero", "tiny", "unit_interval_ends", "near_unit_interval_ends",
+            "neg_inf_input", "large_logits", "kinks"]
+EW_CASES = [
+    pytest.param(loss, options, reduction,
+                 id="-".join(filter(None, (loss.name, *(f"{k}={v}" for k, v in options.items()),
+                                           reduction))))
+    for loss in ELEMENTWISE_LOSSES for options in option_sets(loss) for reduction in loss.reductions
+]
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("edge", REG_EDGES)
-@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
-def test_regression_edges(name: str, edge: str, dtype: Any, reduction: str) -> None:
-    x, t = _regression_case(edge, dtype)
-    check(name, x, t, reduction=reduction)
+@pytest.mark.parametrize("edge", EW_EDGES)
+@pytest.mark.parametrize("loss, options, reduction", EW_CASES)
+def test_elementwise_edges(loss: ElementwiseLoss, options: dict[str, Any], reduction: str,
+                           edge: str, dtype: Any) -> None:
+    x, t = _elementwise_case(loss, edge, dtype, options)
+    check(loss.name, x, t, reduction=reduction, **options)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -349,17 +385,15 @@ def test_complex_l1_edges(edge: str, dtype: Any, reduction: str) -> None:
     check("l1_loss", x, t, reduction=reduction)
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
 @pytest.mark.parametrize("shape", [(0,), (0, 3), (3, 0, 2)], ids=str)
-@pytest.mark.parametrize("name", ["mse_loss", "l1_loss"])
-def test_regression_empty(name: str, shape: tuple[int, ...], dtype: Any, reduction: str) -> None:
-    if name == "mse_loss" and np.dtype(dtype).kind == "c":
-        pytest.skip("MSE takes real input only")
-    x = np.zeros(shape, dtype)
-    loss, grad = check(name, x, x.copy(), reduction=reduction)
-    if reduction == "mean":
-        assert np.isnan(loss)
+@pytest.mark.parametrize("loss, dtype", [c for c in ELEMENTWISE_CASES
+                                         if np.dtype(c[1]) != np.complex128])
+def test_elementwise_empty(loss: ElementwiseLoss, dtype: Any, shape: tuple[int, ...]) -> None:
+    for reduction in loss.reductions:
+        x = np.zeros(shape, dtype)
+        value, grad = check(loss.name, x, x.copy(), reduction=reduction)
+        if reduction == "mean" or (reduction == "batchmean" and shape[0] == 0):
+            assert np.isnan(value)
 
 
 # ----------------------------------------------------------------- memory layouts
@@ -466,18 +500,22 @@ def test_cross_entropy_layouts(case: tuple[np.ndarray, np.ndarray, dict[str, Any
     _layout_roundtrip("cross_entropy", x, target, kw)
 
 
+_RANGES = {"real": (-20.0, 20.0), "probability": (0.0, 1.0), "log_probability": (-20.0, 0.0)}
+
+
 @st.composite
-def regression_layout_case(draw: st.DrawFn) -> tuple[str, np.ndarray, np.ndarray, str]:
-    name = draw(st.sampled_from(["mse_loss", "l1_loss"]))
+def elementwise_layout_case(draw: st.DrawFn) -> tuple[str, np.ndarray, np.ndarray, str]:
+    loss = draw(st.sampled_from(ELEMENTWISE_LOSSES))
     dtype = draw(st.sampled_from(DTYPES))
     shape = tuple(draw(st.lists(st.integers(0, 5), min_size=0, max_size=4)))
-    x = draw(strided(shape, dtype)) if shape else np.array(draw(finite), dtype)
-    t = draw(strided(shape, dtype)) if shape else np.array(draw(finite), dtype)
-    return name, x, t, draw(st.sampled_from(REDUCTIONS))
+    x, t = (draw(strided(shape, dtype, *_RANGES[kind])) if shape
+            else np.array(np.clip(draw(finite), *_RANGES[kind]), dtype)
+            for kind in (loss.input_kind, loss.target_kind))
+    return loss.name, x, t, draw(st.sampled_from(loss.reductions))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(regression_layout_case())
-def test_regression_layouts(case: tuple[str, np.ndarray, np.ndarray, str]) -> None:
+@given(elementwise_layout_case())
+def test_elementwise_layouts(case: tuple[str, np.ndarray, np.ndarray, str]) -> None:
     name, x, t, reduction = case
     _layout_roundtrip(name, x, t, {"reduction": reduction})

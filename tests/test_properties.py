@@ -15,14 +15,15 @@ from hypothesis import strategies as st
 import fusedloss as fl
 from conftest import (
     CAPABILITIES,
+    ELEMENTWISE_CASES,
     REAL_DTYPES,
     REDUCTIONS,
-    REGRESSION_LOSSES,
     TORCH_FN,
     check_against_torch,
     cross_entropy_inputs,
+    elementwise_inputs,
     forced_capability,
-    regression_inputs,
+    option_sets,
     upstream_gradient,
 )
 
@@ -104,26 +105,32 @@ def test_cross_entropy_matches_torch(problem):
 
 @PROPERTY_SETTINGS
 @given(
-    loss=st.sampled_from(REGRESSION_LOSSES),
+    case=st.sampled_from(ELEMENTWISE_CASES),
     shape=st.lists(st.integers(0, 9), max_size=4).map(tuple),
-    reduction=st.sampled_from(REDUCTIONS),
+    reduction_index=st.integers(0, 3),
+    option_index=st.integers(0, 3),
     equal_frac=st.sampled_from([0.0, 0.3]),
     with_grad_output=st.booleans(),
     capability=st.sampled_from(CAPABILITIES),
     seed=seeds,
 )
-def test_regression_matches_torch(
-    loss, shape, reduction, equal_frac, with_grad_output, capability, seed
+def test_elementwise_matches_torch(
+    case, shape, reduction_index, option_index, equal_frac, with_grad_output, capability, seed
 ):
-    name, dtype = loss
+    """Every elementwise loss (fusedloss/_losses.py), its reductions and option values,
+    with targets partly equal to the input (kinks, zero differences)."""
+    loss, dtype = case
     rng = np.random.default_rng(seed)
-    x = regression_inputs(rng, shape, dtype, scale=3.0)
-    y = regression_inputs(rng, shape, dtype, scale=3.0)
-    equal = rng.random(shape) < equal_frac
-    y[equal] = x[equal]
-    opts = {"reduction": reduction}
+    sets = option_sets(loss)
+    options = sets[option_index % len(sets)]
+    reduction = loss.reductions[reduction_index % len(loss.reductions)]
+    x, y = elementwise_inputs(loss, rng, shape, dtype, scale=3.0)
+    if loss.input_kind == loss.target_kind or np.iscomplexobj(x):
+        equal = rng.random(shape) < equal_frac
+        y[equal] = x[equal]
+    opts = {"reduction": reduction, **options}
     if with_grad_output:
         opts["grad_output"] = upstream_gradient(rng, shape, dtype, reduction)
     with forced_capability(capability):
-        loss_value, grad = getattr(fl, f"{name}_and_grad")(x, y, **opts)
-    check_against_torch(TORCH_FN[name], loss_value, grad, x, y, **opts)
+        loss_value, grad = getattr(fl, f"{loss.name}_and_grad")(x, y, **opts)
+    check_against_torch(TORCH_FN[loss.name], loss_value, grad, x, y, **opts)

@@ -1,41 +1,41 @@
 """fusedloss.torch on PyTorch's own test inputs.
 
 Every sample that torch's operator database (``OpInfo``, what torch's
-test_ops.py runs) gives for the losses in ``OURS`` (``nn.functional.cross_entropy``,
-``mse_loss``, ...), in every dtype fusedloss takes, and every sample its module
-database (``ModuleInfo``, test_modules.py) gives for the modules in ``OUR_MODULES``. The reference is torch itself in float64
+test_ops.py runs) gives for ``nn.functional.cross_entropy`` and each
+elementwise loss (``fusedloss._losses.ELEMENTWISE_LOSSES``: ``mse_loss``,
+``l1_loss``, ``huber_loss``, ...), ``nll_loss`` and ``multi_margin_loss``, in every dtype fusedloss takes, and every
+sample its module database (``ModuleInfo``, test_modules.py) gives for their
+modules (``CrossEntropyLoss``, ``MSELoss``, ...). The reference is torch itself in float64
 (complex128) on the very same values; loss and every gradient (input, and
 probability targets where they require grad) are compared under the
 tolerances of test_torch.py (float64 1e-9 relative, float32 1e-5, half types
 4 eps, each with an absolute floor scaled by the reference's magnitude), or
 must lie no further from the reference than twice torch's own result at the
 sample's dtype. The samples are random: each test seeds torch's generator.
+Warnings (kl_div's note on reduction="mean", deprecated arguments) must be
+torch's own.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import fusedloss.torch as flt  # noqa: E402
+from fusedloss._losses import ELEMENTWISE_LOSSES  # noqa: E402
 from torch.testing._internal.common_methods_invocations import op_db  # noqa: E402
 from torch.testing._internal.common_modules import module_db  # noqa: E402
 
-OURS = {
-    "nn.functional.cross_entropy": flt.cross_entropy,
-    "nn.functional.mse_loss": flt.mse_loss,
-    "nn.functional.l1_loss": flt.l1_loss,
-    "nn.functional.nll_loss": flt.nll_loss,
-    "nn.functional.multi_margin_loss": flt.multi_margin_loss,
-}
-OUR_MODULES = {
-    torch.nn.CrossEntropyLoss: flt.CrossEntropyLoss,
-    torch.nn.MSELoss: flt.MSELoss,
-    torch.nn.L1Loss: flt.L1Loss,
-    torch.nn.NLLLoss: flt.NLLLoss,
-    torch.nn.MultiMarginLoss: flt.MultiMarginLoss,
-}
+CLASS_LOSSES = [("nll_loss", "NLLLoss"), ("multi_margin_loss", "MultiMarginLoss")]
+OURS = {f"nn.functional.{name}": getattr(flt, name)
+        for name in ["cross_entropy", *(loss.name for loss in ELEMENTWISE_LOSSES),
+                     *(name for name, _ in CLASS_LOSSES)]}
+OUR_MODULES = {getattr(torch.nn, name): getattr(flt, name)
+               for name in ["CrossEntropyLoss", *(loss.module for loss in ELEMENTWISE_LOSSES),
+                            *(module for _, module in CLASS_LOSSES)]}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
           torch.complex128]
 OP_CASES = [
@@ -89,12 +89,22 @@ def _fresh(obj):
     return _map_tensors(obj, lambda t: t.detach().clone().requires_grad_(t.requires_grad))
 
 
-def _loss_and_grads(fn, args, kwargs, grad_output):
+def _warned(call, caught):
+    """call(), its warnings appended to ``caught`` as (category, text)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = call()
+    caught += [(w.category, str(w.message)) for w in record]
+    return result
+
+
+def _loss_and_grads(fn, args, kwargs, grad_output, caught):
     """fn(*args, **kwargs) and the gradients of sum(grad_output * loss) with respect
-    to every positional tensor that requires grad."""
+    to every tensor argument that requires grad; its warnings are appended to ``caught``."""
     args, kwargs = _fresh(args), _fresh(kwargs)
-    loss = fn(*args, **kwargs)
-    wrt = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    loss = _warned(lambda: fn(*args, **kwargs), caught)
+    wrt = [a for a in (*args, *kwargs.values())
+           if isinstance(a, torch.Tensor) and a.requires_grad]
     grads = torch.autograd.grad(loss, wrt, grad_output.to(loss.dtype)) if wrt else ()
     return [loss.detach(), *grads]
 
@@ -153,13 +163,15 @@ def test_opinfo_samples_match_torch(op, dtype):
     for i, s in enumerate(samples):
         args = (s.input, *s.args)
         what = f"sample {i}: {_describe(args, s.kwargs)}"
+        theirs_warned, ours_warned = [], []
         with torch.no_grad():  # torch at the sample's own dtype: the loss's dtype and shape
-            expected = op.op(*_fresh(args), **_fresh(s.kwargs))
+            expected = _warned(lambda: op.op(*_fresh(args), **_fresh(s.kwargs)), theirs_warned)
         go = _grad_output(expected.shape, i)
-        ref = _loss_and_grads(op.op, _widen(args), _widen(s.kwargs), go)
-        ours = _loss_and_grads(ours_fn, args, s.kwargs, go)
+        ref = _loss_and_grads(op.op, _widen(args), _widen(s.kwargs), go, [])
+        ours = _loss_and_grads(ours_fn, args, s.kwargs, go, ours_warned)
         assert ours[0].dtype == expected.dtype, f"{what}: loss dtype {ours[0].dtype}"
-        _compare(ours, ref, _loss_and_grads(op.op, args, s.kwargs, go), dtype, what)
+        assert ours_warned == theirs_warned, f"{what}: warnings"
+        _compare(ours, ref, _loss_and_grads(op.op, args, s.kwargs, go, []), dtype, what)
 
 
 @pytest.mark.parametrize("info, dtype", MODULE_CASES)
@@ -175,12 +187,18 @@ def test_moduleinfo_samples_match_torch(info, dtype):
         what = f"input {i}: constructor {_describe(ctor.args, ctor.kwargs)}, forward " + _describe(
             fwd.args, fwd.kwargs
         )
-        ref_module = info.module_cls(*_widen(ctor.args), **_widen(ctor.kwargs))
-        our_module = ours_cls(*ctor.args, **ctor.kwargs)
+        ours_warned, theirs_warned, ignored = [], [], []
+        ref_module = _warned(lambda: info.module_cls(*_widen(ctor.args), **_widen(ctor.kwargs)),
+                             ignored)
+        our_module = _warned(lambda: ours_cls(*ctor.args, **ctor.kwargs), ours_warned)
+        their_module = _warned(lambda: info.module_cls(*ctor.args, **ctor.kwargs), theirs_warned)
+        assert isinstance(our_module, info.module_cls)
         with torch.no_grad():
-            shape = ref_module(*_widen(fwd.args), **_widen(fwd.kwargs)).shape
+            shape = _warned(lambda: ref_module(*_widen(fwd.args), **_widen(fwd.kwargs)),
+                            ignored).shape
         go = _grad_output(shape, i)
-        ref = _loss_and_grads(ref_module, _widen(fwd.args), _widen(fwd.kwargs), go)
-        ours = _loss_and_grads(our_module, fwd.args, fwd.kwargs, go)
-        theirs = _loss_and_grads(info.module_cls(*ctor.args, **ctor.kwargs), fwd.args, fwd.kwargs, go)
+        ref = _loss_and_grads(ref_module, _widen(fwd.args), _widen(fwd.kwargs), go, ignored)
+        ours = _loss_and_grads(our_module, fwd.args, fwd.kwargs, go, ours_warned)
+        theirs = _loss_and_grads(their_module, fwd.args, fwd.kwargs, go, theirs_warned)
+        assert ours_warned == theirs_warned, f"{what}: warnings"
         _compare(ours, ref, theirs, dtype, what)

@@ -60,6 +60,7 @@ template <class V> struct SoftplusParts {
   V e, log1p_e;
   explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))), log1p_e(vlog1p(e)) {}
   V softplus_neg(V x) const { return vmax(V::set1(0) - x, V::set1(0)) + log1p_e; }  // log(1 + e^-x)
+  V softplus(V x) const { return vmax(x, V::set1(0)) + log1p_e; }                    // log(1 + e^x)
   V sigmoid(V x) const { return select(lt(x, V::set1(0)), e, V::set1(1)) / (V::set1(1) + e); }
 };
 
@@ -100,45 +101,63 @@ struct SmoothL1Op : OpDefaults {
 };
 
 // -(t log x + (1 - t) log(1 - x)), each log clamped at -100 (aten's
-// binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12).
+// binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12f). The
+// target gradient is -logit(x) with unclamped logs, as torch's
+// (binary_cross_entropy_target_backward): +inf at x = 0, -inf at x = 1.
 // Input and target must lie in [0, 1] (NaN does not), as torch checks.
 struct BceOp : OpDefaults {
   static constexpr bool kChecksDomain = true;
   template <class V> static auto out_of_domain(V v) { return nge(v, V::set1(0)) | gt(v, V::set1(1)); }
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V lo = V::set1(-100);
-    const V log_x = vmax(vlog(x), lo), log_1mx = vmax(vlog1p(V::set1(0) - x), lo);
+    const V ln_x = vlog(x), ln_1mx = vlog1p(V::set1(0) - x);
+    const V log_x = vmax(ln_x, lo), log_1mx = vmax(ln_1mx, lo);
     const V loss = (t - V::set1(1)) * log_1mx - t * log_x;
-    const V gx = (x - t) / vmax((V::set1(1) - x) * x, V::set1(static_cast<typename V::T>(1e-12)));
-    return {loss, gx, log_1mx - log_x};
+    // torch's EPSILON is the float 1e-12f in every dtype (aten/src/ATen/native/Loss.cpp).
+    const V gx = (x - t) / vmax((V::set1(1) - x) * x, V::set1(static_cast<typename V::T>(1e-12f)));
+    return {loss, gx, ln_1mx - ln_x};
   }
 };
 
-// (1 - t) x + L softplus(-x), L = 1 + (pos_weight - 1) t (aten's
-// binary_cross_entropy_with_logits, with log_sigmoid(x) = -softplus(-x)).
+// (1 - t) x + softplus(-x) (aten's binary_cross_entropy_with_logits without
+// pos_weight, with log_sigmoid(x) = -softplus(-x)); gradients sigmoid(x) - t and
+// -x, torch's own forms (an infinite target gives torch's infinities, not the
+// NaN of the pos_weight forms below with pos_weight 1).
 struct BceWithLogitsOp : OpDefaults {
+  template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
+    const SoftplusParts<V> sp(x);
+    const V one = V::set1(1);
+    return {(one - t) * x + sp.softplus_neg(x), sp.sigmoid(x) - t, V::set1(0) - x};
+  }
+};
+
+// With pos_weight p, torch's forms (binary_cross_entropy_with_logits and its
+// backward formulas in derivatives.yaml): loss (1 - t) x + (1 + (p - 1) t)
+// softplus(-x), gradient (p t + 1 - t) sigmoid(x) - p t, target gradient
+// log_sigmoid(-x) - p log_sigmoid(x) = p softplus(-x) - softplus(x).
+struct BceWithLogitsPosWeightOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V pw, const OpConsts<V>&) {
     const SoftplusParts<V> sp(x);
+    const V one = V::set1(1);
     const V spn = sp.softplus_neg(x);
     const V pt = pw * t;
-    const V L = pt + V::set1(1) - t;
-    const V loss = (V::set1(1) - t) * x + L * spn;
-    const V gx = L * sp.sigmoid(x) - pt;
-    const V gt = (pw - V::set1(1)) * spn - x;
+    const V loss = (one - t) * x + ((pw - one) * t + one) * spn;
+    const V gx = (pt + one - t) * sp.sigmoid(x) - pt;
+    const V gt = pw * spn - sp.softplus(x);
     return {loss, gx, gt};
   }
 };
 
 // xlogy(t, t) - t x (torch.kl_div, log_target=False): 0 where t == 0. The
-// target derivative log(t) + 1 - x is NaN at t == 0, as torch's (t / t).
+// target derivative is autograd's through xlogy, xlogy(t != 0, t) + t / t - x:
+// NaN at t == 0 and t == inf, as torch's.
 struct KlDivOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V zero = V::set1(0);
     const V log_t = vlog(t);
-    const V loss = select(eq(t, zero), zero, t * log_t) - t * x;
-    const V gt = select(eq(t, zero), V::set1(std::numeric_limits<typename V::T>::quiet_NaN()),
-                        log_t + V::set1(1)) - x;
-    return {loss, zero - t, gt};
+    const V xlogy_tt = select(eq(t, zero), zero, t * log_t);
+    const V gt = (select(eq(t, zero), zero, log_t) + t / t) - x;
+    return {xlogy_tt - t * x, zero - t, gt};
   }
 };
 

@@ -78,7 +78,8 @@ struct CrossEntropyResult {
   X(KlDivLogTarget, KlDivLogTargetOp, "kl_div_log_target")            \
   X(Hinge, HingeOp, "hinge")                                          \
   X(Linear, LinearOp, "linear")                                       \
-  X(Logistic, LogisticOp, "logistic")
+  X(Logistic, LogisticOp, "logistic")                                 \
+  X(BceWithLogitsPosWeight, BceWithLogitsPosWeightOp, "binary_cross_entropy_with_logits_pos_weight")
 
 enum class ElementwiseOp : int {
 #define FUSEDLOSS_ENUM_ENTRY(name, op, py) name,

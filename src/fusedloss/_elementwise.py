@@ -186,6 +186,12 @@ def _smooth_l1(beta: Any) -> tuple[str, float]:
     return ("smooth_l1" if beta > 0.0 else "l1"), beta
 
 
+def bce_with_logits_op(pos_weight: Any) -> str:
+    """torch's formulas differ with and without pos_weight (infinite targets: torch's
+    infinities without it, NaN with pos_weight 1): one op each."""
+    return "binary_cross_entropy_with_logits" + ("" if pos_weight is None else "_pos_weight")
+
+
 def _kl_op(log_target: Any) -> str:
     if not isinstance(log_target, (bool, np.bool_)):
         raise TypeError(f"log_target: expected a bool, got {type(log_target).__name__}")
@@ -293,7 +299,7 @@ def binary_cross_entropy_with_logits(
     ``weight`` broadcasts to the input, ``pos_weight`` weighs the positive term
     and broadcasts along the last dimension."""
     return _elementwise(
-        "binary_cross_entropy_with_logits", input, target, reduction, False, weight=weight,
+        bce_with_logits_op(pos_weight), input, target, reduction, False, weight=weight,
         pos_weight=pos_weight,
     )[0]
 
@@ -310,7 +316,7 @@ def binary_cross_entropy_with_logits_and_grad(
 ) -> tuple[Any, np.ndarray]:
     """Binary cross-entropy with logits and its gradient w.r.t. ``input`` in one pass."""
     return _with_grad(_elementwise(
-        "binary_cross_entropy_with_logits", input, target, reduction, True, grad_output, out,
+        bce_with_logits_op(pos_weight), input, target, reduction, True, grad_output, out,
         inplace, weight=weight, pos_weight=pos_weight,
     ))
 

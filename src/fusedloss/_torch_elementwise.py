@@ -74,8 +74,8 @@ def elementwise_kernel(
             grad_target=None if grad_t is None else _array(grad_t).reshape(-1),
             target_scalar=target_scalar, scale=scale,
         )
-    except ValueError as e:  # out of the op's domain: torch's error type and words
-        raise RuntimeError(str(e).split(": ", 1)[-1]) from None
+    except ValueError as e:  # out of the op's domain: torch's error type and words (no count)
+        raise RuntimeError(str(e).split(": ", 1)[-1].split(" (", 1)[0]) from None
     if loss is not None:
         return loss if accum is out else loss.to(out)
     return torch.scalar_tensor(value, dtype=out)

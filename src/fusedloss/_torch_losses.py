@@ -22,6 +22,7 @@ from torch.nn import _reduction as _Reduction
 from torch.overrides import has_torch_function_variadic
 
 from . import _torch_elementwise as _ew
+from ._elementwise import bce_with_logits_op
 from ._torch_ops import MEAN, NONE, SUM, SUPPORTED_DTYPES
 from ._torchscript import RefusesTorchScript, torch_twin
 
@@ -224,7 +225,7 @@ def binary_cross_entropy_with_logits(
             input, target, weight, reduction=reduction, pos_weight=pos_weight
         )
 
-    return _fused("binary_cross_entropy_with_logits", fallback, input, target, reduction,
+    return _fused(bce_with_logits_op(pos_weight), fallback, input, target, reduction,
                   weight=weight, pos_weight=pos_weight)
 
 
@@ -241,6 +242,8 @@ def kl_div(
     ``reduction="batchmean"`` divides by ``input.size(0)``; torch's warning for
     ``"mean"`` included)."""
     if size_average is not None or reduce is not None:
+        if reduction == "batchmean":  # torch divides the legacy reduction by the batch size too
+            return F.kl_div(input, target, size_average, reduce, reduction, log_target)
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     elif reduction == "mean":
         warnings.warn(

@@ -35,6 +35,7 @@ from ._torch_linear_ce_ops import (
     forward_chunks,
     linear_cross_entropy_op,
 )
+from ._torchscript import RefusesTorchScript, torch_twin
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
@@ -142,6 +143,7 @@ def _chunk_tokens(options: Any) -> int:
     return int(size) if size else 0
 
 
+@torch_twin(F.linear_cross_entropy, neutral=("chunk_bytes",))
 def linear_cross_entropy(
     input: Tensor,
     linear_weight: Tensor,
@@ -211,7 +213,7 @@ def linear_cross_entropy(
     return loss.squeeze(0) if unbatched and code == chunks.NONE else loss
 
 
-class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
+class LinearCrossEntropyLoss(RefusesTorchScript, nn.LinearCrossEntropyLoss):
     """Drop-in for torch 2.13's :class:`torch.nn.LinearCrossEntropyLoss` computed by
     :func:`fusedloss.torch.linear_cross_entropy`: same constructor (the head's
     weight is ``self.linear.weight``, ``(num_classes * prod(out_features),

@@ -67,6 +67,7 @@ def torch_twin(
             if torch_fn is None:
                 raise RuntimeError(_unsupported(name, "torch.jit.trace cannot record its kernel"))
             bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()  # ours, which are torch's for the drop-ins
             for arg, value in bound.arguments.items():
                 if arg not in shared and arg not in neutral:
                     if not _is_default(value, signature.parameters[arg].default):

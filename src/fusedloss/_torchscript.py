@@ -10,8 +10,9 @@ run on NumPy views of the tensors: a trace would keep the loss as a constant).
   kernel), so traces record ordinary aten ops; ``torch.jit.script`` of code that
   calls the loss compiles that torch function. Arguments the torch function has not
   got must be left at their defaults there (a clear error says so), except those that
-  change no value (``inplace_backward``). A loss without a torch namesake passes None:
-  TorchScript then raises an error naming the alternatives.
+  change no value (``inplace_backward``). A loss without a torch namesake passes the
+  same formula in torch ops, with its own signature and defaults, or None: TorchScript
+  then raises an error naming the alternatives.
 - :class:`RefusesTorchScript`, a base of every loss module: ``torch.jit.script`` of
   it, or of a model holding it, raises an error naming the alternatives. (Its hook,
   ``__prepare_scriptable__``, could hand TorchScript the torch module instead, but

@@ -149,15 +149,18 @@ def test_every_loss_is_covered() -> None:
     )
 
 
+CONSTRUCTOR_ARGS = {"LinearCrossEntropyLoss": (8, 5)}  # in_features, num_classes
+
+
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_jit_script_of_loss_modules_says_what_to_use(module) -> None:
     """torch.jit.script of a loss module, or of a model holding one, raises fusedloss's
-    error naming torch.compile, torch.export and the torch module; the model is left as
-    it was."""
-    twin = f".*torch.nn.{module.__name__}" if hasattr(torch.nn, module.__name__) else ""
-    args = (8, 5) if module is flt.LinearCrossEntropyLoss else ()
-    with pytest.raises(RuntimeError, match=f"torch.compile or torch.export{twin}"):
-        torch.jit.script(module(*args))
+    error naming torch.compile, torch.export and the torch module it stands in for (if
+    any); the model is left as it was."""
+    torch_module = getattr(nn, module.__name__, None)
+    advice = "torch.compile or torch.export" + (f".*torch.nn.{module.__name__}" if torch_module else "")
+    with pytest.raises(RuntimeError, match=advice):
+        torch.jit.script(module(*CONSTRUCTOR_ARGS.get(module.__name__, ())))
     model = LossModel()
     with pytest.raises(RuntimeError, match="fusedloss.torch.CrossEntropyLoss.*torch.compile"):
         torch.jit.script(model)
@@ -186,3 +189,30 @@ def test_torch_twin_refuses_what_torch_cannot_compute() -> None:
         torch.jit.trace(no_twin, (x, y))
     with pytest.raises(RuntimeError, match="no_twin: TorchScript cannot compile it.*torch.export"):
         torch.jit.script(no_twin)
+
+
+def test_losses_without_a_torch_namesake_under_torchscript() -> None:
+    """kl_div_with_logits runs its torch-op formula under trace and script; the LLM
+    options of linear_cross_entropy, which torch's namesake has not got, refuse tracing
+    unless left at their defaults (chunk_bytes changes no value)."""
+    g = torch.Generator().manual_seed(6)
+    student, teacher = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    s64, t64 = student.double(), teacher.double()
+    ref = 4.0 * F.kl_div(F.log_softmax(s64 / 2, -1), F.log_softmax(t64 / 2, -1),
+                         reduction="sum", log_target=True) / 4
+
+    def distill(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return flt.kl_div_with_logits(s, t, 2.0)
+
+    for compiled in (torch.jit.trace(distill, (student, teacher)), torch.jit.script(distill)):
+        torch.testing.assert_close(compiled(student, teacher).double(), ref, rtol=RTOL, atol=ATOL)
+
+    x, w, t = torch.randn(6, 8, generator=g), torch.randn(5, 8, generator=g), inputs(7)[1][:3]
+    t = torch.cat([t, t])
+    traced = torch.jit.trace(lambda a, b, c: flt.linear_cross_entropy(a, b, c, chunk_bytes=64),
+                             (x, w, t))
+    torch.testing.assert_close(traced(x, w, t).double(),
+                               F.cross_entropy(x.double() @ w.double().T, t), rtol=RTOL, atol=ATOL)
+    with pytest.raises(RuntimeError, match="has no logit_scale=.*torch.compile or torch.export"):
+        torch.jit.trace(lambda a, b, c: flt.linear_cross_entropy(a, b, c, logit_scale=2.0),
+                        (x, w, t))

@@ -114,8 +114,11 @@ def _backward(ctx, grad_loss, _grad_grad):
 kl_div_with_logits_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _composed(input: Tensor, target: Tensor, temperature: float, reduction: str) -> Tensor:
-    """The same loss with torch ops (other devices and dtypes, subclasses, empty input)."""
+def _composed(
+    input: Tensor, target: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
+) -> Tensor:
+    """The same loss with torch ops (other devices and dtypes, subclasses, empty input,
+    TorchScript: kl_div_with_logits's signature and defaults)."""
     per_row = F.kl_div(
         F.log_softmax(input / temperature, -1), F.log_softmax(target / temperature, -1),
         reduction="none", log_target=True,
@@ -127,7 +130,7 @@ def _composed(input: Tensor, target: Tensor, temperature: float, reduction: str)
     return total if reduction == "sum" else total / rows
 
 
-@torch_twin(None)
+@torch_twin(_composed)  # torch has no namesake: the same formula in torch ops
 def kl_div_with_logits(
     input: Tensor, target: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
 ) -> Tensor:

@@ -10,8 +10,9 @@ run on NumPy views of the tensors: a trace would keep the loss as a constant).
   kernel), so traces record ordinary aten ops; ``torch.jit.script`` of code that
   calls the loss compiles that torch function. Arguments the torch function has not
   got must be left at their defaults there (a clear error says so), except those that
-  change no value (``inplace_backward``). A loss without a torch namesake passes None:
-  TorchScript then raises an error naming the alternatives.
+  change no value (``inplace_backward``). A loss without a torch namesake passes the
+  same formula in torch ops, with its own signature and defaults, or None: TorchScript
+  then raises an error naming the alternatives.
 - :class:`RefusesTorchScript`, a base of every loss module: ``torch.jit.script`` of
   it, or of a model holding it, raises an error naming the alternatives. (Its hook,
   ``__prepare_scriptable__``, could hand TorchScript the torch module instead, but
@@ -67,6 +68,7 @@ def torch_twin(
             if torch_fn is None:
                 raise RuntimeError(_unsupported(name, "torch.jit.trace cannot record its kernel"))
             bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()  # ours, which are torch's for the drop-ins
             for arg, value in bound.arguments.items():
                 if arg not in shared and arg not in neutral:
                     if not _is_default(value, signature.parameters[arg].default):

@@ -22,8 +22,7 @@ from ._linear_ce_chunks import (
     check_class_range,
     chunk_tokens_for,
     mean_denominator,
-    extras_kwargs,
-    real_value,
+    kernel_options,
     run_chunks,
 )
 
@@ -60,19 +59,6 @@ class Shapes:
     def logits_shape(self) -> tuple[int, ...]:
         lead = (self.tokens,) if self.batched else ()
         return (*lead, self.classes, *self.out_features)
-
-
-def num_items_value(num_items_in_batch: Any, reduction: int) -> float | None:
-    if num_items_in_batch is None:
-        return None
-    if reduction != MEAN:
-        raise ValueError("num_items_in_batch: only taken with reduction='mean'")
-    if isinstance(num_items_in_batch, np.ndarray) and num_items_in_batch.shape == ():
-        num_items_in_batch = num_items_in_batch[()]
-    items = real_value(num_items_in_batch, "num_items_in_batch")
-    if items <= 0:
-        raise ValueError(f"num_items_in_batch: expected a positive number, got {items}")
-    return items
 
 
 def shapes_of(input_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> Shapes:
@@ -166,8 +152,9 @@ def operands(
     red = v.reduction_code(reduction)
     smoothing = v.label_smoothing_value(label_smoothing)
     ignore = v.integer_value(ignore_index, "ignore_index")
-    extras = extras_kwargs(logit_scale, softcap, lse_square_scale)
-    items = num_items_value(num_items_in_batch, red)
+    options = v.ce_options(logit_scale, softcap, lse_square_scale, num_items_in_batch)
+    v.check_num_items(options, red)
+    items = options.num_items_in_batch
     t = target_rows(target, shapes, dtype, ignore)
     check_class_range(t, shapes.classes, ignore)
     wt = None
@@ -183,8 +170,8 @@ def operands(
             t, wt, ignore, shapes.tokens * shapes.inner
         )
     plan = Plan(
-        shapes.tokens, shapes.classes, shapes.inner, t, wt, ignore, smoothing, red, extras,
-        denominator, chunk_tokens_for(shapes.tokens, rows * dtype.itemsize, chunk_bytes),
+        shapes.tokens, shapes.classes, shapes.inner, t, wt, ignore, smoothing, red,
+        kernel_options(options),        denominator, chunk_tokens_for(shapes.tokens, rows * dtype.itemsize, chunk_bytes),
     )
     return Operands(x.reshape(shapes.tokens, shapes.hidden), w, b, shapes, plan)
 

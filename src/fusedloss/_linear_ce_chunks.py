@@ -18,7 +18,6 @@ targets, or ``num_items_in_batch``) and folded into the gradient's scale.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -111,33 +110,12 @@ def chunk_tokens_for(tokens: int, row_bytes: int, chunk_bytes: Any) -> int:
     return max(1, min(tokens, budget // max(row_bytes, 1)))
 
 
-def real_value(value: Any, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    result = float(value)
-    if not math.isfinite(result):
-        raise ValueError(f"{name}: expected a finite number, got {result}")
-    return result
-
-
-def extras_kwargs(logit_scale: Any, softcap: Any, lse_square_scale: Any) -> dict[str, float]:
-    """The kernel's keywords for the LLM options, only those not at their default
-    (so the plain call is exactly the plain cross-entropy)."""
-    extras: dict[str, float] = {}
-    scale = real_value(logit_scale, "logit_scale")
-    if scale != 1.0:
-        extras["logit_scale"] = scale
-    if softcap is not None:
-        cap = real_value(softcap, "softcap")
-        if cap <= 0:
-            raise ValueError(f"softcap: expected a positive number or None, got {cap}")
-        extras["softcap"] = cap
-    z = real_value(lse_square_scale, "lse_square_scale")
-    if z < 0:
-        raise ValueError(f"lse_square_scale: expected a number >= 0, got {z}")
-    if z != 0.0:
-        extras["lse_square_scale"] = z
-    return extras
+def kernel_options(options: v.CEOptions) -> dict[str, float]:
+    """The kernel's keywords for the LLM options that are not at their default
+    (so the plain call stays exactly the plain cross-entropy)."""
+    names = ("logit_scale", "softcap", "lse_square_scale")
+    return {k: value for k, value, default in zip(names, options, v.NO_CE_OPTIONS)
+            if value != default}
 
 
 def run_chunks(

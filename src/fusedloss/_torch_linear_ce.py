@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.overrides import has_torch_function_variadic
 
 from . import _linear_ce_chunks as chunks
+from . import _torch_ce_options as _ce_options
 from . import _validate as v
 from ._torchscript import RefusesTorchScript, torch_twin
 from ._torch_linear_ce_ops import (
@@ -168,9 +169,12 @@ def linear_cross_entropy(
     as in :func:`fusedloss.torch.cross_entropy`. See the module docstring for
     ``options``, half precision and the fallbacks."""
     code = _reduction_code(reduction)
-    if num_items_in_batch is not None and code != chunks.MEAN:
-        raise ValueError("num_items_in_batch: only taken with reduction='mean'")
-    extras = chunks.extras_kwargs(logit_scale, softcap, lse_square_scale)
+    checked = _ce_options.check(logit_scale, softcap, lse_square_scale, num_items_in_batch,
+                                False, reduction, _is_compiling())
+    extras = {}  # for the reference path: the options as given, only those set
+    if checked.extras is not None:
+        extras = {"logit_scale": logit_scale, "softcap": softcap,
+                  "lse_square_scale": lse_square_scale}
     if num_items_in_batch is not None:
         extras["num_items_in_batch"] = num_items_in_batch
     float32_loss = isinstance(input, Tensor) and _ops_float32_loss(input)
@@ -178,19 +182,16 @@ def linear_cross_entropy(
                                     ignore_index, label_smoothing, float32_loss):
         return _reference(input, linear_weight, target, linear_bias, weight, reduction,
                           ignore_index, label_smoothing, options, extras)
+    scale, cap, zloss, _ = checked.extras or v.NO_CE_OPTIONS
     cfg = Config(
         code, -100 if ignore_index is None else ignore_index, float(label_smoothing),
-        float(logit_scale), float(softcap or 0.0), float(lse_square_scale),
-        _chunk_tokens(options),
+        scale, cap, zloss, _chunk_tokens(options),
         chunks.DEFAULT_CHUNK_BYTES if chunk_bytes is None else v.positive_integer(
             chunk_bytes, "chunk_bytes"),
     )
     num_items = None
-    if num_items_in_batch is not None:
-        num_items = torch.as_tensor(num_items_in_batch, dtype=torch.float64).detach().cpu()
-        if not _is_compiling() and not float(num_items) > 0:
-            raise ValueError(
-                f"num_items_in_batch: expected a positive number, got {float(num_items)}")
+    if checked.divisor is not None:  # a float, or (compiling) the caller's tensor
+        num_items = torch.as_tensor(checked.divisor, dtype=torch.float64).detach().cpu()
     unbatched = input.dim() == 1
     if unbatched:  # one token: a batch of one, squeezed back
         input, target = input.unsqueeze(0), target.unsqueeze(0)
@@ -243,7 +244,7 @@ class LinearCrossEntropyLoss(RefusesTorchScript, nn.LinearCrossEntropyLoss):
             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
             label_smoothing=label_smoothing, options=options,
         )
-        chunks.extras_kwargs(logit_scale, softcap, lse_square_scale)  # bad values raise here
+        v.ce_options(logit_scale, softcap, lse_square_scale, None)  # bad values raise here
         self.logit_scale = logit_scale
         self.softcap = softcap
         self.lse_square_scale = lse_square_scale

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from . import _linear_ce_chunks as chunks
 from . import _torch_ops as _ops
+from . import _validate as v
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -123,7 +124,8 @@ def _plan(x: Tensor, w: Tensor, classes: int, target: Tensor, weight: Tensor | N
             denominator = float(num_items)
         else:
             denominator = chunks.mean_denominator(t, wt, cfg.ignore_index, tokens * inner)
-    extras = chunks.extras_kwargs(cfg.logit_scale, cfg.softcap or None, cfg.lse_square_scale)
+    extras = chunks.kernel_options(
+        v.CEOptions(cfg.logit_scale, cfg.softcap, cfg.lse_square_scale, None))
     chunk = cfg.chunk_tokens or chunks.chunk_tokens_for(
         tokens, rows * torch.finfo(compute).bits // 8, cfg.chunk_bytes)
     return chunks.Plan(tokens, classes, inner, t, wt, cfg.ignore_index, cfg.label_smoothing,

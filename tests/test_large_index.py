@@ -166,3 +166,45 @@ def test_regression_more_than_2_31_elements(name: str) -> None:
         assert float(x[p]) == default, (p, float(x[p]))
     _check_flat(x, default, grad_of, rtol=0.0)
     del x, t
+
+
+def test_bce_with_logits_broadcast_weights_more_than_2_31_elements() -> None:
+    """2**31 + 8 float16 logits as (2**29 + 2, 4) (2 x 4.3 GB) with a (4,) weight and
+    pos_weight, broadcast along the rows without a copy (each read at flat index i by
+    i modulo its period): a 32-bit index there reads the wrong factor past 2**31.
+
+    Logits 0, targets 0 but at a few flat indices around 2**31 (target 1). With
+    sigmoid(0) = 1/2 and softplus(0) = log 2, element i in column c has loss
+    w_c (1 + (p_c - 1) t_i) log 2 and, for grad_output n with reduction mean, the
+    gradient w_c ((p_c t_i + 1 - t_i) / 2 - p_c t_i): w_c / 2 or -w_c p_c / 2, exact
+    in float16.
+    """
+    n = TWO31 + 8
+    cols = 4
+    w = np.array([1.0, 2.0, 0.5, 4.0], np.float16)
+    p = np.array([1.0, 3.0, 1.0, 0.5], np.float16)
+    x = np.zeros((n // cols, cols), np.float16)
+    t = np.zeros((n // cols, cols), np.float16)
+    positives = [0, TWO31 - 1, TWO31, TWO31 + 1, TWO31 + 6, n - 1]
+    t.reshape(-1)[positives] = 1.0
+    wf, pf = w.astype(np.float64), p.astype(np.float64)
+    total = math.log(2) * (float(wf.sum()) * (n // cols)
+                           + sum(wf[i % cols] * (pf[i % cols] - 1) for i in positives))
+    kw = {"weight": w, "pos_weight": p}
+
+    mean = fl.binary_cross_entropy_with_logits(x, t, **kw)
+    assert mean.dtype == np.float16
+    assert math.isclose(float(mean), total / n, rel_tol=1e-3), (mean, total / n)
+
+    loss, grad = fl.binary_cross_entropy_with_logits_and_grad(x, t, grad_output=float(n),
+                                                              inplace=True, **kw)
+    assert grad is x
+    assert math.isclose(float(loss), total / n, rel_tol=1e-3), (loss, total / n)
+    del grad, t
+    for c in range(cols):
+        special = {i // cols: -0.5 * float(wf[c] * pf[c]) for i in positives if i % cols == c}
+        _check_flat(x[:, c], 0.5 * float(wf[c]), special, rtol=0.0)
+    flat = x.reshape(-1)
+    for i in positives:  # by flat index too, named around 2**31
+        assert float(flat[i]) == -0.5 * float(wf[i % cols] * pf[i % cols]), i
+    del x, flat

@@ -371,6 +371,10 @@ def test_torch_compile_fullgraph(loss, options):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():  # evaluation: no gradient asked for
+        ours = _quiet(compiled, getattr(flt, loss.name), model, h, y)
+        ref = _quiet(objective, getattr(F, loss.name), model, h, y)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
     assert graphs, "nothing was compiled"
     assert all("fusedloss.elementwise" in gr for gr in graphs), graphs[0]
 
@@ -602,6 +606,59 @@ def test_bad_arguments_raise_like_torch(loss):
     for kwargs in cases:
         _same_as_torch(loss, x, t, **kwargs)
     _same_as_torch(loss, x, [[0.5] * 6] * 4)
+
+
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=LOSS_IDS)
+def test_non_cpu_tensors_use_torch(loss, monkeypatch):
+    """The device check routes to torch's own function (simulated: no GPU here)."""
+    calls = []
+    real = getattr(F, loss.name)
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda self: False))
+    monkeypatch.setattr(F, loss.name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, t = loss_values(loss, (3, 4), torch.float64, 12)
+    _quiet(getattr(flt, loss.name), x, t)
+    assert calls == [1]
+
+
+def _opcheck_cases():
+    """Each kernel op the torch layer calls (an option that only changes a number, as
+    delta, needs no case of its own), with and without weights."""
+    for loss in ELEMENTWISE_LOSSES:
+        sig = _signature(loss)
+        for options in [{}] + [{k: v[-1]} for k, v in loss.options.items()
+                               if isinstance(v[0], bool) or 0.0 in v]:
+            yield pytest.param(loss, options, id=f"{loss.name}-{options}".replace(" ", ""))
+        if "pos_weight" in sig:
+            yield pytest.param(loss, {"pos_weight": (4,), "weight": (3, 1)},
+                               id=f"{loss.name}-pos_weight")
+        elif "weight" in sig and loss.name not in ("mse_loss", "l1_loss"):  # (those: torch's)
+            yield pytest.param(loss, {"weight": (3, 4)}, id=f"{loss.name}-weight")
+
+
+@pytest.mark.parametrize("loss,options", list(_opcheck_cases()))
+def test_custom_op_passes_opcheck(loss, options, monkeypatch):
+    """torch.library.opcheck (schema, fake tensor, autograd registration, AOT
+    dispatch) on the fusedloss::elementwise calls a loss makes under torch.compile:
+    both gradients, the input's only, none (evaluation); float32 and bfloat16."""
+    calls = []
+    real = _torch_elementwise.elementwise_op
+    monkeypatch.setattr(_torch_elementwise, "elementwise_op",
+                        lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the compiled route
+    g = torch.Generator().manual_seed(13)
+    kwargs = {k: torch.rand(v, generator=g) + 0.5 if k in FACTORS else v
+              for k, v in options.items()}
+    x, t = _interior_values(loss, (3, 4), 14)  # (opcheck compares with NaN != NaN)
+    for dtype, reduction, wrt in [(torch.float32, "none", ("input", "target")),
+                                  (torch.bfloat16, loss.reductions[-1], ("input",)),
+                                  (torch.float32, "mean", ())]:
+        a = x.to(dtype).requires_grad_("input" in wrt)
+        b = t.to(dtype).requires_grad_("target" in wrt)
+        _quiet(getattr(flt, loss.name), a, b, reduction=reduction,
+               **_tensor_options(kwargs, dtype))
+    assert len(calls) == 3
+    for args in calls:
+        torch.library.opcheck(real, args)
 
 
 # ------------------------------------------------------------------ autocast

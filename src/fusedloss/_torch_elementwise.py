@@ -135,13 +135,13 @@ def elementwise_op(
     scale: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(loss, d loss/d input, d loss/d target) for grad_output 1; a gradient not
-    asked for is an empty tensor."""
+    asked for is an empty tensor (each its own: outputs must not alias)."""
     gx = new_gradient(input) if grad_input else None
     gt = new_gradient(target) if grad_target and target is not None else None
     loss = elementwise_kernel(op, input, target, weight, pos_weight, reduction, param,
                               mean_denominator, gx, gt, float32_loss, target_scalar, scale)
-    empty = input.new_empty((0,))
-    return loss, empty if gx is None else gx, empty if gt is None else gt
+    return (loss, input.new_empty((0,)) if gx is None else gx,
+            input.new_empty((0,)) if gt is None else gt)
 
 
 @elementwise_op.register_fake

@@ -44,27 +44,33 @@ def cross_entropy(
     Raises IndexError naming ``target`` for an index outside [0, C) that is not
     ignore_index; nothing is written then."""
 
-def mse(
-    input: npt.NDArray[np.generic],
-    target: npt.NDArray[np.generic],
-    reduction: int,
-    loss_out: npt.NDArray[np.floating] | None,
-    grad_input: npt.NDArray[np.generic] | None,
-    grad_output: npt.NDArray[np.floating] | None,
-    grad_output_scalar: float = 1.0,
-    bfloat16: bool = False,
-) -> float: ...
+ELEMENTWISE_OPS: dict[str, int]  # kernel op name -> code (from FUSEDLOSS_ELEMENTWISE_OPS)
 
-def l1(
-    input: npt.NDArray[np.generic],          # real or complex64/complex128
-    target: npt.NDArray[np.generic],
+def elementwise(
+    op: int,                                 # a value of ELEMENTWISE_OPS
+    input: npt.NDArray[np.generic],          # n elements (complex: L1 only)
+    target: npt.NDArray[np.generic] | None,  # n elements, or None: every target is target_scalar
     reduction: int,
-    loss_out: npt.NDArray[np.floating] | None,
-    grad_input: npt.NDArray[np.generic] | None,
-    grad_output: npt.NDArray[np.floating] | None,
+    loss_out: npt.NDArray[np.floating] | None,     # n elements; required for reduction none
+    grad_input: npt.NDArray[np.generic] | None,    # like input; may be input itself
+    grad_output: npt.NDArray[np.floating] | None,  # n elements, reduction none only
     grad_output_scalar: float = 1.0,
     bfloat16: bool = False,
-) -> float: ...
+    *,
+    target_scalar: float = 0.0,
+    param: float = 0.0,                      # delta (Huber), beta (SmoothL1)
+    scale: float = 1.0,                      # multiplies the loss and its gradients
+    weight: npt.NDArray[np.floating] | None = None,      # weight[(i // repeat) % period]
+    weight_period: int = 1,
+    weight_repeat: int = 1,
+    pos_weight: npt.NDArray[np.floating] | None = None,  # likewise (BCE with logits)
+    pos_weight_period: int = 1,
+    pos_weight_repeat: int = 1,
+    mean_denominator: float = 0.0,           # mean divides by this (the count when <= 0)
+    grad_target: npt.NDArray[np.generic] | None = None,  # receives d loss / d target
+) -> float:
+    """An elementwise loss with its gradients in one pass. Raises ValueError naming
+    ``input`` or ``target`` for values outside the op's domain (BCE: [0, 1])."""
 
 def nll(
     input: npt.NDArray[np.generic],          # (outer, C, inner) log-probabilities

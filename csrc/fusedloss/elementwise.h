@@ -4,12 +4,14 @@
 //
 // Included inside a per-ISA namespace after common.h and elementwise_ops.h.
 // The reduced loss is summed per fixed block of kElemBlock elements (floats
-// in vector accumulators flushed to double every kElemSub elements), blocks
-// combined in order: the same bits for any thread count.
+// in vector accumulators flushed to double every kElemLaneTerms vectors: 256
+// elements on AVX-512, 16 on the one-lane baseline, whose float sums would
+// otherwise run 16x longer), blocks combined in order: the same bits for any
+// thread count.
 #pragma once
 
 constexpr int64_t kElemBlock = 1 << 14;
-constexpr int64_t kElemSub = 256;
+constexpr int64_t kElemLaneTerms = 16;  // terms a float lane sums before the flush to double
 constexpr int64_t kElemSerial = 1 << 16;  // below this many elements: no parallel region
 
 // fn(i0, i1) -> partial sum of the block [i0, i1).
@@ -98,8 +100,8 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     const bool st = stream;
     double sum = 0;
     V bad = V::set1(0), bad_target = V::set1(0);
-    for (int64_t s0 = i0; s0 < i1; s0 += kElemSub) {
-      const int64_t s1 = kMin(i1, s0 + kElemSub);
+    for (int64_t s0 = i0; s0 < i1; s0 += kElemLaneTerms * W) {
+      const int64_t s1 = kMin(i1, s0 + kElemLaneTerms * W);
       V acc = V::set1(0);  // memory-bound: one accumulator is enough
       for (int64_t r0 = s0; r0 < s1;) {
         // A run over which weight and pos_weight are each a vector stream or a constant.

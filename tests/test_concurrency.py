@@ -52,7 +52,7 @@ def _long_call(name: str, seconds: float) -> tuple[Any, dict[str, Any], float]:
         t0 = time.perf_counter()
         fn(x, target, **kwargs)
         took = time.perf_counter() - t0
-        if took >= seconds or rows >= 8192:
+        if took >= seconds or rows >= 32768:  # 512 MiB per array at most
             return (x, target), kwargs, took
         rows *= 2
 

@@ -15,5 +15,8 @@ def test_bench_quick_runs_and_prints_the_table() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert HEADER in proc.stdout
-    assert "| CE 64x10 |" in proc.stdout
+    for row in ("| CE 64x10 |", "| BCE logits 1e3 |", "| NLL 256x100 |", "| MultiMargin 256x100 |",
+                "| GAN D+G 2x", "| CE + scale, softcap, z-loss 64x1000 fwd+grad |",
+                "| kl_div_with_logits 64x1000 fwd+grad |", "| linear CE "):
+        assert row in proc.stdout, row
     assert "ISA path:" in proc.stdout

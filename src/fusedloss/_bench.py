@@ -33,6 +33,7 @@ from fusedloss._losses import ELEMENTWISE_BY_NAME, ELEMENTWISE_LOSSES, Elementwi
 
 from ._bench_gan import gan_case
 from ._bench_linear_ce import linear_ce_row, linear_ce_table
+from ._bench_llm import llm_rows
 from ._bench_report import (  # noqa: F401 (some re-exported for bench/run_all.py, tests)
     HEADER,
     Row,
@@ -367,6 +368,7 @@ def run(quick: bool = False, threads: int | None = None, quiet: bool = False) ->
     tasks.append(("GAN D+G", lambda: gan_case(torch, budget)))
     fwd_shape = (64, 1000) if quick else (1024, 32000)
     tasks.append(("CE forward-only", lambda: forward_only_case(torch, fwd_shape, budget)))
+    tasks.append(("CE extras, KL with logits", lambda: llm_rows(torch, quick, budget)))
     tasks.append(("64x10 per call", lambda: tiny_overhead(torch, 100 if quick else 1000)))
     # Peak memory needs a fresh process per contender: left out of the quick run.
     tasks.append(("linear CE", lambda: linear_ce_row(torch, quick, budget, memory=not quick)))

@@ -55,13 +55,21 @@ template <class V> inline V vlog1p(V u) {
   return select(eq(d, V::set1(0)), u, vlog(y) * (u / d));
 }
 
-// log(1 + exp(-|x|)) and exp(-|x|): the stable pieces of softplus and sigmoid.
+// log(1 + exp(-|x|)), exp(-|x|) and 1 / (1 + exp(-|x|)): the stable pieces of
+// softplus and sigmoid, with one division. log1p(e) = log(y) + c / y, y = 1 + e
+// rounded and c = e - (y - 1) its rounding error (fdlibm's log1p correction),
+// so the sigmoid's reciprocal serves both.
 template <class V> struct SoftplusParts {
-  V e, log1p_e;
-  explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))), log1p_e(vlog1p(e)) {}
+  V e, r, log1p_e;
+  explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))) {
+    const V y = V::set1(1) + e;
+    r = V::set1(1) / y;
+    log1p_e = fmadd(e - (y - V::set1(1)), r, vlog(y));
+  }
   V softplus_neg(V x) const { return vmax(V::set1(0) - x, V::set1(0)) + log1p_e; }  // log(1 + e^-x)
   V softplus(V x) const { return vmax(x, V::set1(0)) + log1p_e; }                    // log(1 + e^x)
-  V sigmoid(V x) const { return select(lt(x, V::set1(0)), e, V::set1(1)) / (V::set1(1) + e); }
+  V sigmoid(V x) const { return select(lt(x, V::set1(0)), e, V::set1(1)) * r; }
+  V sigmoid_neg(V x) const { return select(gt(x, V::set1(0)), e, V::set1(1)) * r; }  // s(-x)
 };
 
 struct MseOp : OpDefaults {
@@ -187,8 +195,7 @@ struct LogisticOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V m = t * x;
     const SoftplusParts<V> sp(m);
-    // s(-m), from e = exp(-|m|) without cancellation; NaN stays NaN
-    const V s_neg = select(gt(m, V::set1(0)), sp.e, V::set1(1)) / (V::set1(1) + sp.e);
+    const V s_neg = sp.sigmoid_neg(m);  // from e = exp(-|m|) without cancellation; NaN stays NaN
     return {sp.softplus_neg(m), V::set1(0) - t * s_neg, V::set1(0) - x * s_neg};
   }
 };

@@ -20,7 +20,10 @@ e.g. a venv with the repaired wheel installed):
   on y, h; torch.mul on x, g): the cost of the memory the other op touched, whoever
   touches it (at small sizes on few cores, a 20 us op slows down when another op has
   evicted its data, whichever library ran that op);
-- the six are measured in three interleaved rounds, medians of the rounds' medians.
+- "after torch's softmax" (torch op only): torch's own softmax over x into g runs just before,
+  the same memory as fusedloss's call and a row pass like it, by torch itself: what any
+  library's call there costs the next op;
+- the seven are measured in three interleaved rounds, medians of the rounds' medians.
 
 Ratios "after / alone" near 1 mean the two do not get in each other's way; "after /
 control" near 1 means the other library costs no more than its memory traffic. Each child
@@ -90,12 +93,16 @@ for n, c in shapes:
     def torch_op_elsewhere():
         torch.mul(xt, 1.5, out=gt)
 
+    def torch_softmax():  # fusedloss's call as torch would run it: the same buffers, a row pass
+        torch._softmax(xt, 1, False, out=gt)
+
     k = max(repeats, repeats * 10**7 // (n * c))  # ~1000 calls at 256x1000
     for _ in range(3):
         fused(), torch_op()
     modes = dict(fl_alone=(fused, None), fl_after_torch=(fused, torch_op),
                  fl_control=(fused, fused_elsewhere), torch_alone=(torch_op, None),
-                 torch_after_fl=(torch_op, fused), torch_control=(torch_op, torch_op_elsewhere))
+                 torch_after_fl=(torch_op, fused), torch_control=(torch_op, torch_op_elsewhere),
+                 torch_after_softmax=(torch_op, torch_softmax))
     per_round = {{mode: [] for mode in modes}}
     for _ in range(3):  # interleaved rounds: a drift of the machine hits every mode alike
         for mode, (step, before) in modes.items():
@@ -137,15 +144,19 @@ def report(order: str, result: dict) -> str:
         f"entries: {result['threadpoolctl_openmp']}; threads fusedloss/torch: "
         f"{result['threads'][0]}/{result['threads'][1]}",
         "",
-        "| call | shape | alone | after the other library | / alone | control | / control |",
-        "|---|---|---|---|---|---|---|",
+        "| call | shape | alone | after the other library | / alone | control | / control "
+        "| after torch's softmax | / that |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for lib, other in (("fl", "torch"), ("torch", "fl")):
         for r in result["rows"]:
             alone, after, control = r[f"{lib}_alone"], r[f"{lib}_after_{other}"], r[f"{lib}_control"]
+            soft = r.get(f"{lib}_after_softmax")
+            tail = f"{fmt(soft)} | {after / soft:.2f}x" if soft else "- | -"
             lines.append(
                 f"| {'fusedloss CE' if lib == 'fl' else 'torch op'} | {r['shape']} | {fmt(alone)} "
-                f"| {fmt(after)} | {after / alone:.2f}x | {fmt(control)} | {after / control:.2f}x |"
+                f"| {fmt(after)} | {after / alone:.2f}x | {fmt(control)} | {after / control:.2f}x "
+                f"| {tail} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -409,12 +409,18 @@ void CrossEntropy<S>::rows_chunked(int nt) {
 
 template <class S>
 void CrossEntropy<S>::rows(int nt) {
-  if (C <= kStep) {
+  if (C <= kSmallVectors * W) {
     using Fn = void (CrossEntropy::*)(int64_t, int64_t) const;
-    const Fn general[4] = {&CrossEntropy::rows_small<1, false>, &CrossEntropy::rows_small<2, false>,
-                           &CrossEntropy::rows_small<3, false>, &CrossEntropy::rows_small<4, false>};
-    const Fn plain[4] = {&CrossEntropy::rows_small<1, true>, &CrossEntropy::rows_small<2, true>,
-                         &CrossEntropy::rows_small<3, true>, &CrossEntropy::rows_small<4, true>};
+    const Fn general[kSmallVectors] = {
+        &CrossEntropy::rows_small<1, false>, &CrossEntropy::rows_small<2, false>,
+        &CrossEntropy::rows_small<3, false>, &CrossEntropy::rows_small<4, false>,
+        &CrossEntropy::rows_small<5, false>, &CrossEntropy::rows_small<6, false>,
+        &CrossEntropy::rows_small<7, false>, &CrossEntropy::rows_small<8, false>};
+    const Fn plain[kSmallVectors] = {
+        &CrossEntropy::rows_small<1, true>, &CrossEntropy::rows_small<2, true>,
+        &CrossEntropy::rows_small<3, true>, &CrossEntropy::rows_small<4, true>,
+        &CrossEntropy::rows_small<5, true>, &CrossEntropy::rows_small<6, true>,
+        &CrossEntropy::rows_small<7, true>, &CrossEntropy::rows_small<8, true>};
     const int64_t nv = (C - 1) / W;
     // (Indexing the conditional of the two arrays picked element 0 under GCC 12's
     // -fsanitize=undefined: index each array on its own.)

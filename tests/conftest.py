@@ -94,6 +94,19 @@ def forced_capability(name: str) -> Iterator[str]:
         _core.set_capability(previous)
 
 
+@pytest.fixture(autouse=True)
+def fusedloss_kernel_at_every_size(monkeypatch: pytest.MonkeyPatch) -> int:
+    """fusedloss.torch hands small cross-entropy problems to torch's own kernel
+    (``flt.TORCH_KERNEL_BELOW``); the tests use small shapes to check fusedloss's
+    kernel through the torch layer, so they turn that off. Gives the shipped value:
+    tests/test_torch.py checks the hand-off itself."""
+    import fusedloss.torch as flt
+
+    shipped = flt.TORCH_KERNEL_BELOW
+    monkeypatch.setattr(flt, "TORCH_KERNEL_BELOW", 0)
+    return shipped
+
+
 @pytest.fixture(params=CAPABILITIES)
 def capability(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every compiled path this machine can run, forced one at a time."""

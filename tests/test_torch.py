@@ -253,6 +253,39 @@ def test_no_grad_and_target_only_grad():
     torch.testing.assert_close(p.grad, p2.grad)
 
 
+# ----------------------------------------------------- small problems go to torch
+
+
+def test_small_problems_run_on_torchs_kernel(monkeypatch, fusedloss_kernel_at_every_size):
+    """Below flt.TORCH_KERNEL_BELOW input elements, eager cross-entropy is torch's own
+    (same bits as F.cross_entropy, loss and gradient); from it on, fusedloss's kernel;
+    with the LLM options or inplace_backward, always fusedloss's."""
+    default = fusedloss_kernel_at_every_size
+    assert default > 64 * 10
+    monkeypatch.setattr(flt, "TORCH_KERNEL_BELOW", default)
+    fused_calls = []
+    apply = _torch_ops.cross_entropy_apply
+    monkeypatch.setattr(_torch_ops, "cross_entropy_apply",
+                        lambda *a: fused_calls.append(a[0].shape) or apply(*a))
+    g = torch.Generator().manual_seed(0)
+    for shape, fused in [((64, 10), False), ((4, 5, 16, 16), False),
+                         ((default // 1000 + 1, 1000), True), ((64, 1024), True)]:
+        x = torch.randn(shape, generator=g, requires_grad=True)
+        t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+        x2 = x.detach().clone().requires_grad_()
+        loss, ref = flt.cross_entropy(x, t, label_smoothing=0.1), F.cross_entropy(x2, t, label_smoothing=0.1)
+        loss.backward(), ref.backward()
+        assert (shape in fused_calls) == fused, shape
+        if not fused:
+            assert torch.equal(loss, ref) and torch.equal(x.grad, x2.grad)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(x.grad, x2.grad)
+    x = torch.randn(8, 10, requires_grad=True)
+    flt.cross_entropy(x, torch.zeros(8, dtype=torch.int64), softcap=30.0).backward()
+    flt.cross_entropy(x * 1, torch.zeros(8, dtype=torch.int64), inplace_backward=True).backward()
+    assert fused_calls[-2:] == [(8, 10), (8, 10)]
+
+
 # ---------------------------------------------------------------- inplace_backward
 
 

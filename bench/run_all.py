@@ -9,7 +9,8 @@ Sections, each a markdown table of ratios measured side by side in this run:
   4. forward-only CE vs one read pass over the logits
   5. per-call overhead at 64x10
   6. thread scaling: 1, 2, ... threads
-  7. peak extra memory of fwd+bwd at 2048x50257 (one subprocess per method, VmHWM growth)
+  7. two Python threads, one kernel thread each: throughput against one Python thread
+  8. peak extra memory of fwd+bwd at 2048x50257 (one subprocess per method, VmHWM growth)
 """
 
 from __future__ import annotations
@@ -141,6 +142,52 @@ def threads(torch: Any, shape: tuple[int, ...], budget: float, tick: Callable[[s
     return b.markdown(header, lines) + note
 
 
+PY_THREAD_SHAPES = ((256, 100), (64, 1000), (256, 1000), (4096, 1000))
+
+
+def python_threads(shapes: Sequence[tuple[int, ...]], budget: float, tick: Callable[[str], None]) -> str:
+    """CE fwd+grad with fl.set_num_threads(1): two Python threads calling it at once
+    (each on its own arrays) against one thread making both threads' calls; best of 5."""
+    import threading
+    import time
+
+    before = fl.get_num_threads()
+    fl.set_num_threads(1)
+    lines = []
+    try:
+        for shape in shapes:
+            tick(f"Python threads {b.shape_label(shape)}")
+            x, t = b.logits(shape)
+            arrays = [(x.copy(), t, np.empty_like(x)) for _ in range(2)]
+
+            def calls(i: int, n: int) -> None:
+                xi, ti, gi = arrays[i]
+                for _ in range(n):
+                    fl.cross_entropy_and_grad(xi, ti, out=gi)
+
+            t0 = time.perf_counter()
+            calls(0, 10)
+            n = max(10, int(budget / 10 / ((time.perf_counter() - t0) / 10)))
+            one = two = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                calls(0, 2 * n)
+                one = min(one, time.perf_counter() - t0)
+                pair = [threading.Thread(target=calls, args=(i, n)) for i in range(2)]
+                t0 = time.perf_counter()
+                for th in pair:
+                    th.start()
+                for th in pair:
+                    th.join()
+                two = min(two, time.perf_counter() - t0)
+            lines.append([b.shape_label(shape), b.fmt_time(one / (2 * n)), b.fmt_time(two / (2 * n)),
+                          b.fmt_ratio(one / two)])
+    finally:
+        fl.set_num_threads(before)
+    return b.markdown("| CE fwd+grad | one Python thread, per call | two Python threads, per call "
+                      "| throughput, two / one |", lines)
+
+
 # ------------------------------------------------------------------ peak memory (subprocess)
 
 
@@ -235,6 +282,8 @@ def main() -> int:
          lambda tick: forward_only(torch, ce[1:3] if quick else ce[2:], budget, tick)),
         ("per-call overhead, 64x10", lambda tick: overhead(torch, 200 if quick else 2000, tick)),
         ("thread scaling", lambda tick: threads(torch, big, budget, tick)),
+        ("two Python threads, one kernel thread each",
+         lambda tick: python_threads(PY_THREAD_SHAPES[:2] if quick else PY_THREAD_SHAPES, budget, tick)),
     ]
     if flt is not None:
         steps.insert(1, ("fusedloss.torch vs torch eager (fwd+bwd; float32, bfloat16)",

@@ -115,13 +115,10 @@ def _plain_cross_entropy(
     if want_grad:
         if out is None:
             grad = np.empty_like(input)
-        elif (
-            type(out) is np.ndarray
-            and out.dtype is dtype
-            and out.shape == shape
-            and out.flags.c_contiguous
-            and out.flags.writeable
-        ):
+        elif type(out) is np.ndarray and out.dtype is dtype and out.shape == shape:
+            flags = out.flags
+            if not (flags.c_contiguous and flags.writeable):
+                return None
             grad = out
         else:
             return None

@@ -231,6 +231,9 @@ template <class S>
 template <int NV, bool kPlain>
 void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
   constexpr A inf = std::numeric_limits<A>::infinity();
+  // Exp-sums: one accumulator up to 4 vectors; rows of 5-8 vectors sum vector k
+  // into accumulator k % 4 and combine them as chunk_stats does.
+  constexpr int kSums = NV > 4 ? 4 : 1;
   Pos pos[kPlain ? 1 : kRowBlock];
   // kPlain: per-row state in arrays, as Pos would hold it with eps = 0, w = 1.
   alignas(64) A eb[kRowBlock][NV * W];
@@ -282,7 +285,8 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
     const V mj = V::set1(Ms[j]);
-    V es = V::set1(0);
+    V es[kSums];
+    for (int k = 0; k < kSums; ++k) es[k] = V::set1(0);
     for (int k = 0; k < NV; ++k) {
       V xk;
       if (!kPlain && xf) {
@@ -293,10 +297,10 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
       }
       V e = vexp_nonpos(xk - mj);
       if (k == NV - 1) e = select(real, e, V::set1(0));
-      es = es + e;
+      es[k % kSums] = es[k % kSums] + e;
       e.store(eb[j] + k * W);
     }
-    sums[j] = hsum(es);
+    sums[j] = kSums == 1 ? hsum(es[0]) : hsum((es[0] + es[1]) + (es[2 % kSums] + es[3 % kSums]));
     if (!kPlain && q) {
       V qs = V::set1(0);
       for (int k = 0; k < NV; ++k) qs = fmadd(ldw(k * W, C - k * W), qprime(ldx(q + r * C + k * W, C - k * W, A(0))), qs);
@@ -304,19 +308,25 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     }
   }
   for (int v = 0; v < kRowBlock; v += int(W)) vlog(V::load(sums + v)).store(lses + v);
-  // ra = a / S: a in double as coefs() forms it, the division by S in A.
+  // ra = a / S: a in double as coefs() forms it; up to 4 vectors the division
+  // by S in A, one vector for the block; longer rows divide in double, as the
+  // chunk path does (with its sum order above, the gradient's bits are the
+  // chunk path's, which took these rows before).
+  constexpr bool kDoubleRatio = kSums > 1;
   if constexpr (kPlain) {
-    for (int64_t j = 0; j < kRowBlock; ++j) ras[j] = static_cast<A>(go_scalar);
+    for (int64_t j = 0; j < kRowBlock; ++j)
+      ras[j] = kDoubleRatio ? static_cast<A>(go_scalar / double(sums[j])) : static_cast<A>(go_scalar);
   } else {
     for (int64_t j = 0; j < kRowBlock; ++j) {
       ras[j] = A(0);
       if (!ok[j]) continue;
       pos[j].M = Ms[j], pos[j].lse = lses[j];
-      coefs(pos[j]);  // ra = a here (sum 1)
+      coefs(pos[j], kDoubleRatio ? double(sums[j]) : 1.0);  // else ra = a here (sum 1)
       ras[j] = pos[j].ra;
     }
   }
-  for (int v = 0; v < kRowBlock; v += int(W)) (V::load(ras + v) / V::load(sums + v)).store(ras + v);
+  if constexpr (!kDoubleRatio)
+    for (int v = 0; v < kRowBlock; v += int(W)) (V::load(ras + v) / V::load(sums + v)).store(ras + v);
   for (int64_t j = 0; j < nb; ++j) {
     const int64_t r = r0 + j;
     const S* xr = x + r * C;

@@ -152,7 +152,7 @@ def _cross_entropy(
     if classes == 0 and outer * inner > 0:
         raise ValueError("input: the class dimension is empty")
 
-    red = _REDUCTIONS.get(reduction) if type(reduction) is str else None
+    red = v.known_reduction(reduction)
     if red is None:
         red = v.reduction_code(reduction)
     if type(label_smoothing) is not float or not 0.0 <= label_smoothing <= 1.0:

@@ -39,7 +39,7 @@ __all__ = [
 
 OPS: dict[str, int] = dict(_core.ELEMENTWISE_OPS)
 _REDUCTIONS = v.REDUCTIONS
-_KL_REDUCTIONS = {**v.REDUCTIONS, "batchmean": 1}
+_KL_REDUCTIONS = v.KL_REDUCTIONS
 
 
 def _target(target: Any, x: np.ndarray) -> np.ndarray:
@@ -87,10 +87,7 @@ def _elementwise(
     original, x = _input(input, allow_complex)
     dtype = x.dtype
     t = _target(target, x)
-    red = reductions.get(reduction) if type(reduction) is str else None
-    if red is None:
-        names = ", ".join(repr(r) for r in reductions)
-        raise ValueError(f"reduction: expected one of {names}, got {reduction!r}")
+    red = v.reduction_code(reduction, reductions)
     accum = v.accumulation_dtype(dtype)
     w = broadcast_factor(weight, x.shape, accum, "weight") if weight is not None else NO_FACTOR
     pw = NO_FACTOR

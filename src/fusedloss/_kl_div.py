@@ -16,17 +16,9 @@ from ._api import _finish_grad, _gradient_destination, _input, _narrow_scalar, _
 
 __all__ = ["kl_div_with_logits", "kl_div_with_logits_and_grad"]
 
-# "batchmean" and "mean" both divide by the number of rows: the loss is one value per row.
-_REDUCTIONS = {"none": 0, "batchmean": 1, "mean": 1, "sum": 2}
-
-
 def _reduction_code(reduction: Any) -> int:
-    code = _REDUCTIONS.get(reduction) if type(reduction) is str else None
-    if code is None:
-        raise ValueError(
-            f"reduction: expected 'batchmean', 'mean', 'sum' or 'none', got {reduction!r}"
-        )
-    return code
+    # "batchmean" and "mean" both divide by the number of rows: the loss is one value per row.
+    return v.reduction_code(reduction, v.KL_REDUCTIONS)
 
 
 def _as(a: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:

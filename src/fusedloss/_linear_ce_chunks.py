@@ -30,7 +30,7 @@ from . import _validate as v
 #: vocabulary in float32. Fewer, bigger chunks run the weight-gradient matmul on
 #: more tokens at once (each chunk reads and writes the whole weight gradient).
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-NONE, MEAN, SUM = 0, 1, 2
+NONE, MEAN, SUM = v.NONE, v.MEAN, v.SUM
 
 
 # ------------------------------------------------------------------ the plan

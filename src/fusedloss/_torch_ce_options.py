@@ -107,7 +107,7 @@ def composed(
     if not options.return_lse:
         return loss
     assert lse is not None and keep is not None
-    if lse.dtype in (torch.float16, torch.bfloat16):  # as the kernel: the accumulation dtype
+    if lse.dtype in _ops.HALF:  # as the kernel: the accumulation dtype
         lse = lse.float()
     return loss, lse.detach().masked_fill(~keep, float("nan"))
 

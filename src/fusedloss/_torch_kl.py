@@ -19,7 +19,6 @@ from . import _validate as v
 from . import torch as _flt  # imports this module first: used at call time only
 from ._torchscript import RefusesTorchScript, torch_twin
 
-_REDUCTIONS = {"none": _ops.NONE, "batchmean": _ops.MEAN, "mean": _ops.MEAN, "sum": _ops.SUM}
 
 
 def kl_kernel(
@@ -151,11 +150,7 @@ def kl_div_with_logits(
     (``torch.compile(fullgraph=True)`` traces it). Tensors not on the CPU, other
     dtypes, tensor subclasses and empty input use the same formula in torch ops.
     """
-    code = _REDUCTIONS.get(reduction) if type(reduction) is str else None
-    if code is None:
-        raise ValueError(
-            f"reduction: expected 'batchmean', 'mean', 'sum' or 'none', got {reduction!r}"
-        )
+    code = v.reduction_code(reduction, v.KL_REDUCTIONS)
     temperature = v.real_number(temperature, "temperature", "a finite number > 0")
     if temperature <= 0:
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature}")

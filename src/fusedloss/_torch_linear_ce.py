@@ -29,6 +29,7 @@ from torch.overrides import has_torch_function_variadic
 
 from . import _linear_ce_chunks as chunks
 from . import _torch_ce_options as _ce_options
+from . import _torch_ops as _ops
 from . import _validate as v
 from ._torchscript import RefusesTorchScript, torch_twin
 from ._torch_linear_ce_ops import (
@@ -40,18 +41,12 @@ from ._torch_linear_ce_ops import (
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
-_REDUCTIONS = {"none": chunks.NONE, "mean": chunks.MEAN, "sum": chunks.SUM}
-_HALF = (torch.float16, torch.bfloat16)
-_DTYPES = (torch.float32, torch.float64) + _HALF
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_DTYPES = _ops.SUPPORTED_DTYPES
+_INT64_MIN, _INT64_MAX = _ops.INT64_MIN, _ops.INT64_MAX
 _is_compiling = torch.compiler.is_compiling
 
 
 # ------------------------------------------------------------- the public face
-
-
-def _reduction_code(reduction: Any) -> int | None:
-    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
 
 
 def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
@@ -64,7 +59,7 @@ def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
         return False
     if has_torch_function_variadic(input, linear_weight, target, linear_bias, weight):
         return False
-    if _ops_functorch_active():
+    if _ops.functorch_active():
         return False
     dtype = input.dtype
     if dtype not in _DTYPES or linear_weight.dtype is not dtype:
@@ -101,16 +96,6 @@ def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
     ignore = -100 if ignore_index is None else ignore_index
     return (type(ignore) is int and _INT64_MIN <= ignore <= _INT64_MAX
             and isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0)
-
-
-def _ops_float32_loss(input: Tensor) -> bool:
-    """Half input under CPU autocast: a float32 loss, as torch's cross-entropy gives."""
-    return input.dtype in _HALF and torch.is_autocast_enabled("cpu")
-
-
-def _ops_functorch_active() -> bool:
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active and active())
 
 
 def _reference(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
@@ -168,7 +153,7 @@ def linear_cross_entropy(
     plus ``logit_scale``, ``softcap``, ``lse_square_scale`` and ``num_items_in_batch``
     as in :func:`fusedloss.torch.cross_entropy`. See the module docstring for
     ``options``, half precision and the fallbacks."""
-    code = _reduction_code(reduction)
+    code = _ops.reduction_code(reduction)
     checked = _ce_options.check(logit_scale, softcap, lse_square_scale, num_items_in_batch,
                                 False, reduction, _is_compiling())
     extras = {}  # for the reference path: the options as given, only those set
@@ -177,7 +162,7 @@ def linear_cross_entropy(
                   "lse_square_scale": lse_square_scale}
     if num_items_in_batch is not None:
         extras["num_items_in_batch"] = num_items_in_batch
-    float32_loss = isinstance(input, Tensor) and _ops_float32_loss(input)
+    float32_loss = isinstance(input, Tensor) and _ops.float32_loss(input)
     if code is None or not _fusable(input, linear_weight, target, linear_bias, weight,
                                     ignore_index, label_smoothing, float32_loss):
         return _reference(input, linear_weight, target, linear_bias, weight, reduction,

@@ -30,7 +30,7 @@ from . import _linear_ce_chunks as chunks
 from . import _torch_ops as _ops
 from . import _validate as v
 
-_HALF = (torch.float16, torch.bfloat16)
+_HALF = _ops.HALF
 
 
 # ------------------------------------------------------------------ the head

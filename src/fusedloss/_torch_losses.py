@@ -23,7 +23,7 @@ from torch.overrides import has_torch_function_variadic
 
 from . import _torch_elementwise as _ew
 from ._elementwise import bce_with_logits_op
-from ._torch_ops import MEAN, NONE, SUM, SUPPORTED_DTYPES
+from ._torch_ops import MEAN, SUPPORTED_DTYPES, float32_loss, functorch_active, reduction_code
 from ._torchscript import RefusesTorchScript, torch_twin
 
 __all__ = [
@@ -43,9 +43,6 @@ __all__ = [
     "smooth_l1_loss",
 ]
 
-_REDUCTIONS = {"none": NONE, "mean": MEAN, "sum": SUM}
-_HALF = (torch.float16, torch.bfloat16)
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def _factor_fusable(factor: Tensor | None, input: Tensor) -> bool:
@@ -65,7 +62,7 @@ def _fusable(input, target, weight, pos_weight) -> bool:
         isinstance(input, Tensor)
         and isinstance(target, Tensor)
         and not has_torch_function_variadic(input, target, weight, pos_weight)
-        and not _functorch_active()
+        and not functorch_active()
         and input.dtype in SUPPORTED_DTYPES
         and target.dtype is input.dtype
         and input.is_cpu
@@ -91,11 +88,11 @@ def _fused(
 ) -> Tensor:
     """The loss from the fused kernel, or ``fallback()`` (torch's own) where
     the kernel would not compute exactly what torch does."""
-    code = MEAN if batchmean else _REDUCTIONS.get(reduction) if type(reduction) is str else None
+    code = MEAN if batchmean else reduction_code(reduction)
     if code is None or not _fusable(input, target, weight, pos_weight):
         return fallback()
     denominator = float(input.shape[0]) if batchmean and input.dim() else (1.0 if batchmean else 0.0)
-    autocast = input.dtype in _HALF and torch.is_autocast_enabled("cpu")
+    autocast = float32_loss(input)
     need_x = torch.is_grad_enabled() and input.requires_grad
     need_t = torch.is_grad_enabled() and target.requires_grad
     args = (op, code, float(param), denominator)

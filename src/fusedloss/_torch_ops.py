@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from . import _core
+from . import _validate as v
 
-NONE, MEAN, SUM = 0, 1, 2
+NONE, MEAN, SUM = v.NONE, v.MEAN, v.SUM
 
 # Accumulation dtype of the kernels: weight, grad_output and loss_out use it.
 _ACCUM = {
@@ -38,19 +39,17 @@ _ACCUM = {
     torch.bfloat16: torch.float32,
 }
 SUPPORTED_DTYPES = frozenset(_ACCUM)
-_HALF = (torch.float16, torch.bfloat16)
-_REDUCTIONS = {"none": NONE, "mean": MEAN, "sum": SUM}
+HALF = (torch.float16, torch.bfloat16)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def reduction_code(reduction) -> int | None:
-    return _REDUCTIONS.get(reduction) if type(reduction) is str else None
+reduction_code = v.known_reduction
 
 
 def float32_loss(input: Tensor) -> bool:
     """CPU autocast runs these losses in float32: half input gives a float32 loss
     (we still read the half values as they are; the upcast is exact anyway)."""
-    return input.dtype in _HALF and torch.is_autocast_enabled("cpu")
+    return input.dtype in HALF and torch.is_autocast_enabled("cpu")
 
 
 # torch.func transforms (grad, vmap, jacrev) need autograd.Functions with

@@ -23,7 +23,11 @@ _C128 = np.dtype(np.complex128)
 
 REAL_DTYPES = (_F32, _F64, _F16)
 COMPLEX_DTYPES = (_C64, _C128)
-REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+#: The kernels' reduction codes (csrc/fusedloss/kernels.h, Reduction); every layer reads them here.
+NONE, MEAN, SUM = 0, 1, 2
+REDUCTIONS = {"none": NONE, "mean": MEAN, "sum": SUM}
+#: The KL losses also take "batchmean": a mean whose denominator is the batch size.
+KL_REDUCTIONS = {**REDUCTIONS, "batchmean": MEAN}
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
@@ -67,13 +71,20 @@ def float_array(value: object, name: str, allow_complex: bool = False) -> np.nda
     return np.asarray(arr, dtype=native, order="C")
 
 
-def reduction_code(reduction: object) -> int:
-    try:
-        return REDUCTIONS[reduction]  # type: ignore[index]
-    except (KeyError, TypeError):
+def known_reduction(reduction: object, table: dict[str, int] = REDUCTIONS) -> int | None:
+    """The kernels' code for a reduction name in ``table``, or None (the torch layer
+    then leaves the call to torch, which raises its own error)."""
+    return table.get(reduction) if type(reduction) is str else None
+
+
+def reduction_code(reduction: object, table: dict[str, int] = REDUCTIONS) -> int:
+    code = known_reduction(reduction, table)
+    if code is None:
+        names = [repr(name) for name in table]
         raise ValueError(
-            f"reduction: expected 'none', 'mean' or 'sum', got {reduction!r}"
-        ) from None
+            f"reduction: expected {', '.join(names[:-1])} or {names[-1]}, got {reduction!r}"
+        )
+    return code
 
 
 def label_smoothing_value(value: object) -> float:

@@ -11,7 +11,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET="${1:-60}"
-PY="${PYTHON:-.venv/bin/python}"
+# The Python that has fusedloss and atheris: $PYTHON, else the active venv's, else .venv's.
+PY="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
+PY="${PY:-.venv/bin/python}"
+[ -x "$PY" ] || { echo "fuzz: no Python at $PY (set PYTHON=...)" >&2; exit 2; }
 WORK=build/fuzz
 mkdir -p "$WORK/corpus"
 rm -f "$WORK"/crash-* "$WORK"/run-*.log

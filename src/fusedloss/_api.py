@@ -6,7 +6,7 @@ makes one call into the compiled kernels (``_core``), and shapes the result.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -176,29 +176,20 @@ def _cross_entropy(
 
     w = v.class_weight(weight, classes, accum)
 
-    loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
-    grad_buf = copy_back = go = None
-    go_scalar = 1.0
-    if want_grad:
-        grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, loss_shape, accum, grad_output, out, inplace, t, w
-        )
-
-    if options is v.NO_CE_OPTIONS and lse_out is None:
-        total = _core.cross_entropy(
-            x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
-            False, outer, classes, inner,
-        )
-    else:
+    def kernel(loss_buf: Any, grad_buf: Any, go: Any, go_scalar: float) -> float:
+        if options is v.NO_CE_OPTIONS and lse_out is None:
+            return _core.cross_entropy(
+                x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
+                False, outer, classes, inner,
+            )
         operands = {"input": original, "target": target, "weight": w, "grad_output": go, "out": out}
-        total = _kernel_with_options(
+        return _kernel_with_options(
             x, t, w, ignore_index, label_smoothing, red, loss_buf, grad_buf, go, go_scalar,
             (outer, classes, inner), loss_shape, options, lse_out, operands,
         )
-    loss = _narrow_scalar(dtype, total) if loss_buf is None else _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
-    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+    return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
+                       (t, w), kernel)
 
 
 def _kernel_with_options(
@@ -294,6 +285,44 @@ def _finish_grad(
     if out is not None:
         return out
     return grad_buf  # shaped like x, which is shaped like original
+
+
+def _fused_call(
+    x: np.ndarray,
+    original: np.ndarray,
+    red: int,
+    loss_shape: tuple[int, ...],
+    want_grad: bool,
+    grad_output: Any,
+    out: Any,
+    inplace: Any,
+    operands: tuple[Any, ...],
+    kernel: Callable[[Any, Any, Any, float], float],
+) -> tuple[Any, np.ndarray | None]:
+    """One fused kernel call with its buffers, results shaped and typed as torch's.
+
+    ``kernel(loss_buf, grad_buf, go, go_scalar)`` runs the kernel and returns its
+    reduced total: ``loss_buf`` (accumulation dtype, ``loss_shape``) for reduction
+    none, else None; ``grad_buf`` and ``go`` from :func:`_gradient_destination`
+    (``operands``: the other inputs ``out`` must not overlap), None without the
+    gradient. The loss is a scalar of x's real dtype, or an array of x's dtype."""
+    dtype = x.dtype
+    accum = v.accumulation_dtype(dtype)
+    loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
+    grad_buf = copy_back = go = None
+    go_scalar = 1.0
+    if want_grad:
+        grad_buf, copy_back, go, go_scalar = _gradient_destination(
+            x, original, red, loss_shape, accum, grad_output, out, inplace, *operands
+        )
+    total = kernel(loss_buf, grad_buf, go, go_scalar)
+    if loss_buf is None:
+        loss = _narrow_scalar(v.real_dtype(dtype), total)
+    else:
+        loss = _shape_loss(loss_buf, dtype)
+    if grad_buf is None:
+        return loss, None
+    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
 
 
 # Defaults of the LLM options, by identity: a call that leaves them all out

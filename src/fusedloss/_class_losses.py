@@ -14,14 +14,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
-from ._api import (
-    _class_index_target,
-    _finish_grad,
-    _gradient_destination,
-    _input,
-    _narrow_scalar,
-    _shape_loss,
-)
+from ._api import _class_index_target, _fused_call, _input
 
 __all__ = ["multi_margin_loss", "multi_margin_loss_and_grad", "nll_loss", "nll_loss_and_grad"]
 
@@ -56,24 +49,15 @@ def _run(
     """One kernel call: ``kernel(kernel_x, target, weight, *options, red, loss, grad, ...)``
     with ``kernel_x`` the kernel's view of ``x`` (the checked input), then the results
     shaped and typed as torch's."""
-    dtype = x.dtype
-    accum = v.accumulation_dtype(dtype)
-    loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
-    grad_buf = copy_back = go = None
-    go_scalar = 1.0
-    if want_grad:
-        grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, loss_shape, accum, grad_output, out, inplace, target, weight
+    def call(loss_buf: Any, grad_buf: Any, go: Any, go_scalar: float) -> float:
+        kernel_grad = None if grad_buf is None else grad_buf.reshape(kernel_x.shape)
+        return kernel(
+            kernel_x, target, weight, *options, red, loss_buf, kernel_grad, go, go_scalar, False,
+            *geometry,
         )
-    kernel_grad = None if grad_buf is None else grad_buf.reshape(kernel_x.shape)
-    total = kernel(
-        kernel_x, target, weight, *options, red, loss_buf, kernel_grad, go, go_scalar, False,
-        *geometry,
-    )
-    loss = _narrow_scalar(dtype, total) if loss_buf is None else _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
-    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+
+    return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
+                       (target, weight), call)
 
 
 # ---------------------------------------------------------------------------- nll_loss

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
-from ._api import _finish_grad, _gradient_destination, _input, _narrow_scalar, _shape_loss
+from ._api import _fused_call, _input
 from ._broadcast import NO_FACTOR, broadcast_factor
 
 __all__ = [
@@ -97,31 +97,21 @@ def _elementwise(
     if reduction == "batchmean":
         denominator = float(x.shape[0]) if x.ndim else 1.0
 
-    loss_buf = np.empty(x.shape, dtype=accum) if red == 0 else None
-    grad_buf = copy_back = go = None
-    go_scalar = 1.0
-    if want_grad:
-        grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, x.shape, accum, grad_output, out, inplace, t, w.values
-        )
+    def kernel(loss_buf: Any, grad_buf: Any, go: Any, go_scalar: float) -> float:
         if in_unit_interval and grad_buf is original:
             # The kernel finds such elements as it goes, having written over them.
             for name, a in (("input", x), ("target", t)):
                 if a.size and not ((a >= 0) & (a <= 1)).all():
                     raise ValueError(f"{name}: all elements of {name} should be between 0 and 1")
-    total = _core.elementwise(
-        OPS[op], x, t, red, loss_buf, grad_buf, go, go_scalar, False, param=param,
-        weight=w.values, weight_period=w.period, weight_repeat=w.repeat,
-        pos_weight=pw.values, pos_weight_period=pw.period, pos_weight_repeat=pw.repeat,
-        mean_denominator=denominator,
-    )
-    if loss_buf is None:
-        loss = _narrow_scalar(v.real_dtype(dtype), total)
-    else:
-        loss = _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
-    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+        return _core.elementwise(
+            OPS[op], x, t, red, loss_buf, grad_buf, go, go_scalar, False, param=param,
+            weight=w.values, weight_period=w.period, weight_repeat=w.repeat,
+            pos_weight=pw.values, pos_weight_period=pw.period, pos_weight_repeat=pw.repeat,
+            mean_denominator=denominator,
+        )
+
+    return _fused_call(x, original, red, x.shape, want_grad, grad_output, out, inplace,
+                       (t, w.values), kernel)
 
 
 def _with_grad(result: tuple[Any, np.ndarray | None]) -> tuple[Any, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
-from ._api import _finish_grad, _gradient_destination, _input, _narrow_scalar, _shape_loss
+from ._api import _fused_call, _input
 
 __all__ = ["kl_div_with_logits", "kl_div_with_logits_and_grad"]
 
@@ -50,25 +50,16 @@ def _kl_div_with_logits(
     red = _reduction_code(reduction)
     rows, classes = (1, x.shape[0]) if x.ndim == 1 else x.shape
     loss_shape = x.shape[:-1]  # (N,), or () for one (C,) row
-    dtype = x.dtype
-    accum = v.accumulation_dtype(dtype)
 
-    loss_buf = np.empty(loss_shape, dtype=accum) if red == 0 else None
-    grad_buf = copy_back = go = None
-    go_scalar = 1.0
-    if want_grad:
-        grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, loss_shape, accum, grad_output, out, inplace, t, None
+    def kernel(loss_buf: Any, grad_buf: Any, go: Any, go_scalar: float) -> float:
+        return _core.kl_div_with_logits(
+            x.reshape(rows, classes), t.reshape(rows, classes), temperature, red,
+            _as(loss_buf, (rows,)), _as(grad_buf, (rows, classes)), _as(go, (rows,)), go_scalar,
+            False,
         )
 
-    total = _core.kl_div_with_logits(
-        x.reshape(rows, classes), t.reshape(rows, classes), temperature, red,
-        _as(loss_buf, (rows,)), _as(grad_buf, (rows, classes)), _as(go, (rows,)), go_scalar, False,
-    )
-    loss = _narrow_scalar(dtype, total) if loss_buf is None else _shape_loss(loss_buf, dtype)
-    if grad_buf is None:
-        return loss, None
-    return loss, _finish_grad(grad_buf, copy_back, original, out, inplace)
+    return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
+                       (t, None), kernel)
 
 
 def kl_div_with_logits(

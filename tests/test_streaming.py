@@ -1,7 +1,7 @@
 """Gradients written with non-temporal stores, against torch float64.
 
-A cross-entropy gradient of 64 MiB or more (kStreamBytes, cross_entropy.h) bypasses
-the caches. Rows of an odd length C start off the vector grid, so the AVX2 and
+A cross-entropy or kl_div_with_logits gradient of 64 MiB or more (kStreamBytes,
+common.h) bypasses the caches. Rows of an odd length C start off the vector grid, so the AVX2 and
 AVX-512 paths stream through shifted vectors (two results joined per aligned store,
 masked stores at each row's ends). C = 50001 puts the row starts at every offset
 modulo the vector width; ``out=`` one element past a 64-byte boundary shifts row 0
@@ -40,3 +40,22 @@ def test_streamed_gradient_matches_torch(dtype: Any, smoothing: float, capabilit
     loss, grad = fl.cross_entropy_and_grad(x, t, label_smoothing=smoothing, out=out)
     assert grad is out
     check_against_torch(F.cross_entropy, loss, grad, x, t, label_smoothing=smoothing)
+
+
+# kl_div_with_logits keeps a row's exps in scratch up to 32768 float32 classes (the
+# pipelined rows read them back) and recomputes them past that: one C of each kind,
+# both odd, 64 MiB or more of gradient.
+@pytest.mark.parametrize("classes", [20001, 50001])
+def test_streamed_kl_div_with_logits_gradient_matches_torch(classes: int, capability: str) -> None:
+    from test_kl_div_with_logits import check
+
+    rng = np.random.default_rng(12)
+    n = -(-(64 << 20) // (classes * 4))
+    x = (rng.standard_normal((n, classes)) * 3).astype(np.float32)
+    t = (rng.standard_normal((n, classes)) * 3).astype(np.float32)
+    raw = np.empty(n * classes * 4 + 128, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64 + 4  # one element past a 64-byte boundary
+    out = raw[start:start + n * classes * 4].view(np.float32).reshape(n, classes)
+    loss, grad = fl.kl_div_with_logits_and_grad(x, t, 2.0, out=out)
+    assert grad is out
+    check(x, t, loss, grad, temperature=2.0)

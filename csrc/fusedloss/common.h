@@ -1,8 +1,8 @@
 // Helpers every loss family shares: heap scratch, fixed-order sums, the
-// streaming-store threshold.
+// streaming-store threshold and writer.
 //
-// Included inside a per-ISA namespace (kernels_isa.cpp) before the loss
-// headers; includes nothing itself.
+// Included inside a per-ISA namespace (kernels_isa.cpp) after simd/math.h,
+// before the loss headers; includes nothing itself.
 #pragma once
 
 constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
@@ -19,6 +19,39 @@ template <class T> struct Scratch {
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   T& operator[](int64_t i) { return p[i]; }
+};
+
+// Writes a run of contiguous full vectors, bypassing the caches when
+// `stream`: a vector on the 64-byte grid goes out as it is; a run whose
+// vectors sit `delta` lanes off the grid (NumPy's big arrays are 16-byte
+// aligned) has each result wait one vector and go out joined with the next
+// (stream_join), the run's two ends through masked stores; Half / BF16, or
+// stream off: plain stores. Call flush() before any other store into the run,
+// at its end, and before the run skips ahead; stream_fence() once the
+// thread's streaming is done.
+template <class S> struct StreamWriter {
+  using V = vec_t<S>;
+  static constexpr int W = int(V::W);
+  bool stream;
+  int delta;  // lanes off the grid, or -1: no joined streaming
+  bool pend = false;
+  V prev = V::set1(0);
+  S* prev_p = nullptr;
+
+  StreamWriter(bool stream_, const S* start) : stream(stream_), delta(stream_ && start ? stream_delta(start) : -1) {}
+  void put(S* p, V v) {
+    if (delta > 0) {
+      if (pend) stream_join(p - delta, prev, v, delta);
+      else store_lanes(p, v, 0, W - delta);
+      prev = v, prev_p = p, pend = true;
+    } else if (!(stream && vstream(p, v))) {
+      vstore(p, v);
+    }
+  }
+  void flush() {
+    if (pend) store_lanes(prev_p, prev, W - delta, W);
+    pend = false;
+  }
 };
 
 inline int64_t kMin(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -88,15 +88,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const bool loss = smooth || qr;
   V acc = V::set1(0);
   double accd = 0;
-  // Streaming stores off the vector grid: results wait one vector (prev).
-  const int delta = stream && gr ? stream_delta(gr + c0) : -1;
-  bool pend = false;
-  V prev = V::set1(0);
-  int64_t prev_off = 0;
-  const auto flush = [&] {
-    if (pend) store_lanes(gr + prev_off, prev, int(W) - delta, int(W));
-    pend = false;
-  };
+  StreamWriter<S> out(stream, gr ? gr + c0 : nullptr);  // the common step's full vectors
   for (int64_t c = c0; c < c1; c += kStep) {
     if (es && !loss && c + kStep <= c1 && !(tgt && p.t >= c && p.t < c + kStep)) {  // the common step
       if (pf)  // the next row's pass 1 reads this right after: start its misses now
@@ -106,17 +98,11 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
         const int64_t off = c + k * W;
         V gv = V::load(es + off) * F;
         if (capped) gv = gv * dtanh(V::load(tb + (off - c0)));
-        if (delta > 0) {
-          if (pend) stream_join(gr + off - delta, prev, gv, delta);
-          else store_lanes(gr + off, gv, 0, int(W) - delta);
-          prev = gv, prev_off = off, pend = true;
-        } else if (!(stream && vstream(gr + off, gv))) {
-          vstore(gr + off, gv);
-        }
+        out.put(gr + off, gv);
       }
       continue;
     }
-    flush();
+    out.flush();
     V e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
     V tv[4] = {e[0], e[0], e[0], e[0]};  // t (capped), pads 0
     if (es) {
@@ -161,7 +147,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
       put(gr + p.t, lane0(gt));
     }
   }
-  flush();
+  out.flush();
   return accd + double(hsum(acc));
 }
 

@@ -18,7 +18,10 @@
 // log_softmax forms x - max (no FMA), so a shift common to both rows cancels
 // exactly, and one class gives exactly 0. Pass 2 (only
 // for the gradient) writes T g (q_j - p_j), with the exps read back from
-// scratch or recomputed from x and t (the same bits either way). Partials are
+// scratch or recomputed from x and t (the same bits either way); it runs
+// interleaved, chunk by chunk, with pass 1 of the next row, so that memory is
+// read and written at once (as cross-entropy's rows_pipelined), and bypasses
+// the caches when the gradient is far bigger than them. Partials are
 // combined in chunk order in double and rows summed pairwise: results depend
 // on the shape only, never on the thread count.
 #pragma once
@@ -36,6 +39,7 @@ template <class S> struct KLDivLogits {
   const S* x;
   const S* t;
   S* g;                  // gradient, or nullptr
+  bool stream;           // gradient far bigger than the caches: non-temporal stores
   int64_t N, C;
   A inv_t;               // 1 / T
   double T;
@@ -125,8 +129,8 @@ template <class S> struct KLDivLogits {
 
   double go_of(int64_t r) const { return go_arr ? double(go_arr[r]) : go_scalar; }
 
-  // Pass 2 over [c0, c1): g = T go (q - p). pf: the next row's x and t to
-  // prefetch (this pass reads cache only; memory would idle), or nullptr.
+  // Pass 2 over [c0, c1): g = T go (q - p). pfx, pft: the next row's x and t,
+  // whose pass 1 over this chunk comes next, to prefetch, or nullptr.
   void grad(const S* xr, const S* tr, S* gr, int64_t c0, int64_t c1, const Part& pt, const Row& rw, double go,
             const A* ex, const A* et, const S* pfx, const S* pft) const {
     const double G = go * T;
@@ -134,6 +138,7 @@ template <class S> struct KLDivLogits {
     const V gt = V::set1(static_cast<A>(G * ::exp(double(pt.mt) - double(rw.Mt)) / rw.St));
     const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
     const A inf = std::numeric_limits<A>::infinity();
+    StreamWriter<S> out(stream, gr + c0);
     for (int64_t c = c0; c < c1; c += kStep) {
       if (pfx)
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
@@ -150,10 +155,15 @@ template <class S> struct KLDivLogits {
           e = expo(ld(xr + off, n, -inf), mx), f = expo(ld(tr + off, n, -inf), mt);
         }
         const V gv = fmsub(e, gx, f * gt);
-        if (n >= W) vstore(gr + off, gv);
-        else store_n(gr + off, n, gv);
+        if (n >= W) {
+          out.put(gr + off, gv);
+        } else {
+          out.flush();
+          store_n(gr + off, n, gv);
+        }
       }
     }
+    out.flush();
   }
 
   void store_row(int64_t r, double l) const {
@@ -161,23 +171,35 @@ template <class S> struct KLDivLogits {
     if (row_loss) row_loss[r] = l;
   }
 
-  // Rows [r0, r1), one after another. parts: chunks() entries; ex, et: the
-  // exps' scratch (padded() each) or nullptr.
-  void rows(int64_t r0, int64_t r1, Part* parts, A* ex, A* et) const {
-    const int64_t nch = chunks();
+  // Rows [r0, r1): the gradient pass of row r interleaved chunk by chunk
+  // with pass 1 of row r + 1 (the same chunk math, hence the same bits).
+  // pbuf: 2 x chunks() parts; sbuf: 2 rows' exps of x and t (4 x padded()),
+  // or nullptr (the exps are recomputed).
+  void rows(int64_t r0, int64_t r1, Part* pbuf, A* sbuf) const {
+    if (r0 >= r1) return;
+    const int64_t nch = chunks(), len = padded();
+    Part* parts[2] = {pbuf, pbuf + nch};
+    const auto ex = [&](int b) { return sbuf ? sbuf + 2 * b * len : nullptr; };
+    const auto et = [&](int b) { return sbuf ? sbuf + (2 * b + 1) * len : nullptr; };
+    const auto stats_of = [&](int64_t r, int b, int64_t k) {
+      parts[b][k] = stats(x + r * C, t + r * C, k * kChunk, chunk_end(k * kChunk), ex(b), et(b));
+    };
+    int cur = 0;
+    for (int64_t k = 0; k < nch; ++k) stats_of(r0, cur, k);
     for (int64_t r = r0; r < r1; ++r) {
-      const S* xr = x + r * C;
-      const S* tr = t + r * C;
-      for (int64_t k = 0; k < nch; ++k) parts[k] = stats(xr, tr, k * kChunk, chunk_end(k * kChunk), ex, et);
       double l;
-      const Row rw = combine(parts, nch, l);
+      const Row rw = combine(parts[cur], nch, l);
       store_row(r, l);
-      if (!g) continue;
       const bool more = r + 1 < r1;
-      for (int64_t k = 0; k < nch; ++k)
-        grad(xr, tr, g + r * C, k * kChunk, chunk_end(k * kChunk), parts[k], rw, go_of(r), ex, et,
-             more ? xr + C : nullptr, more ? tr + C : nullptr);
+      for (int64_t k = 0; k < nch; ++k) {
+        if (g)
+          grad(x + r * C, t + r * C, g + r * C, k * kChunk, chunk_end(k * kChunk), parts[cur][k], rw, go_of(r),
+               ex(cur), et(cur), more ? x + (r + 1) * C : nullptr, more ? t + (r + 1) * C : nullptr);
+        if (more) stats_of(r + 1, 1 - cur, k);
+      }
+      cur = 1 - cur;
     }
+    stream_fence();
   }
 
   // Few rows, many chunks: threads share each row chunk by chunk (the same
@@ -206,6 +228,7 @@ template <class S> struct KLDivLogits {
           grad(x + r * C, t + r * C, g + r * C, c0, chunk_end(c0), parts[it], rws[r], go_of(r), nullptr, nullptr,
                nullptr, nullptr);
         }
+        stream_fence();
       }
     }
   }
@@ -216,12 +239,11 @@ template <class S> struct KLDivLogits {
     if (nt > 1 && nch > 1 && N < 4 * int64_t(nt)) return rows_chunked(nt);
     // Per-thread scratch, allocated before the parallel region (a failure
     // throws here, not in a thread).
-    const int64_t len = use_scratch() ? padded() : 0;
-    Scratch<Part> parts(int64_t(nt) * nch);
-    Scratch<A> es(int64_t(nt) * 2 * len);
+    const int64_t len = use_scratch() ? 4 * padded() : 0;  // two rows' exps of x and t
+    Scratch<Part> parts(int64_t(nt) * 2 * nch);
+    Scratch<A> es(int64_t(nt) * len);
     const auto run_rows = [&](int64_t th, int64_t r0, int64_t r1) {
-      A* ex = len ? es.p + th * 2 * len : nullptr;
-      rows(r0, r1, parts.p + th * nch, ex, ex ? ex + len : nullptr);
+      rows(r0, r1, parts.p + th * 2 * nch, len ? es.p + th * len : nullptr);
     };
     if (nt <= 1) return run_rows(0, 0, N);
 #pragma omp parallel num_threads(nt)
@@ -246,6 +268,7 @@ template <class S> double kl_div_logits_typed(const KLDivLogitsProblem& pr, int 
   k.x = static_cast<const S*>(pr.input);
   k.t = static_cast<const S*>(pr.target);
   k.g = static_cast<S*>(pr.grad_input);
+  k.stream = pr.grad_input && N * pr.classes * int64_t(sizeof(S)) >= kStreamBytes;
   k.N = N;
   k.C = pr.classes;
   k.T = pr.temperature;

@@ -13,6 +13,12 @@
 constexpr int64_t kElemBlock = 1 << 14;
 constexpr int64_t kElemLaneTerms = 16;  // terms a float lane sums before the flush to double
 constexpr int64_t kElemSerial = 1 << 16;  // below this many elements: no parallel region
+// The common loop asks for input and target this far ahead: with a long loop
+// body (Huber, SmoothL1: selects, a division) the out-of-order window holds too
+// few iterations to keep enough misses in flight on its own (forced AVX2, 2
+// threads, 10^7 float32: Huber 1.18-1.30x -> 0.92-1.02x the floor, SmoothL1
+// 1.33-1.46x -> 0.93-1.01x; 1 KiB to 8 KiB ahead measure alike).
+constexpr int64_t kElemPrefetchBytes = 2048;
 
 // fn(i0, i1) -> partial sum of the block [i0, i1).
 template <class F> double sum_blocks(int64_t n, int threads, F&& fn) {
@@ -98,8 +104,19 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     const V gs = go, tc = t_const;
     const OpConsts<V> kk = k;
     const bool st = stream;
+    // The common case: target an array, no target gradient, no per-element
+    // loss or upstream gradient (weights are checked per run). Whether x's
+    // gradient is wanted does not enter: the loss's sum is contracted alike
+    // either way, so forward and forward+grad give the same bits.
+    const bool plain = tp && !gtp && !lp && !gop;
     double sum = 0;
     V bad = V::set1(0), bad_target = V::set1(0);
+    const auto count_bad = [&bad, &bad_target](V xv, V tv) {  // ops with kChecksDomain
+      if constexpr (Op::kChecksDomain) {
+        bad = bad + select(Op::out_of_domain(xv), V::set1(1), V::set1(0));
+        bad_target = bad_target + select(Op::out_of_domain(tv), V::set1(1), V::set1(0));
+      }
+    };
     for (int64_t s0 = i0; s0 < i1; s0 += kElemLaneTerms * W) {
       const int64_t s1 = kMin(i1, s0 + kElemLaneTerms * W);
       V acc = V::set1(0);  // memory-bound: one accumulator is enough
@@ -110,7 +127,23 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
         int64_t r1 = factor_run(wb, r0, s1, wp, wc);
         r1 = factor_run(pwb, r0, r1, pwp, pwc);
         const V wconst = V::set1(wc * scale), pwconst = V::set1(pwc);
-        for (int64_t i = r0; i < r1; i += W) {
+        int64_t i = r0;
+        if (plain && !wp && !pwp) {  // the common case's full vectors, the branches below hoisted
+          const V g = wconst * gs;
+          for (; i + W <= r1; i += W) {
+            __builtin_prefetch(reinterpret_cast<const char*>(xp + i) + kElemPrefetchBytes, 0, 1);
+            __builtin_prefetch(reinterpret_cast<const char*>(tp + i) + kElemPrefetchBytes, 0, 1);
+            const V xv = vload(xp + i), tv = vload(tp + i);
+            const OpOut<V> o = Op::eval(xv, tv, pwconst, kk);
+            count_bad(xv, tv);
+            if (gxp) {
+              const V gv = o.gx * g;
+              if (!(st && vstream(gxp + i, gv))) vstore(gxp + i, gv);
+            }
+            acc = acc + o.loss * wconst;
+          }
+        }
+        for (; i < r1; i += W) {
           const int64_t n = r1 - i;
           const V xv = ld(xp + i, n), tv = tp ? ld(tp + i, n) : tc;
           const V w = wp ? lda(wp + (i - r0), n) * V::set1(scale) : wconst;  // lanes past n: 0
@@ -119,10 +152,7 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
           V l = o.loss * w;
           if (n < W && !wp) l = l * load_n(ones, n, A(0));
           if (lp) n >= W ? l.store(lp + i) : store_n(lp + i, n, l);
-          if constexpr (Op::kChecksDomain) {  // padding lanes are 0: inside
-            bad = bad + select(Op::out_of_domain(xv), V::set1(1), V::set1(0));
-            bad_target = bad_target + select(Op::out_of_domain(tv), V::set1(1), V::set1(0));
-          }
+          count_bad(xv, tv);  // padding lanes are 0: inside
           if (gxp || gtp) {
             V g = gs;
             if (gop) {

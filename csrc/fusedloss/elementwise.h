@@ -104,11 +104,11 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     const V gs = go, tc = t_const;
     const OpConsts<V> kk = k;
     const bool st = stream;
-    // The common case: target an array, no target gradient, no per-element
-    // loss or upstream gradient (weights are checked per run). Whether x's
-    // gradient is wanted does not enter: the loss's sum is contracted alike
-    // either way, so forward and forward+grad give the same bits.
-    const bool plain = tp && !gtp && !lp && !gop;
+    // The common case: no target gradient, no per-element loss or upstream
+    // gradient (weights are checked per run). Whether x's gradient is wanted
+    // does not enter: the loss's sum is contracted alike either way, so
+    // forward and forward+grad give the same bits.
+    const bool plain = !gtp && !lp && !gop;
     double sum = 0;
     V bad = V::set1(0), bad_target = V::set1(0);
     const auto count_bad = [&bad, &bad_target](V xv, V tv) {  // ops with kChecksDomain
@@ -132,8 +132,8 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
           const V g = wconst * gs;
           for (; i + W <= r1; i += W) {
             __builtin_prefetch(reinterpret_cast<const char*>(xp + i) + kElemPrefetchBytes, 0, 1);
-            __builtin_prefetch(reinterpret_cast<const char*>(tp + i) + kElemPrefetchBytes, 0, 1);
-            const V xv = vload(xp + i), tv = vload(tp + i);
+            if (tp) __builtin_prefetch(reinterpret_cast<const char*>(tp + i) + kElemPrefetchBytes, 0, 1);
+            const V xv = vload(xp + i), tv = tp ? vload(tp + i) : tc;
             const OpOut<V> o = Op::eval(xv, tv, pwconst, kk);
             count_bad(xv, tv);
             if (gxp) {

@@ -64,7 +64,7 @@ template <class V> struct SoftplusParts {
   explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))) {
     const V y = V::set1(1) + e;
     r = V::set1(1) / y;
-    log1p_e = fmadd(e - (y - V::set1(1)), r, vlog(y));
+    log1p_e = fmadd(e - (y - V::set1(1)), r, vlog_1to2(y));  // y in [1, 2]
   }
   V softplus_neg(V x) const { return vmax(V::set1(0) - x, V::set1(0)) + log1p_e; }  // log(1 + e^-x)
   V softplus(V x) const { return vmax(x, V::set1(0)) + log1p_e; }                    // log(1 + e^x)

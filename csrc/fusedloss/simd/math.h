@@ -164,9 +164,25 @@ template <class V> inline V vexp(V x) { return vexp_any<true>(x); }
 // there, so this is vexp without it, bit for bit, one op cheaper.
 template <class V> inline V vexp_nonpos(V x) { return vexp_any<false>(x); }
 
-// log(x). x = 2^e * m with m in [sqrt(1/2), sqrt(2)), f = m - 1, s = f/(2+f):
-// log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)), R = sum 2 s^2k / (2k+1)
-// (the atanh series; fdlibm's arrangement keeps the error under 1 ULP).
+// log(2^e m) for m in [sqrt(1/2), sqrt(2)] (or NaN), e an integer:
+// f = m - 1, s = f/(2+f), log(1+f) = f - f^2/2 + s (f^2/2 + R(s^2)),
+// R = sum 2 s^2k / (2k+1) (the atanh series; fdlibm's arrangement keeps the
+// error under 1 ULP), plus e log 2 in two parts.
+template <class V> inline V vlog_reduced(V m, V e) {
+  using T = typename V::T;
+  using K = MathConsts<T>;
+  const V f = m - V::set1(1);
+  const V s = f / (f + V::set1(2));
+  const V z = s * s;
+  V R = V::set1(static_cast<T>(kAtanh[K::log_terms]));
+  for (int k = K::log_terms - 1; k >= 1; --k) R = fmadd(R, z, V::set1(static_cast<T>(kAtanh[k])));
+  R = R * z;
+  const V hfsq = V::set1(static_cast<T>(0.5)) * f * f;
+  const V corr = fmadd(s, hfsq + R, e * V::set1(K::ln2_lo));
+  return fmadd(e, V::set1(K::ln2_hi), f - (hfsq - corr));
+}
+
+// log(x): x = 2^e m by frexp, m moved into [sqrt(1/2), sqrt(2)).
 template <class V> inline V vlog(V x) {
   using T = typename V::T;
   using K = MathConsts<T>;
@@ -178,20 +194,20 @@ template <class V> inline V vlog(V x) {
   const auto big = gt(m, V::set1(static_cast<T>(1.41421356237309504880)));
   m = select(big, m * V::set1(static_cast<T>(0.5)), m);
   e = e + select(big, V::set1(1), V::set1(0));
-  const V f = m - V::set1(1);
-  const V s = f / (f + V::set1(2));
-  const V z = s * s;
-  V R = V::set1(static_cast<T>(kAtanh[K::log_terms]));
-  for (int k = K::log_terms - 1; k >= 1; --k) R = fmadd(R, z, V::set1(static_cast<T>(kAtanh[k])));
-  R = R * z;
-  const V hfsq = V::set1(static_cast<T>(0.5)) * f * f;
-  const V corr = fmadd(s, hfsq + R, e * V::set1(K::ln2_lo));
-  V res = fmadd(e, V::set1(K::ln2_hi), f - (hfsq - corr));
+  V res = vlog_reduced(m, e);
   const T inf = std::numeric_limits<T>::infinity();
   res = select(eq(x, V::set1(0)), V::set1(-inf), res);
   res = select(lt(x, V::set1(0)), V::set1(std::numeric_limits<T>::quiet_NaN()), res);
   res = select(eq(x, V::set1(inf)), x, res);
   return select(isnan_v(x), x, res);
+}
+
+// log(y) for y in [1, 2] or NaN, bit for bit vlog(y) there, without frexp and
+// the special cases (softplus's log(1 + e^-|x|)).
+template <class V> inline V vlog_1to2(V y) {
+  using T = typename V::T;
+  const auto big = gt(y, V::set1(static_cast<T>(1.41421356237309504880)));
+  return vlog_reduced(select(big, y * V::set1(static_cast<T>(0.5)), y), select(big, V::set1(1), V::set1(0)));
 }
 
 // tanh(x) (the logit softcap). |x| <= 0.625: x + x^3 Q(x^2), Q a Chebyshev fit

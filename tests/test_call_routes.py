@@ -2,9 +2,10 @@
 
 Two shortcuts keep small calls cheap, and each must be invisible:
 
-- ``_api._plain_cross_entropy``: the NumPy API recognises the plain call (float
-  (N, C) logits, int64 targets, mean/sum, no weight) by identity checks and calls
-  the kernel directly; ``_api._cross_entropy`` is the general route.
+- ``_api._plain_cross_entropy``: the NumPy API hands the plain call (float
+  (N, C) logits, int64 targets, mean/sum, no weight) to the binding's recogniser
+  (``_core.cross_entropy_common``), which runs the kernel directly or returns None;
+  ``_api._cross_entropy`` is the general route.
 - the kernel's plain small-row variant (index targets, no weight, smoothing or
   per-row grad_output): a weight of ones takes the general variant instead, and
   multiplying by 1 is exact, so the bits must agree.
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 import fusedloss as fl
-from fusedloss import _api
+from fusedloss import _api, _core
 
 SHAPES = [(1, 1), (3, 5), (64, 10), (17, 16), (40, 33), (5, 64), (300, 7), (2, 1000)]
 
@@ -125,3 +126,68 @@ def test_out_may_be_the_input_itself() -> None:
     loss, grad = fl.cross_entropy_and_grad(y, t, out=y)
     assert grad is y
     assert _bits(loss) == _bits(ref_loss) and _bits(y) == _bits(ref_grad)
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+def _unusual_operands() -> dict[str, tuple[Any, Any, Any]]:
+    """(input, target, out) of calls the recogniser must leave to the general route."""
+    x, t = _inputs((64, 10), np.float32, 6)
+    out = np.zeros_like(x)
+    readonly = np.zeros_like(x)
+    readonly.flags.writeable = False
+    return {
+        "big-endian input": (x.astype(">f4"), t, None),
+        "big-endian target": (x, t.astype(">i8"), None),
+        "int32 target": (x, t.astype(np.int32), None),
+        "subclass input": (x.view(_Subclass), t, None),
+        "strided input": (np.repeat(x, 2, axis=1)[:, ::2], t, None),
+        "float16 input": (x.astype(np.float16), t, None),
+        "list target": (x, t.tolist(), None),
+        "float64 out": (x, t, out.astype(np.float64)),
+        "strided out": (x, t, np.zeros((64, 20), np.float32)[:, ::2]),
+        "read-only out": (x, t, readonly),
+        "good out": (x, t, out),
+    }
+
+
+@pytest.mark.parametrize("case", list(_unusual_operands()))
+def test_unusual_operands_match_the_general_route(case: str) -> None:
+    """Byte order, subclasses, strides, other dtypes and unusable out= buffers are the
+    general route's to check and run: the same results, or its error."""
+    x, t, out = _unusual_operands()[case]
+    recognised = _core.cross_entropy_common(x, t, _fresh(out), "mean", -100, 0.0, True)
+    assert (recognised is not None) == (case == "good out")
+    try:
+        expected = _api._cross_entropy(x, t, None, -100, "mean", 0.0, True, None, _fresh(out))
+    except (TypeError, ValueError) as error:
+        with pytest.raises(type(error), match=str(error).split(":")[0]):
+            fl.cross_entropy_and_grad(x, t, out=_fresh(out))
+        return
+    loss, grad = fl.cross_entropy_and_grad(x, t, out=_fresh(out))
+    assert _bits(loss) == _bits(expected[0]) and _bits(grad) == _bits(expected[1])
+
+
+def _fresh(out: Any) -> Any:
+    """A writeable out= buffer copied (same strides), else the buffer itself."""
+    if out is None or not out.flags.writeable:
+        return out
+    copy = np.zeros_like(out) if out.flags.c_contiguous else np.zeros(
+        (out.shape[0], 2 * out.shape[1]), out.dtype)[:, ::2]
+    return copy
+
+
+def test_recogniser_hands_back_unusual_arguments() -> None:
+    x, t = _inputs((8, 4), np.float32, 7)
+    common = _core.cross_entropy_common
+    assert common(x, t, None, "mean", -100, 0.0, False) is not None
+    assert common(x, t, None, "none", -100, 0.0, False) is None
+    assert common(x, t, None, "mean", 2**63, 0.0, False) is None  # past int64
+    assert common(x, t, None, "mean", True, 0.0, False) is None  # bool, not int
+    assert common(x, t, None, "mean", -100, 1.5, False) is None
+    assert common(x, t, None, "mean", -100, float("nan"), False) is None
+    assert common(x[:, :0], t, None, "mean", -100, 0.0, False) is None  # C == 0
+    assert common(x.reshape(-1), t, None, "mean", -100, 0.0, False) is None
+    assert common(x, t[:4], None, "mean", -100, 0.0, False) is None

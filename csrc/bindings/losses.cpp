@@ -107,6 +107,73 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   return result.loss;
 }
 
+// Whether `obj` is exactly an ndarray (not a subclass) in native byte order
+// with element type number `num` (Python: `type(a) is np.ndarray and a.dtype
+// is np.dtype(...)`).
+bool exact_array(py::handle obj, int num) {
+  if (Py_TYPE(obj.ptr()) != py::detail::npy_api::get().PyArray_Type_) return false;
+  const py::dtype dt = py::reinterpret_borrow<py::array>(obj).dtype();
+  return dt.num() == num && dt.byteorder() != '>';
+}
+
+// The common NumPy call of cross-entropy, recognised by cheap checks here so
+// that a small call costs little more than its kernel (the Python layer
+// checks weight, grad_output and inplace first): C-contiguous float32 or
+// float64 (N, C) logits, C > 0; C-contiguous int64 (N,) class indices;
+// reduction "mean" or "sum"; ignore_index an int, label_smoothing a float in
+// [0, 1]; out None (a new gradient) or a writeable C-contiguous array of the
+// logits' dtype and shape. Returns (loss as a NumPy scalar of the logits'
+// dtype, gradient or None), or None for any other call, which the general
+// route then checks and runs (same kernel, same bits). (No default-constructed
+// py::array here: that allocates an empty NumPy array.)
+py::object cross_entropy_common(py::handle input, py::handle target, py::handle out, py::handle reduction,
+                                py::handle ignore_index, py::handle label_smoothing, bool want_grad) {
+  static const int f32 = py::dtype::of<float>().num(), f64 = py::dtype::of<double>().num(),
+                   i64 = py::dtype::of<int64_t>().num();
+  if (!(exact_array(input, f32) || exact_array(input, f64)) || !exact_array(target, i64) ||
+      !PyUnicode_CheckExact(reduction.ptr()) || !PyLong_CheckExact(ignore_index.ptr()) ||
+      !PyFloat_CheckExact(label_smoothing.ptr())) {
+    return py::none();
+  }
+  int red;
+  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "mean") == 0) {
+    red = static_cast<int>(Reduction::Mean);
+  } else if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "sum") == 0) {
+    red = static_cast<int>(Reduction::Sum);
+  } else {
+    return py::none();
+  }
+  int overflow = 0;
+  const long long ignore = PyLong_AsLongLongAndOverflow(ignore_index.ptr(), &overflow);
+  const double smoothing = PyFloat_AS_DOUBLE(label_smoothing.ptr());
+  const auto x = py::reinterpret_borrow<py::array>(input);
+  const auto t = py::reinterpret_borrow<py::array>(target);
+  const int c_style = py::array::c_style;
+  if (overflow || !(smoothing >= 0.0 && smoothing <= 1.0) || x.ndim() != 2 || x.shape(1) == 0 ||
+      t.ndim() != 1 || t.shape(0) != x.shape(0) || !(x.flags() & c_style) || !(t.flags() & c_style)) {
+    return py::none();
+  }
+  const int64_t rows = x.shape(0), classes = x.shape(1);
+  const py::dtype dtype = x.dtype();
+  py::object grad = py::none();
+  if (want_grad) {
+    if (out.is_none()) {
+      grad = py::array(dtype, std::vector<py::ssize_t>{rows, classes});
+    } else {
+      if (!exact_array(out, dtype.num())) return py::none();
+      const auto g = py::reinterpret_borrow<py::array>(out);
+      if (g.ndim() != 2 || g.shape(0) != rows || g.shape(1) != classes || !(g.flags() & c_style) ||
+          !g.writeable()) {
+        return py::none();
+      }
+      grad = g;
+    }
+  }
+  const double total = cross_entropy(x, t, py::none(), ignore, smoothing, red, py::none(), grad, py::none(), 1.0,
+                                     false, rows, classes, 1, 1.0, 0.0, 0.0, py::none());
+  return py::make_tuple(dtype.attr("type")(total), grad);
+}
+
 // A weight-like factor: None, or an accumulation-dtype array of `period`
 // values read as values[(i / repeat) % period] for element i of n.
 Broadcast check_broadcast(const py::object& values, int64_t period, int64_t repeat, int64_t n,
@@ -221,6 +288,11 @@ void register_losses(py::module_& m) {
         "softcap > 0; lse_square_scale adds lse_square_scale * logsumexp(z)^2 per position\n"
         "that is not ignored; lse_out (accumulation dtype, (outer, inner)) receives\n"
         "logsumexp(z) per position, NaN where the target is ignored.");
+  m.def("cross_entropy_common", &cross_entropy_common, py::arg("input"), py::arg("target"),
+        py::arg("out"), py::arg("reduction"), py::arg("ignore_index"), py::arg("label_smoothing"),
+        py::arg("want_grad"),
+        "The common NumPy cross-entropy call ((N, C) float32/float64 logits, int64 targets,\n"
+        "mean or sum): (loss, gradient or None), or None when the call is not that case.");
   m.def("elementwise", &elementwise, py::arg("op"), py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
         py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::kw_only(),

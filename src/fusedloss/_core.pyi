@@ -44,6 +44,15 @@ def cross_entropy(
     Raises IndexError naming ``target`` for an index outside [0, C) that is not
     ignore_index; nothing is written then."""
 
+def cross_entropy_common(
+    input: object, target: object, out: object, reduction: object, ignore_index: object,
+    label_smoothing: object, want_grad: bool,
+) -> tuple[np.generic, npt.NDArray[np.floating] | None] | None:
+    """The common NumPy call (C-contiguous float32/float64 (N, C) logits, C > 0,
+    C-contiguous int64 (N,) targets, reduction "mean" or "sum", an int ignore_index, a
+    float label_smoothing in [0, 1], out None or a matching writeable array): (loss as a
+    NumPy scalar of the logits' dtype, gradient or None); None for any other call."""
+
 ELEMENTWISE_OPS: dict[str, int]  # kernel op name -> code (from FUSEDLOSS_ELEMENTWISE_OPS)
 
 def elementwise(

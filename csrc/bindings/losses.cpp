@@ -107,13 +107,18 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   return result.loss;
 }
 
-// Whether `obj` is exactly an ndarray (not a subclass) in native byte order
-// with element type number `num` (Python: `type(a) is np.ndarray and a.dtype
-// is np.dtype(...)`).
-bool exact_array(py::handle obj, int num) {
-  if (Py_TYPE(obj.ptr()) != py::detail::npy_api::get().PyArray_Type_) return false;
-  const py::dtype dt = py::reinterpret_borrow<py::array>(obj).dtype();
-  return dt.num() == num && dt.byteorder() != '>';
+// Whether `obj` is exactly an ndarray (not a subclass) whose dtype equals
+// `dtype` (byte order included: Python's `type(a) is np.ndarray and a.dtype ==
+// dtype`).
+// numpy.ndarray and the dtypes cross_entropy_common takes, set once by
+// register_losses (while the module imports: no lazy static that calls into
+// Python from two threads) and kept for good (no destructor after the
+// interpreter has finished).
+py::handle ndarray_type, float32_dtype, float64_dtype, int64_dtype;
+
+bool exact_array(py::handle obj, py::handle dtype) {
+  return obj.get_type().is(ndarray_type) &&
+         py::reinterpret_borrow<py::array>(obj).dtype().equal(py::reinterpret_borrow<py::dtype>(dtype));
 }
 
 // The common NumPy call of cross-entropy, recognised by cheap checks here so
@@ -128,9 +133,8 @@ bool exact_array(py::handle obj, int num) {
 // py::array here: that allocates an empty NumPy array.)
 py::object cross_entropy_common(py::handle input, py::handle target, py::handle out, py::handle reduction,
                                 py::handle ignore_index, py::handle label_smoothing, bool want_grad) {
-  static const int f32 = py::dtype::of<float>().num(), f64 = py::dtype::of<double>().num(),
-                   i64 = py::dtype::of<int64_t>().num();
-  if (!(exact_array(input, f32) || exact_array(input, f64)) || !exact_array(target, i64) ||
+  if (!(exact_array(input, float32_dtype) || exact_array(input, float64_dtype)) ||
+      !exact_array(target, int64_dtype) ||
       !PyUnicode_CheckExact(reduction.ptr()) || !PyLong_CheckExact(ignore_index.ptr()) ||
       !PyFloat_CheckExact(label_smoothing.ptr())) {
     return py::none();
@@ -160,7 +164,7 @@ py::object cross_entropy_common(py::handle input, py::handle target, py::handle 
     if (out.is_none()) {
       grad = py::array(dtype, std::vector<py::ssize_t>{rows, classes});
     } else {
-      if (!exact_array(out, dtype.num())) return py::none();
+      if (!exact_array(out, dtype)) return py::none();
       const auto g = py::reinterpret_borrow<py::array>(out);
       if (g.ndim() != 2 || g.shape(0) != rows || g.shape(1) != classes || !(g.flags() & c_style) ||
           !g.writeable()) {
@@ -275,6 +279,10 @@ double elementwise(int op_code, const py::array& input, const py::object& target
 }  // namespace
 
 void register_losses(py::module_& m) {
+  ndarray_type = py::object(py::module_::import("numpy").attr("ndarray")).release();
+  float32_dtype = py::dtype::of<float>().release();
+  float64_dtype = py::dtype::of<double>().release();
+  int64_dtype = py::dtype::of<int64_t>().release();
   m.def("cross_entropy", &cross_entropy, py::arg("input"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"),
         py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),

@@ -107,15 +107,15 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   return result.loss;
 }
 
-// Whether `obj` is exactly an ndarray (not a subclass) whose dtype equals
-// `dtype` (byte order included: Python's `type(a) is np.ndarray and a.dtype ==
-// dtype`).
 // numpy.ndarray and the dtypes cross_entropy_common takes, set once by
 // register_losses (while the module imports: no lazy static that calls into
 // Python from two threads) and kept for good (no destructor after the
 // interpreter has finished).
 py::handle ndarray_type, float32_dtype, float64_dtype, int64_dtype;
 
+// Whether `obj` is exactly an ndarray (not a subclass) whose dtype equals
+// `dtype` (byte order included: Python's `type(a) is np.ndarray and a.dtype ==
+// dtype`).
 bool exact_array(py::handle obj, py::handle dtype) {
   return obj.get_type().is(ndarray_type) &&
          py::reinterpret_borrow<py::array>(obj).dtype().equal(py::reinterpret_borrow<py::dtype>(dtype));

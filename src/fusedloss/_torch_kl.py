@@ -20,7 +20,6 @@ from . import torch as _flt  # imports this module first: used at call time only
 from ._torchscript import RefusesTorchScript, torch_twin
 
 
-
 def kl_kernel(
     x: Tensor, target: Tensor, temperature: float, reduction: int, grad: Tensor | None,
     float32_loss: bool,

@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 def _factor_fusable(factor: Tensor | None, input: Tensor) -> bool:
     if factor is None:
         return True

@@ -96,6 +96,19 @@ def test_one_unbatched_token(rng, reduction, probs) -> None:
     check_result(ours, case, reduction, go)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_tokens(rng, dtype, reduction, bias) -> None:
+    """N = 0: no chunk runs; the weight and bias gradients are zeros, as torch's
+    (the weight gradient's buffer is otherwise first written by a chunk)."""
+    case = make_case(rng, 0, H, C, dtype, bias=bias)
+    ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target, reduction=reduction,
+                                            **_options(case))
+    check_result(ours, case, reduction)
+    np.testing.assert_array_equal(ours[2], np.zeros_like(case.w))
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weight", [False, True], ids=["unweighted", "weighted"])
 def test_all_tokens_ignored(weight, smoothing) -> None:

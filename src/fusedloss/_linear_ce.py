@@ -192,7 +192,8 @@ class NumpyHead:
         self.block = self.scratch = None
         if want_grad:
             self.grad_x = np.empty_like(x)
-            self.grad_w = np.empty(w.shape, dtype=x.dtype)
+            # The first chunk's product fills it; without tokens no chunk runs.
+            self.grad_w = (np.empty if x.shape[0] else np.zeros)(w.shape, dtype=x.dtype)
             if b is not None:
                 self.grad_b = np.zeros(b.shape, dtype=x.dtype)
         self.started = False

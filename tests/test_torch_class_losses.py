@@ -377,11 +377,26 @@ def test_fallbacks_call_torch(monkeypatch, name, case):
     assert calls == [1]
     assert got is expected
     # (torch 2.13's multi_margin_loss of empty input with reduction="sum" returns
-    # uninitialised memory: no value to compare with there.)
+    # uninitialised memory: no value to compare with there; ours gives 0, see
+    # test_multi_margin_over_no_samples.)
     if expected is None and not (case == "empty" and name == "multi_margin_loss"):
         monkeypatch.undo()
         torch.testing.assert_close(getattr(flt, name)(x, t, **kw), real(x, t, **kw),
                                    equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_multi_margin_over_no_samples(dtype):
+    """torch 2.13's CPU multi_margin_loss reduces no samples to uninitialised memory;
+    ours gives the mean over nothing, NaN (as mse_loss and nll_loss), and the sum 0,
+    with an empty gradient."""
+    x = torch.empty(0, 4, dtype=dtype, requires_grad=True)
+    t = torch.empty(0, dtype=torch.long)
+    for loss in (flt.multi_margin_loss(x, t), flt.MultiMarginLoss(p=2)(x, t)):
+        assert loss.dtype is dtype and loss.isnan()
+        loss.backward()
+        assert x.grad.shape == (0, 4)
+    assert flt.multi_margin_loss(x, t, reduction="sum").item() == 0
 
 
 def test_weight_requiring_grad_is_torchs_business():

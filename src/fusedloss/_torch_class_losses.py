@@ -290,6 +290,15 @@ def multi_margin_loss(
     code = _ops.reduction_code(reduction)
 
     def torch_fn() -> Tensor:
+        if reduction != "none" and isinstance(input, Tensor) and input.dim() == 2 and (
+            input.shape[0] == 0
+        ):
+            # torch 2.13's CPU kernel reduces no samples to uninitialised memory:
+            # reduce its (empty, checked) per-sample losses here, to 0 and NaN.
+            per_sample = F.multi_margin_loss(
+                input, target, p=p, margin=margin, weight=weight, reduction="none"
+            )
+            return per_sample.sum() if reduction == "sum" else per_sample.mean()
         return F.multi_margin_loss(
             input, target, p=p, margin=margin, weight=weight, reduction=reduction
         )

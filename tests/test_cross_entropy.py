@@ -118,6 +118,30 @@ def test_class_counts(capability, rng, dtype, classes):
     run_and_check(x, target, weight=weight, label_smoothing=0.05, reduction="mean")
 
 
+@pytest.mark.parametrize("shape", [(6, 1), (3, 1, 5), (2, 1, 70)], ids=["rows", "columns", "tiles"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_one_class_gradient_is_exactly_zero(capability, rng, dtype, reduction, weighted,
+                                            smoothing, shape):
+    """One class: softmax is 1 and the target term 1, so torch's gradient is exactly 0;
+    the target lane's coefficient is formed as p's is, so ours is too (it was
+    -2^-59 with label smoothing and a weight: two roundings that differed)."""
+    x = (rng.standard_normal(shape) * 10).astype(dtype)
+    target = np.zeros((shape[0], *shape[2:]), np.int64)
+    weight = np.array([0.7848364], dtype) if weighted else None
+    go = upstream_gradient(rng, target.shape, dtype, reduction)
+    _, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
+                                        label_smoothing=smoothing, grad_output=go)
+    xt = torch.from_numpy(x).requires_grad_()
+    loss = F.cross_entropy(xt, torch.from_numpy(target), None if weight is None else
+                           torch.from_numpy(weight), reduction=reduction, label_smoothing=smoothing)
+    loss.backward(torch.from_numpy(go))
+    assert (xt.grad.numpy() == 0).all()
+    np.testing.assert_array_equal(grad, np.zeros_like(x))
+
+
 # K-dim input is vectorised along the inner (d1*...*dk) axis: exercise its tails too.
 @pytest.mark.parametrize("inner", [1, 2, 3, 7, 8, 9, 15, 16, 17, 33])
 @pytest.mark.parametrize("dtype", REAL_DTYPES)

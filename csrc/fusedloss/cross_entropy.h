@@ -62,7 +62,10 @@ template <class S> struct CrossEntropy {
     int64_t t;
     // log p_c = (x_c - M) - lse: formed from the max-shifted logit, as torch
     // does, so the rounding is that of small numbers, not of |M| (~1000).
-    A xt, wt, lse, a, cw, b;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - b*[c == t]
+    // bt: the whole [c == t] coefficient, b + cw w_t, formed in double as `a`
+    // is, so that one class (C = 1, or every other weight 0) gives p a - bt = 0
+    // exactly, as torch's softmax - 1 does.
+    A xt, wt, lse, a, cw, bt;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - bt*[c == t]
     A M, ra;                  // rows: row max, a / S (p*a = exp(x - M) * ra)
     double go, Q;
   };
@@ -92,7 +95,7 @@ template <class S> struct CrossEntropy {
     double a;
     if (tgt) {
       a = go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
-      p.b = static_cast<A>(go * double(one_m_eps) * p.wt);
+      p.bt = static_cast<A>(go * (double(one_m_eps) * p.wt + eps_c_d * p.wt));
       p.cw = static_cast<A>(go * eps_c_d);
     } else {
       a = go * p.Q;

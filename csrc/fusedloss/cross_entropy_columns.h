@@ -132,8 +132,8 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     mv[v].store(mb + v * W);
     if (onehot) xtv[v].store(xtb + v * W);
   }
-  // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - b * [c == t];
-  // bb = cw * w_t (smoothing) + b, the whole [c == t] term. Invalid lanes
+  // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - bb * [c == t],
+  // bb the whole [c == t] term (Pos::bt). Invalid lanes
   // may hold anything: their gradient is zeroed by okb, their loss unused.
   alignas(64) A rab[kTile], cwb[kTile], bb[kTile];
   // As coefs(): times gs, z-loss's 2 lam LSE on p's coefficient.
@@ -146,12 +146,8 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       if (zloss) a += zl(j, go);
       rab[j] = static_cast<A>(a / sd[j]);
       cwb[j] = static_cast<A>(go * eps_c_d);
-      bb[j] = static_cast<A>(go * ome * wtb[j]);
+      bb[j] = static_cast<A>(go * (ome * wtb[j] + eps_c_d * wtb[j]));
     }
-    if (smooth)
-      for (int64_t j = 0; j < nb; ++j) bb[j] = cwb[j] * wtb[j] + bb[j];
-    else
-      for (int64_t j = 0; j < nb; ++j) bb[j] = A(0) + bb[j];
   } else {
     for (int64_t j = 0; j < nb; ++j) {
       const double go = gob[j] * gs;

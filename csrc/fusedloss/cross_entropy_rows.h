@@ -137,8 +137,7 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
     if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
       alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
-      const A cww = smooth ? p.cw * p.wt : A(0);
-      V gt = fmsub(V::set1(eb[p.t - c]), F, V::set1(cww + p.b));
+      V gt = fmsub(V::set1(eb[p.t - c]), F, V::set1(p.bt));
       if (capped) {
         alignas(64) A tt[4 * W];
         for (int k = 0; k < 4; ++k) tv[k].store(tt + k * W);
@@ -351,8 +350,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     }
     const double acc = smooth || q ? double(hsum(la)) : 0.0;  // else la is 0
     if (gr && tgt) {
-      const A cww = smooth ? p.cw * p.wt : A(0);
-      V gt = fmsub(V::set1(eb[j][p.t]), ra, V::set1(cww + p.b));
+      V gt = fmsub(V::set1(eb[j][p.t]), ra, V::set1(p.bt));
       if (capped) gt = gt * dtanh(V::set1(tz[j][p.t]));
       put(gr + p.t, lane0(gt));
     }

@@ -111,7 +111,7 @@ def overhead(torch: Any, calls: int, tick: Callable[[str], None]) -> str:
         "fl.cross_entropy_and_grad, new gradient": lambda: fl.cross_entropy_and_grad(x, t),
         "fl.mse_loss_and_grad 640 elements, out=": lambda: fl.mse_loss_and_grad(a, c, out=g.ravel()),
     }
-    lines = [[name, b.fmt_time(b.per_call(fn, calls))] for name, fn in timed.items()]
+    lines = [[name, b.fmt_time(seconds)] for name, seconds in b.per_call(timed, calls).items()]
     for row in b.tiny_overhead(torch, calls)[1:]:
         lines.append(["fusedloss.torch.cross_entropy fwd+bwd", b.fmt_time(row.seconds["fusedloss"])])
         lines.append(["torch eager F.cross_entropy fwd+bwd", b.fmt_time(row.seconds["reference"])])

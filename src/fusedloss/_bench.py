@@ -109,17 +109,22 @@ def measure(
     return {name: statistics.median(s) for name, s in samples.items()}, values
 
 
-def per_call(fn: Timed, calls: int = 300, reps: int = 7) -> float:
-    """Median seconds per call of a tiny call, timed in batches of ``calls`` after warm-up."""
-    for _ in range(calls // 10 + 1):
-        fn()
-    batches = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def per_call(fns: dict[str, Timed], calls: int = 300, reps: int = 7) -> dict[str, float]:
+    """Median seconds per call of tiny calls, timed in batches of ``calls`` after
+    warm-up. The contenders' batches take turns, so a drift of the machine's speed
+    reaches them alike (timed one after the other, the first of two identical
+    calls measured up to 8% slower)."""
+    for fn in fns.values():
+        for _ in range(calls // 10 + 1):
             fn()
-        batches.append((time.perf_counter() - t0) / calls)
-    return statistics.median(batches)
+    batches: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            batches[name].append((time.perf_counter() - t0) / calls)
+    return {name: statistics.median(b) for name, b in batches.items()}
 
 
 # ------------------------------------------------------------------------- contenders
@@ -304,7 +309,7 @@ def tiny_overhead(torch: Any, calls: int) -> list[Row]:
     x, t = logits((64, 10))
     g = np.empty_like(x)
     rows = [Row("NumPy API 64x10 fwd+grad (out=), per call",
-                {"fusedloss": per_call(lambda: fl.cross_entropy_and_grad(x, t, out=g), calls)})]
+                per_call({"fusedloss": lambda: fl.cross_entropy_and_grad(x, t, out=g)}, calls))]
     flt = torch_layer() if torch is not None else None
     if flt is not None:
         tt = torch.from_numpy(t)
@@ -312,7 +317,7 @@ def tiny_overhead(torch: Any, calls: int) -> list[Row]:
         eager = autograd_call(torch.nn.functional.cross_entropy,
                               torch.from_numpy(x.copy()).requires_grad_(), tt)
         rows.append(Row("fusedloss.torch 64x10 fwd+bwd vs torch eager, per call",
-                        {"fusedloss": per_call(ours, calls), "reference": per_call(eager, calls)},
+                        per_call({"fusedloss": ours, "reference": eager}, calls),
                         extra={"ref": "torch eager"}))
     return rows
 

@@ -39,8 +39,10 @@ the CPU (CUDA, meta, ...), dtypes other than float32/float64/float16/bfloat16,
 tensor subclasses with ``__torch_function__``, mismatched shapes or dtypes
 (torch broadcasts, promotes or raises its own error), a ``weight`` that requires
 grad (or, for the elementwise losses, of another dtype or not broadcasting to
-the input), ``weight=`` for MSE/L1, and empty input. Non-contiguous tensors are made
-contiguous. Bad arguments therefore raise torch's own exceptions.
+the input), ``weight=`` for MSE/L1, and empty input (except the reduction of an
+empty batch in :func:`multi_margin_loss`: 0 for the sum and NaN for the mean,
+where torch 2.13's CPU kernel returns uninitialised memory). Non-contiguous
+tensors are made contiguous. Bad arguments therefore raise torch's own exceptions.
 
 Small cross-entropy problems (fewer than :data:`TORCH_KERNEL_BELOW` elements of
 input, without the LLM options or ``inplace_backward``) also go to torch in eager

@@ -127,7 +127,7 @@ def _ce_cases() -> list[Bad]:
         add((_logits(), _targets(3)), {}, ValueError, "target", "shape-short")
         add((_logits(), _targets().reshape(4, 1)), {}, ValueError, "target", "shape-2d")
         add((_logits(), np.zeros((), np.int64)), {}, ValueError, "target", "shape-0d")
-        add((_logits((5,)), _targets(1)), {}, ValueError, "target", "shape-1d-input-1d-target")
+        add((_logits((5,)), _targets(2)), {}, ValueError, "target", "shape-1d-input-2-targets")
         add((_logits((2, 5, 3)), np.zeros((2,), np.int64)), {}, ValueError, "target",
             "shape-kdim")
         add((_logits((2, 5, 3)), np.zeros((2, 5), np.int64)), {}, ValueError, "target",

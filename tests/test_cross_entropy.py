@@ -386,16 +386,56 @@ def test_capabilities_start_with_baseline():
         assert fl.cpu_capability() == CAPABILITIES[-1]
 
 
-def test_ignore_index_with_probabilities_is_rejected_as_in_torch() -> None:
-    """torch raises for a non-default ignore_index with class-probability targets."""
+@pytest.mark.parametrize("ignore_index", [0, 1, 7])
+def test_ignore_index_with_probabilities_is_rejected_as_in_torch(ignore_index) -> None:
+    """torch raises for an ignore_index >= 0 (one that could name a class) with
+    class-probability targets."""
     x = np.zeros((3, 4), np.float32)
     probs = np.full((3, 4), 0.25, np.float32)
     with pytest.raises(RuntimeError, match="ignore_index"):
-        F.cross_entropy(torch.from_numpy(x), torch.from_numpy(probs), ignore_index=1)
+        F.cross_entropy(torch.from_numpy(x), torch.from_numpy(probs), ignore_index=ignore_index)
     for fn in (fl.cross_entropy, fl.cross_entropy_and_grad):
         with pytest.raises(ValueError, match="ignore_index"):
-            fn(x, probs, ignore_index=1)
-    assert np.isclose(fl.cross_entropy(x, probs, ignore_index=-100), np.log(4))
+            fn(x, probs, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, -1, -(2**63)])
+def test_negative_ignore_index_with_probabilities_ignores_nothing(rng, ignore_index) -> None:
+    """A negative ignore_index names no class: torch accepts it with probability
+    targets and ignores nothing (soft labels beside ignore_index=-1, a common setup)."""
+    x, probs, _ = cross_entropy_inputs(rng, (5, 7), np.float64, probs=True)
+    run_and_check(x, probs, ignore_index=ignore_index, reduction="mean")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_unbatched_input_takes_a_one_element_target(rng, reduction) -> None:
+    """(C,) input with a (1,) target, as torch (and fl.nll_loss) accept: the same
+    as the 0-d target."""
+    x = rng.standard_normal(6)
+    want = fl.cross_entropy_and_grad(x, np.array(4), reduction=reduction)
+    got = fl.cross_entropy_and_grad(x, np.array([4]), reduction=reduction)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    ref = F.cross_entropy(torch.from_numpy(x), torch.tensor([4]), reduction=reduction)
+    assert np.isclose(got[0], ref.item(), rtol=1e-12) and np.shape(got[0]) == tuple(ref.shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (3, 4, 5)], ids=["rows", "columns"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_non_finite_weight_of_an_untargeted_class_stays_there(rng, reduction, bad, shape) -> None:
+    """Without smoothing, a class's weight reaches only the rows that target it:
+    a NaN or inf weight of a class no row targets leaves every gradient finite, as
+    torch's (the weights' sum, used by smoothing alone, had spread it as 0 * NaN)."""
+    x = rng.standard_normal(shape)
+    target = np.zeros((shape[0], *shape[2:]), np.int64)
+    target[1] = 1
+    target[2] = 3
+    w = np.ones(4)
+    w[2] = bad
+    run_and_check(x, target, weight=w, reduction=reduction)
+    _, grad = fl.cross_entropy_and_grad(x, target, weight=w, reduction=reduction)
+    assert np.isfinite(grad).all()
 
 
 # ------------------------------------------------------------ long sums stay accurate

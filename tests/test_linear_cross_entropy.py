@@ -294,6 +294,24 @@ def test_non_contiguous_operands(rng) -> None:
     check_result(ours, case)
 
 
+def test_byte_swapped_operands(rng) -> None:
+    """Big-endian input, weight and bias are read as their values, as everywhere else."""
+    case = make_case(rng, N, H, C, np.float64, bias=True)
+    swapped = [a.astype(a.dtype.newbyteorder(">")) for a in (case.x, case.w, case.b)]
+    ours = fl.linear_cross_entropy_and_grad(swapped[0], swapped[1], case.target,
+                                            linear_bias=swapped[2], chunk_bytes=4000)
+    check_result(ours, case)
+
+
+def test_probabilities_with_a_negative_ignore_index(rng) -> None:
+    """A negative ignore_index names no class: with probability targets torch accepts it
+    and ignores nothing."""
+    case = make_case(rng, N, H, C, np.float64, probs=True)
+    ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target, ignore_index=-1,
+                                            chunk_bytes=4000, **_options(case))
+    check_result(ours, case)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_gradient_in_small_blocks(monkeypatch, rng, dtype) -> None:
     """Later chunks add their weight gradient through a block of classes at a time

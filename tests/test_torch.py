@@ -127,6 +127,23 @@ def test_cross_entropy_same_dtype_torch(dtype):
     torch.testing.assert_close(gx, rgx)
 
 
+@pytest.mark.parametrize("ignore_index", [-100, -1])
+def test_probabilities_with_a_negative_ignore_index_are_fused(monkeypatch, ignore_index):
+    """torch accepts any negative ignore_index with probability targets (it names no
+    class); the kernel runs there too, with torch's values."""
+    calls = []
+    real = F.cross_entropy
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, t, _ = make_ce((16, 33), torch.float64, True, False, seed=4)
+    loss, gx, gt = loss_and_grads(flt.cross_entropy, x, t, ignore_index=ignore_index)
+    assert calls == []
+    monkeypatch.undo()
+    rloss, rgx, rgt = loss_and_grads(F.cross_entropy, x, t, ignore_index=ignore_index)
+    torch.testing.assert_close(loss, rloss)
+    torch.testing.assert_close(gx, rgx)
+    torch.testing.assert_close(gt, rgt)
+
+
 def test_half_types_are_not_upcast(monkeypatch):
     seen = []
     real = _torch_ops._core.cross_entropy

@@ -40,7 +40,12 @@ template <class S> struct CrossEntropy {
   S* g;                     // gradient, or nullptr (forward only)
   int64_t N, C, I, ignore;
   A one_m_eps, eps_c;       // 1 - eps, eps / C
-  double eps_c_d, wsum;     // eps / C and sum of weights, in double
+  double eps_c_d;           // eps / C in double
+  // Smoothing's share of p's coefficient, eps / C times the weights' sum: 0
+  // without smoothing whatever the weights (0 * NaN would spread a NaN or inf
+  // weight of a class that no row targets to every row's gradient; torch's
+  // stays finite).
+  double eps_wsum;
   bool smooth;              // eps > 0
   Reduction red;
   const A* go_arr;          // per-position upstream gradient (None), or nullptr
@@ -94,7 +99,7 @@ template <class S> struct CrossEntropy {
     const double go = p.go * gs;
     double a;
     if (tgt) {
-      a = go * (double(one_m_eps) * p.wt + eps_c_d * wsum);
+      a = go * (double(one_m_eps) * p.wt + eps_wsum);
       p.bt = static_cast<A>(go * (double(one_m_eps) * p.wt + eps_c_d * p.wt));
       p.cw = static_cast<A>(go * eps_c_d);
     } else {
@@ -345,8 +350,9 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   k.eps_c_d = pr.classes > 0 ? eps / double(pr.classes) : 0.0;
   k.eps_c = static_cast<A>(k.eps_c_d);
   k.smooth = eps > 0;
-  k.wsum = double(pr.classes);
-  if (w) k.wsum = pairwise_sum(0, pr.classes, [w](int64_t c) { return double(w[c]); });
+  const double wsum =
+      w ? pairwise_sum(0, pr.classes, [w](int64_t c) { return double(w[c]); }) : double(pr.classes);
+  k.eps_wsum = k.smooth ? k.eps_c_d * wsum : 0.0;
   k.red = pr.reduction;
   k.go_arr = static_cast<const A*>(pr.grad_output);
   // A mean over zero total weight. Every target weight 0 (or every target

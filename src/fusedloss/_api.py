@@ -41,6 +41,8 @@ def _input(input: Any, allow_complex: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_index_target(target: np.ndarray, loss_shape: tuple[int, ...]) -> np.ndarray:
+    if loss_shape == () and target.shape == (1,):  # one unbatched sample: torch takes both
+        target = target.reshape(())
     v.same_shape(target, loss_shape, "target", "class indices: the input's shape without dim C")
     if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
         raise IndexError("target: class index above 2**63 - 1 is out of range")
@@ -130,10 +132,8 @@ def _cross_entropy(
         and t.flags.c_contiguous
     ):
         t = _cross_entropy_target(target, x, loss_shape)
-        if t.dtype is not _INT64 and ignore_index != -100:
-            raise ValueError(  # as torch: probabilities have no class to ignore
-                f"ignore_index: not supported with class-probability targets, got {ignore_index}"
-            )
+        if t.dtype is not _INT64:
+            v.no_class_to_ignore(ignore_index)
 
     w = v.class_weight(weight, classes, accum)
 

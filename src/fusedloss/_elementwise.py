@@ -267,7 +267,12 @@ def binary_cross_entropy_and_grad(
     out: np.ndarray | None = None,
     inplace: bool = False,
 ) -> tuple[Any, np.ndarray]:
-    """Binary cross-entropy and its gradient w.r.t. ``input`` in one pass."""
+    """Binary cross-entropy and its gradient w.r.t. ``input`` in one pass.
+
+    Values outside [0, 1] are found by the kernel as it reads (a separate check
+    would cost a pass over both arrays): the ValueError may then come after part
+    of ``out`` was written. ``inplace=True`` checks first, so the input is never
+    lost to a bad value."""
     return _with_grad(_elementwise(
         "binary_cross_entropy", input, target, reduction, True, grad_output, out, inplace,
         weight=weight, in_unit_interval=True,

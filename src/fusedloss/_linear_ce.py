@@ -93,12 +93,12 @@ def shapes_of(input_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> Sh
 def float_operand(value: Any, name: str, dtype: np.dtype | None) -> np.ndarray:
     """A float32/float64 array (of ``dtype`` when given: all operands agree, as in torch)."""
     arr = v.array(value, name)
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in (v.F32, v.F64):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {arr.dtype}")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -111,10 +111,7 @@ def target_rows(target: Any, shapes: Shapes, dtype: np.dtype, ignore_index: int)
         return t.reshape(shapes.tokens, shapes.inner)
     if kind == "f":
         v.same_shape(t, shapes.logits_shape, "target", "class probabilities: the logits' shape")
-        if ignore_index != -100:
-            raise ValueError(  # as torch: probabilities have no class to ignore
-                f"ignore_index: not supported with class-probability targets, got {ignore_index}"
-            )
+        v.no_class_to_ignore(ignore_index)
         return np.ascontiguousarray(t, dtype=dtype).reshape(shapes.tokens, -1)
     raise TypeError(
         "target: expected integer class indices or floating class probabilities, "

@@ -96,6 +96,16 @@ def label_smoothing_value(value: object) -> float:
     return value
 
 
+def no_class_to_ignore(ignore_index: int) -> None:
+    """Probability targets have no class to ignore: as torch, an ignore_index that
+    could name one (>= 0) is an error, a negative one ignores nothing."""
+    if ignore_index >= 0:
+        raise ValueError(
+            "ignore_index: not supported with class-probability targets (only a negative "
+            f"value, which ignores nothing), got {ignore_index}"
+        )
+
+
 def integer_value(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected an integer, got bool")

@@ -122,8 +122,10 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
                 return False
         elif target.shape != shape[:1] + shape[2:]:
             return False
-    elif target.dtype is not input.dtype or target.shape != shape or ignore_index != -100:
-        return False  # (torch refuses ignore_index with probability targets)
+    elif target.dtype is not input.dtype or target.shape != shape or not (
+        type(ignore_index) is int and ignore_index < 0
+    ):
+        return False  # (torch refuses an ignore_index >= 0 with probability targets)
     if not _ops.class_weight_fusable(weight, input, shape[0 if ndim == 1 else 1], autocast):
         return False
     # An ignore_index outside int64 goes to torch, which raises its own error.

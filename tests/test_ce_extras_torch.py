@@ -10,6 +10,7 @@ tests/test_torch.py states them.
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 
@@ -143,6 +144,50 @@ def test_torch_compile_fullgraph_traces_the_options():
     assert graphs and all("fusedloss.cross_entropy" in g for g in graphs)
 
 
+def _fusedloss_graphs() -> tuple[list[str], object]:
+    """A backend that records each graph's text, then runs aot_eager."""
+    graphs: list[str] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    return graphs, backend
+
+
+def test_torch_compile_dynamic_shapes_plain_call():
+    """dynamic=True: the option defaults may reach the call as symbolic floats, so
+    their identity tests fail; the checked values (not identities) decide, and the
+    plain call still traces into the fused op over changing batch sizes."""
+    torch._dynamo.reset()
+    graphs, backend = _fusedloss_graphs()
+    compiled = torch.compile(lambda x, t: flt.cross_entropy(x, t), dynamic=True, fullgraph=True,
+                             backend=backend)
+    for n in (8, 13, 21):
+        x, t, _ = make_ce((n, 11), torch.float32, False, False, seed=n)
+        loss, gx, _ = loss_and_grads(compiled, x, t)
+        rloss, rgx, _ = loss_and_grads(torch.nn.functional.cross_entropy, x, t)
+        torch.testing.assert_close(loss, rloss)
+        torch.testing.assert_close(gx, rgx)
+    assert graphs and all("fusedloss.cross_entropy" in g for g in graphs)
+
+
+@pytest.mark.parametrize("option", ["num_items_in_batch", "logit_scale"])
+def test_torch_compile_fullgraph_float_option_that_changes(option):
+    """A Python float option that changes from call to call becomes symbolic after
+    the first change: its checks trace (no math.isfinite on it) under fullgraph."""
+    torch._dynamo.reset()
+    graphs, backend = _fusedloss_graphs()
+    compiled = torch.compile(lambda x, t, v: flt.cross_entropy(x, t, **{option: v}),
+                             fullgraph=True, backend=backend)
+    x, t, _ = make_ce((8, 11), torch.float64, False, False, seed=3)
+    for value in (10.0, 12.0, 13.0):
+        got = compiled(x, t, value)
+        ref = flt.cross_entropy(x, t, **{option: value})  # eager
+        torch.testing.assert_close(got, ref)
+    assert graphs and all("fusedloss.cross_entropy" in g for g in graphs)
+
+
 def test_custom_op_with_options_passes_opcheck():
     from fusedloss import _torch_ops
 
@@ -160,6 +205,8 @@ def test_module_takes_the_options():
     text = repr(crit)
     assert "logit_scale=0.5" in text and "softcap=3.0" in text and "num_items_in_batch=10" in text
     assert repr(flt.CrossEntropyLoss()) == "CrossEntropyLoss()"
+    # an unpickled module holds equal floats, not the default objects
+    assert repr(pickle.loads(pickle.dumps(flt.CrossEntropyLoss()))) == "CrossEntropyLoss()"
     kw = dict(weight=w, ignore_index=IGNORE, logit_scale=0.5, softcap=3.0, lse_square_scale=1e-2)
     for items, module_call in ((10, lambda x, t: crit(x, t)),
                                (4, lambda x, t: crit(x, t, num_items_in_batch=4))):

@@ -329,3 +329,32 @@ def test_options_batch_chunk_size_sets_the_chunk(monkeypatch, rng) -> None:
     flt.linear_cross_entropy(x, w, t, options=nn.LinearCrossEntropyOptions(), chunk_bytes=C * 8 * 3)
     flt.linear_cross_entropy(x, w, t)
     assert seen == [5, 3, N]
+
+
+def test_torch_compile_dynamic_batch_and_changing_num_items() -> None:
+    """dynamic=True over changing batch sizes, and a float num_items_in_batch that
+    changes per call (symbolic after the first change), both under fullgraph:
+    the option checks trace, and the fused op is in every graph."""
+    torch._dynamo.reset()
+    graphs: list[str] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(C, H, generator=gen, dtype=torch.float64)
+    def objective(h, t, v):
+        return flt.linear_cross_entropy(h, w, t, num_items_in_batch=v)
+
+    compiled = torch.compile(objective, dynamic=True, fullgraph=True, backend=backend)
+    for n, items in ((8, 10.0), (11, 12.0), (20, 13.0)):
+        h = torch.randn(n, H, generator=gen, dtype=torch.float64, requires_grad=True)
+        t = torch.randint(0, C, (n,), generator=gen)
+        got = compiled(h, t, items)
+        (gh,) = torch.autograd.grad(got, h)
+        ref = F.cross_entropy(h @ w.T, t, reduction="sum") / items
+        (rh,) = torch.autograd.grad(ref, h)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(gh, rh)
+    assert graphs and all("fusedloss.linear_cross_entropy" in g for g in graphs)

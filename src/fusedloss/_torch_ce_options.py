@@ -30,6 +30,10 @@ class Options(NamedTuple):
     divisor: float | Tensor | None
     return_lse: bool
 
+    def changes_something(self) -> bool:
+        """False for option values that change nothing (logit_scale=1.0, ...)."""
+        return self.extras is not None or self.divisor is not None or self.return_lse
+
 
 def check(
     logit_scale: object,
@@ -116,13 +120,9 @@ def cross_entropy(
     input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward,
     options: Options,
 ):
-    """fusedloss.torch.cross_entropy's route when an LLM option is given: the same
-    steps as the plain call (with its helpers), the options passed along."""
-    if options.extras is None and options.divisor is None and not options.return_lse:
-        return _flt.cross_entropy(  # option values that change nothing (logit_scale=1.0, ...)
-            input, target, weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, inplace_backward=inplace_backward,
-        )
+    """fusedloss.torch.cross_entropy's route when an LLM option changes something
+    (``options.changes_something()``): the same steps as the plain call (with its
+    helpers), the options passed along."""
     code = _flt._reduction_code(reduction)
     autocast = isinstance(input, Tensor) and _flt._float32_loss(input)
     if code is None or not _flt._ce_fusable(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import has_torch_function_variadic
 
 from . import _core
 from . import _torch_ops as _ops
@@ -203,7 +202,7 @@ def _tensors_fusable(input, target, weight) -> bool:
     return (
         isinstance(input, Tensor)
         and isinstance(target, Tensor)
-        and not has_torch_function_variadic(input, target, weight)
+        and not _ops.torch_function_wanted(input, target, weight)
         and not _ops.functorch_active()
         and input.dtype in _ops.SUPPORTED_DTYPES
         and input.is_cpu

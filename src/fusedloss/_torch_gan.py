@@ -21,12 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.overrides import has_torch_function_unary
 
 from . import _torch_elementwise as _ew
 from ._gan import _kind
 from ._losses import GAN_DISCRIMINATOR_KINDS, GAN_GENERATOR_KINDS, GanTerm
-from ._torch_ops import MEAN, SUPPORTED_DTYPES, functorch_active
+from ._torch_ops import MEAN, SUPPORTED_DTYPES, functorch_active, torch_function_wanted
 from ._torchscript import torch_twin
 
 __all__ = ["gan_discriminator_loss", "gan_generator_loss"]
@@ -53,7 +52,7 @@ def _fusable(x: Tensor) -> bool:
         x.dtype in SUPPORTED_DTYPES
         and x.is_cpu
         and x.numel() > 0
-        and not has_torch_function_unary(x)
+        and not torch_function_wanted(x)
         and not functorch_active()
     )
 

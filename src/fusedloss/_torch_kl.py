@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import has_torch_function_variadic
 
 from . import _core
 from . import _torch_ops as _ops
@@ -164,7 +163,7 @@ def kl_div_with_logits(
         )
     target = target.detach()
     if (
-        has_torch_function_variadic(input, target)
+        _ops.torch_function_wanted(input, target)
         or _flt._functorch_active()
         or input.dtype not in _ops.SUPPORTED_DTYPES
         or not (input.is_cpu and target.is_cpu)

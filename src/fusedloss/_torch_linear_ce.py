@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import has_torch_function_variadic
 
 from . import _linear_ce_chunks as chunks
 from . import _torch_ce_options as _ce_options
@@ -57,7 +56,7 @@ def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
         return False
     if linear_bias is not None and not isinstance(linear_bias, Tensor):
         return False
-    if has_torch_function_variadic(input, linear_weight, target, linear_bias, weight):
+    if _ops.torch_function_wanted(input, linear_weight, target, linear_bias, weight):
         return False
     if _ops.functorch_active():
         return False

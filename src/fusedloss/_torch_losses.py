@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import _reduction as _Reduction
-from torch.overrides import has_torch_function_variadic
 
 from . import _torch_elementwise as _ew
 from ._elementwise import bce_with_logits_op
-from ._torch_ops import MEAN, SUPPORTED_DTYPES, float32_loss, functorch_active, reduction_code
+from ._torch_ops import (
+    MEAN, SUPPORTED_DTYPES, float32_loss, functorch_active, reduction_code, torch_function_wanted,
+)
 from ._torchscript import RefusesTorchScript, torch_twin
 
 __all__ = [
@@ -60,7 +61,7 @@ def _fusable(input, target, weight, pos_weight) -> bool:
     return (
         isinstance(input, Tensor)
         and isinstance(target, Tensor)
-        and not has_torch_function_variadic(input, target, weight, pos_weight)
+        and not torch_function_wanted(input, target, weight, pos_weight)
         and not functorch_active()
         and input.dtype in SUPPORTED_DTYPES
         and target.dtype is input.dtype

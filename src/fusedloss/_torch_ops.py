@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+from torch.overrides import has_torch_function
 from torch import Tensor
 
 from . import _core
@@ -55,6 +56,14 @@ def float32_loss(input: Tensor) -> bool:
 # torch.func transforms (grad, vmap, jacrev) need autograd.Functions with
 # setup_context and vmap rules; under them the losses use torch's own code.
 functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def torch_function_wanted(*tensors: object) -> bool:
+    """True when a tensor subclass or a torch-function mode asks to see the call, so
+    torch's own function runs. Not while torch.export traces: its non-strict mode
+    runs this code on FakeTensors under a torch-function mode of its own, and what it
+    should record is the custom op, as strict export and torch.compile do."""
+    return has_torch_function(tensors) and not torch.compiler.is_exporting()
 
 _DOUBLE_BACKWARD = (
     b"fusedloss: double backward (differentiating the gradient of a fused loss) is "

@@ -130,7 +130,9 @@ def real_number(value: object, name: str, what: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
     result = float(value)
-    if not math.isfinite(result):
+    # Comparisons, not math.isfinite: torch.compile traces them when the value is
+    # symbolic (a float argument that changed between calls); NaN fails both.
+    if not -math.inf < result < math.inf:
         raise ValueError(f"{name}: expected {what}, got {result}")
     return result
 

@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import _reduction as _Reduction
-from torch.overrides import has_torch_function_variadic
 
 from . import _torch_ce_options as _options
 from . import _torch_ops as _ops
@@ -108,7 +107,7 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
     """True when the kernel computes exactly what F.cross_entropy would."""
     if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
         return False
-    if has_torch_function_variadic(input, target, weight) or _functorch_active():
+    if _ops.torch_function_wanted(input, target, weight) or _functorch_active():
         return False
     if input.dtype not in _DTYPES or not (input.is_cpu and target.is_cpu):
         return False
@@ -221,14 +220,25 @@ def cross_entropy(
         reduction = _Reduction.legacy_get_string(size_average, reduce)
     if not (logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS and softcap is None
             and num_items_in_batch is None and return_lse is False):
+        # (Under torch.compile a float may be symbolic, and the identity tests then
+        # fail even for the defaults: the check sees the values.)
         options = _options.check(
             logit_scale, softcap, lse_square_scale, num_items_in_batch, return_lse, reduction,
             _is_compiling(),
         )
-        return _options.cross_entropy(
-            input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward,
-            options,
-        )
+        if options.changes_something():
+            return _options.cross_entropy(
+                input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward,
+                options,
+            )
+    return _plain_cross_entropy(
+        input, target, weight, ignore_index, reduction, label_smoothing, inplace_backward
+    )
+
+
+def _plain_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing,
+                         inplace_backward):
+    """cross_entropy without the LLM options (legacy arguments already resolved)."""
     code = _reduction_code(reduction)
     autocast = isinstance(input, Tensor) and _float32_loss(input)
     if code is None or not _ce_fusable(
@@ -316,11 +326,11 @@ class CrossEntropyLoss(RefusesTorchScript, nn.CrossEntropyLoss):
         )
 
     def extra_repr(self) -> str:
-        given = {
+        given = {  # by value: an unpickled module holds equal floats, not the defaults
             "inplace_backward": self.inplace_backward is not False,
-            "logit_scale": self.logit_scale is not _NO_SCALE,
+            "logit_scale": self.logit_scale != _NO_SCALE,
             "softcap": self.softcap is not None,
-            "lse_square_scale": self.lse_square_scale is not _NO_ZLOSS,
+            "lse_square_scale": self.lse_square_scale != _NO_ZLOSS,
             "num_items_in_batch": self.num_items_in_batch is not None,
         }
         return ", ".join(f"{name}={getattr(self, name)!r}" for name, on in given.items() if on)

@@ -323,3 +323,29 @@ def test_weight_gradient_in_small_blocks(monkeypatch, rng, dtype) -> None:
     ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target,
                                             chunk_bytes=_chunk_bytes(dtype, 8), **_options(case))
     check_result(ours, case)
+
+
+def test_bias_gradient_as_accurate_as_torch_over_many_tokens(rng) -> None:
+    """The bias gradient sums the logits' gradient over every token: each chunk's rows
+    are summed in float64 (NumPy's float32 sum along axis 0 adds row after row, and
+    its error grew with the tokens: 10x torch's at 8192)."""
+    n, h, c = 8192, 16, 64
+    x = rng.standard_normal((n, h), dtype=np.float32)
+    w = (0.3 * rng.standard_normal((c, h))).astype(np.float32)
+    b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+    t = rng.integers(0, c, n)
+    grad_b = fl.linear_cross_entropy_and_grad(x, w, t, linear_bias=b)[3]
+
+    def torch_grad_b(dtype: Any) -> np.ndarray:
+        bt = torch.from_numpy(b).to(dtype).requires_grad_()
+        logits = F.linear(torch.from_numpy(x).to(dtype), torch.from_numpy(w).to(dtype), bt)
+        F.cross_entropy(logits, torch.from_numpy(t)).backward()
+        return bt.grad.double().numpy()
+
+    ref, same = torch_grad_b(torch.float64), torch_grad_b(torch.float32)
+    assert grad_b.dtype == np.float32
+
+    def error(g: np.ndarray) -> float:
+        return float(np.abs(g - ref).max() / np.abs(ref).max())
+
+    assert error(grad_b) <= 2 * error(same), (error(grad_b), error(same))

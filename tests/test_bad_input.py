@@ -532,11 +532,13 @@ def test_inplace_returns_input(fn: Callable[..., Any]) -> None:
     assert got is x
     np.testing.assert_array_equal(x, expected)
     np.testing.assert_array_equal(target, t_before)
-    # out=input (exactly the same array) is the same in-place gradient
-    y = x0.copy()
-    _, got = fn(y, target, out=y)
-    assert got is y
-    np.testing.assert_array_equal(y, expected)
+    # out=input (exactly the same array) is the same in-place gradient, whatever
+    # the input's layout (F-order and strided: the kernel reads a copy, and the
+    # gradient comes back into the input)
+    for y in (x0.copy(), np.asfortranarray(x0), np.repeat(x0, 2, axis=-1)[..., ::2]):
+        _, got = fn(y, target, out=y)
+        assert got is y
+        np.testing.assert_array_equal(y, expected)
 
 
 # ------------------------------------------------------------------ out of memory

@@ -314,13 +314,14 @@ def check_no_overlap(
     input_name: str = "input",
     out_name: str = "out",
 ) -> None:
-    """`out` may be exactly `input` (an in-place gradient) but must not otherwise
-    alias an operand: the kernel would read values it has already overwritten."""
+    """`out` may be exactly `input` (an in-place gradient: the kernel reads either
+    `input` itself, C-contiguous, or a contiguous copy of it, and the gradient
+    reaches a non-contiguous `out` by copy-back) but must not otherwise alias an
+    operand: the kernel would read values it has already overwritten."""
     if np.may_share_memory(out, input) and not (
         out.ctypes.data == input.ctypes.data
         and out.strides == input.strides
         and out.shape == input.shape
-        and input.flags.c_contiguous
     ):
         raise ValueError(f"{out_name}: overlaps {input_name} without being the same array")
     for name, other in others.items():

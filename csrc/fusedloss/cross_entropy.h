@@ -93,14 +93,21 @@ template <class S> struct CrossEntropy {
     return p;
   }
 
+  // Index targets' coefficients, in double before their cast (coefs() and the
+  // column tiles): p's, go (w_t (1 - eps) + eps / C sum w), and the target
+  // lane's whole term, go (w_t (1 - eps) + eps / C w_t). One class makes them
+  // the same expression, hence bit for bit equal (Pos::bt).
+  double p_coef(double go, double wt) const { return go * (double(one_m_eps) * wt + eps_wsum); }
+  double target_coef(double go, double wt) const { return go * (double(one_m_eps) * wt + eps_c_d * wt); }
+
   // Gradient coefficients once the sums (and Q for probability targets) are
   // known, M and lse included: w.r.t. x, so times gs ([Note logit transform]).
   void coefs(Pos& p, double sum = 1) const {
     const double go = p.go * gs;
     double a;
     if (tgt) {
-      a = go * (double(one_m_eps) * p.wt + eps_wsum);
-      p.bt = static_cast<A>(go * (double(one_m_eps) * p.wt + eps_c_d * p.wt));
+      a = p_coef(go, p.wt);
+      p.bt = static_cast<A>(target_coef(go, p.wt));
       p.cw = static_cast<A>(go * eps_c_d);
     } else {
       a = go * p.Q;

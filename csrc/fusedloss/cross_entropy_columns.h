@@ -139,14 +139,13 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // As coefs(): times gs, z-loss's 2 lam LSE on p's coefficient.
   const auto zl = [&](int64_t j, double go) { return go * (2 * lam) * (double(mb[j]) + double(lseb[j])); };
   if (tgt) {
-    const double ome = double(one_m_eps), ew = eps_wsum;
     for (int64_t j = 0; j < nb; ++j) {
       const double go = gob[j] * gs;
-      double a = go * (ome * wtb[j] + ew);
+      double a = p_coef(go, wtb[j]);
       if (zloss) a += zl(j, go);
       rab[j] = static_cast<A>(a / sd[j]);
       cwb[j] = static_cast<A>(go * eps_c_d);
-      bb[j] = static_cast<A>(go * (ome * wtb[j] + eps_c_d * wtb[j]));
+      bb[j] = static_cast<A>(target_coef(go, wtb[j]));
     }
   } else {
     for (int64_t j = 0; j < nb; ++j) {

@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 import torch
-from torch.overrides import has_torch_function
 from torch import Tensor
+from torch.overrides import has_torch_function
 
 from . import _core
 from . import _validate as v
@@ -64,6 +64,7 @@ def torch_function_wanted(*tensors: object) -> bool:
     runs this code on FakeTensors under a torch-function mode of its own, and what it
     should record is the custom op, as strict export and torch.compile do."""
     return has_torch_function(tensors) and not torch.compiler.is_exporting()
+
 
 _DOUBLE_BACKWARD = (
     b"fusedloss: double backward (differentiating the gradient of a fused loss) is "

@@ -106,6 +106,19 @@ inline VF table8_exponent(VF t) {
   return {_mm256_cvtepi32_ps(_mm256_srai_epi32(n, 3))};
 }
 
+// float log's reduction (math.h vlog_table), x positive, normal, finite:
+// t = bits(x) - off splits x = 2^k z with z in [off, 2 off) (k = t >> 23, as
+// a float) and holds the table cell of z (the next three bits) where table8
+// reads its index; returns z.
+inline VF log_split(VF x, int32_t off, VF& k, VF& cell) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i t = _mm256_sub_epi32(u, _mm256_set1_epi32(off));
+  const __m256i kk = _mm256_srai_epi32(t, 23);
+  k.v = _mm256_cvtepi32_ps(kk);
+  cell.v = _mm256_castsi256_ps(_mm256_srli_epi32(t, 20));
+  return {_mm256_castsi256_ps(_mm256_sub_epi32(u, _mm256_slli_epi32(kk, 23)))};
+}
+
 // x positive, normal, finite: returns m in [1, 2) and sets e with x = m * 2^e.
 inline VF frexp_v(VF x, VF& e) {
   const __m256i u = _mm256_castps_si256(x.v);

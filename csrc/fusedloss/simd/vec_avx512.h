@@ -63,6 +63,17 @@ inline VF table8_exponent(VF t) {
   return {_mm512_cvtepi32_ps(_mm512_srai_epi32(n, 3))};
 }
 
+// float log's reduction (math.h vlog_table; see vec_avx2.h): the index's
+// fourth bit is k's lowest, which the doubled table ignores.
+inline VF log_split(VF x, int32_t off, VF& k, VF& cell) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i t = _mm512_sub_epi32(u, _mm512_set1_epi32(off));
+  const __m512i kk = _mm512_srai_epi32(t, 23);
+  k.v = _mm512_cvtepi32_ps(kk);
+  cell.v = _mm512_castsi512_ps(_mm512_srli_epi32(t, 20));
+  return {_mm512_castsi512_ps(_mm512_sub_epi32(u, _mm512_slli_epi32(kk, 23)))};
+}
+
 inline float lane0(VF a) { return _mm512_cvtss_f32(a.v); }
 inline double lane0(VD a) { return _mm512_cvtsd_f64(a.v); }
 

@@ -240,6 +240,10 @@ template <class S> struct CrossEntropy {
 
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es,
                     const A* tb, const S* pf = nullptr) const;
+  // Pass 2's common steps [c, e) with e in scratch (see chunk_grad).
+  template <bool kCapped>
+  void grad_run(const A* es, const A* tb, int64_t c0, S* gr, int64_t c, int64_t e, V F, const S* pf,
+                StreamWriter<S>& out) const;
 
   void combine(Pos& p, const Part* parts, int64_t nch) const {
     A mx = parts[0].m;

@@ -88,19 +88,17 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const bool loss = smooth || qr;
   V acc = V::set1(0);
   double accd = 0;
-  StreamWriter<S> out(stream, gr ? gr + c0 : nullptr);  // the common step's full vectors
+  StreamWriter<S> out(stream, gr ? gr + c0 : nullptr);  // the common steps' full vectors
   for (int64_t c = c0; c < c1; c += kStep) {
-    if (es && !loss && c + kStep <= c1 && !(tgt && p.t >= c && p.t < c + kStep)) {  // the common step
-      if (pf)  // the next row's pass 1 reads this right after: start its misses now
-        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
-      for (int k = 0; k < 4; ++k) {
-        const int64_t off = c + k * W;
-        V gv = V::load(es + off) * F;
-        if (capped) gv = gv * dtanh(V::load(tb + (off - c0)));
-        out.put(gr + off, gv);
+    if (es && !loss) {  // the common steps from c on: full, up to the target's step
+      int64_t e = c + (c1 - c) / kStep * kStep;
+      if (tgt && p.t >= c && p.t < e) e = c + (p.t - c) / kStep * kStep;
+      if (e > c) {
+        if (capped) grad_run<true>(es, tb, c0, gr, c, e, F, pf, out);
+        else grad_run<false>(es, nullptr, c0, gr, c, e, F, pf, out);
+        c = e - kStep;
+        continue;
       }
-      continue;
     }
     out.flush();
     V e[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, xv[4] = {e[0], e[0], e[0], e[0]};
@@ -148,6 +146,35 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   }
   out.flush();
   return accd + double(hsum(acc));
+}
+
+// The gradient e F (times tanh' when capped) over full steps [c, e) that hold
+// no target lane and add no loss term; e from scratch es (indexed by class)
+// and t from tb (indexed from c0). A loop of its own, with the writer's state and
+// the options in locals: in chunk_grad's step loop they were reloaded for
+// every vector, as the stores might alias them.
+template <class S>
+template <bool kCapped>
+void CrossEntropy<S>::grad_run(const A* es, const A* tb, int64_t c0, S* gr, int64_t c, int64_t e, V F,
+                               const S* pf, StreamWriter<S>& out) const {
+  StreamWriter<S> w = out;
+  const auto run = [&](auto put) {
+    for (; c < e; c += kStep) {
+      if (pf)  // the next row's pass 1 reads this right after: start its misses now
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(pf + c) + b, 0, 3);
+      for (int k = 0; k < 4; ++k) {
+        const int64_t off = c + k * W;
+        V gv = V::load(es + off) * F;
+        if constexpr (kCapped) gv = gv * dtanh(V::load(tb + (off - c0)));
+        put(gr + off, gv);
+      }
+    }
+  };
+  if (w.delta > 0) run([&w](S* at, V v) { w.put(at, v); });
+  else if (w.stream && w.delta == 0) run([](S* at, V v) { vstream(at, v); });  // on the grid: vstream stores
+  else run([](S* at, V v) { vstore(at, v); });
+  out = w;
 }
 
 // tb: a chunk of t scratch (capped), pass 1's only: pass 2 recomputes t.

@@ -28,6 +28,8 @@ import torch.nn.functional as F  # noqa: E402
 import fusedloss.torch as flt  # noqa: E402
 from fusedloss import _torch_ops  # noqa: E402
 
+from gan_formulas import DISCRIMINATOR, GENERATOR  # noqa: E402
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 REDUCTIONS = ["none", "mean", "sum"]
 CE_SHAPES = [(11,), (8, 11), (3, 5, 4, 2)]
@@ -442,6 +444,165 @@ def test_empty_input_agrees_with_torch():
         F.cross_entropy(empty, torch.empty(0, dtype=torch.long)),
         equal_nan=True,
     )
+
+
+# ------------------------------------------------------- negative-bit views
+
+
+class _TorchNamesakes:
+    """torch's function or module of each name in ``flt.__all__``; the losses without a
+    torch namesake written in torch ops (DESIGN.md's formulas)."""
+
+    def __getattr__(self, name):
+        return getattr(F, name, None) or getattr(torch.nn, name)
+
+    @staticmethod
+    def gan_discriminator_loss(real, fake):
+        real_term, fake_term = DISCRIMINATOR["minimax"]
+        return real_term(real).mean() + fake_term(fake).mean()
+
+    @staticmethod
+    def gan_generator_loss(fake):
+        return GENERATOR["non_saturating"](fake).mean()
+
+    @staticmethod
+    def kl_div_with_logits(x, t):
+        return F.kl_div(F.log_softmax(x, -1), F.log_softmax(t, -1), reduction="batchmean",
+                        log_target=True)
+
+    @staticmethod
+    def KLDivWithLogitsLoss():
+        return _TorchNamesakes.kl_div_with_logits
+
+
+def _linear_ce_module(m, dtype, w):
+    """m.LinearCrossEntropyLoss with the same linear weight for ours and torch's."""
+    module = m.LinearCrossEntropyLoss(8, 5, weight=w, dtype=dtype)
+    with torch.no_grad():
+        module.linear.weight.copy_(torch.linspace(-1, 1, 40).view(5, 8))
+    return module
+
+
+# name -> (kinds of its tensors, call(m, dtype, *tensors) with m = flt or _TorchNamesakes()).
+# Kinds (batch 4, 5 classes): x logits / real values, p probabilities, lp log-probabilities,
+# q a distribution per row, i class indices, w class weight, we elementwise weight, pw
+# pos_weight, h (4, 8) hidden states, lw (5, 8) linear weight, b (5,) bias; tl teacher
+# logits (no gradient: a constant to kl_div_with_logits).
+NEG_VIEW_CASES = {
+    "cross_entropy": ("x i w", lambda m, d, x, i, w: m.cross_entropy(x, i, w, reduction="none")),
+    "cross_entropy(probabilities)": ("x q w", lambda m, d, x, q, w: m.cross_entropy(x, q, w)),
+    "CrossEntropyLoss": ("x i w", lambda m, d, x, i, w: m.CrossEntropyLoss(w)(x, i)),
+    "nll_loss": ("lp i w", lambda m, d, x, i, w: m.nll_loss(x, i, w)),
+    "NLLLoss": ("lp i w", lambda m, d, x, i, w: m.NLLLoss(w, reduction="sum")(x, i)),
+    "multi_margin_loss": ("x i w", lambda m, d, x, i, w: m.multi_margin_loss(x, i, weight=w)),
+    "MultiMarginLoss": ("x i w", lambda m, d, x, i, w: m.MultiMarginLoss(p=2, weight=w)(x, i)),
+    "mse_loss": ("x x", lambda m, d, x, t: m.mse_loss(x, t, reduction="none")),
+    "MSELoss": ("x x", lambda m, d, x, t: m.MSELoss()(x, t)),
+    "l1_loss": ("x x", lambda m, d, x, t: m.l1_loss(x, t)),
+    "L1Loss": ("x x", lambda m, d, x, t: m.L1Loss(reduction="sum")(x, t)),
+    "huber_loss": ("x x we", lambda m, d, x, t, w: m.huber_loss(x, t, delta=0.5, weight=w)),
+    "HuberLoss": ("x x", lambda m, d, x, t: m.HuberLoss(delta=0.5)(x, t)),
+    "smooth_l1_loss": ("x x", lambda m, d, x, t: m.smooth_l1_loss(x, t, beta=0.5)),
+    "SmoothL1Loss": ("x x", lambda m, d, x, t: m.SmoothL1Loss(beta=0.5)(x, t)),
+    "binary_cross_entropy": ("p p we", lambda m, d, x, t, w: m.binary_cross_entropy(x, t, w)),
+    "BCELoss": ("p p we", lambda m, d, x, t, w: m.BCELoss(w)(x, t)),
+    "binary_cross_entropy_with_logits": (
+        "x p we pw", lambda m, d, x, t, w, pw: m.binary_cross_entropy_with_logits(
+            x, t, w, pos_weight=pw, reduction="none")),
+    "BCEWithLogitsLoss": ("x p we pw", lambda m, d, x, t, w, pw: m.BCEWithLogitsLoss(
+        w, pos_weight=pw)(x, t)),
+    "kl_div": ("lp q", lambda m, d, x, t: m.kl_div(x, t, reduction="batchmean")),
+    "kl_div(log_target)": ("lp lp", lambda m, d, x, t: m.kl_div(x, t, reduction="sum",
+                                                                 log_target=True)),
+    "KLDivLoss": ("lp q", lambda m, d, x, t: m.KLDivLoss(reduction="batchmean")(x, t)),
+    "kl_div_with_logits": ("x tl", lambda m, d, x, t: m.kl_div_with_logits(x, t)),
+    "KLDivWithLogitsLoss": ("x tl", lambda m, d, x, t: m.KLDivWithLogitsLoss()(x, t)),
+    "gan_discriminator_loss": ("x x", lambda m, d, r, f: m.gan_discriminator_loss(r, f)),
+    "gan_generator_loss": ("x", lambda m, d, f: m.gan_generator_loss(f)),
+    "linear_cross_entropy": ("h lw i b w", lambda m, d, h, lw, i, b, w: m.linear_cross_entropy(
+        h, lw, i, linear_bias=b, weight=w)),
+    "LinearCrossEntropyLoss": ("h i w", lambda m, d, h, i, w: _linear_ce_module(m, d, w)(h, i)),
+}
+_NO_GRAD_KINDS = {"i", "w", "we", "pw", "tl"}
+
+
+def _tensor_of_kind(kind, g):
+    shapes = {"h": (4, 8), "lw": (5, 8), "b": (5,), "w": (5,), "pw": (5,), "i": (4,)}
+    shape = shapes.get(kind, (4, 5))
+    if kind == "i":
+        return torch.randint(0, 5, shape, generator=g)
+    z = torch.randn(shape, generator=g, dtype=torch.float64)
+    return {"p": torch.sigmoid(z), "lp": torch.log_softmax(z, -1), "q": torch.softmax(z, -1),
+            "w": z.abs() + 0.5, "we": z.abs() + 0.5, "pw": z.abs() + 0.5}.get(kind, z)
+
+
+def _neg_view_results(call, m, dtype, values, kinds, neg):
+    """(loss, gradients of each tensor that takes one); ``neg``: each tensor passed as a
+    view with the negative bit set (its memory holds minus the values), the input of
+    torch's test_neg_view."""
+    leaves = [v.to(dtype if v.is_floating_point() else v.dtype).requires_grad_(
+        k not in _NO_GRAD_KINDS) for v, k in zip(values, kinds)]
+    passed = [torch._neg_view(v.neg()) if neg else v for v in leaves]
+    assert not neg or all(t.is_neg() for t in passed)
+    loss = call(m, dtype, *passed)
+    wrt = [v for v in leaves if v.requires_grad]
+    gout = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).view(loss.shape)
+    return [loss.detach(), *torch.autograd.grad(loss, wrt, gout)]
+
+
+def test_neg_view_cases_cover_every_loss():
+    assert {name.split("(")[0] for name in NEG_VIEW_CASES} == set(flt.__all__)
+
+
+@pytest.mark.parametrize("name,dtype", [
+    pytest.param(name, dtype, id=f"{name}-{dtype}") for name in NEG_VIEW_CASES for dtype in DTYPES
+    if not ("ulti" in name and dtype in _torch_ops.HALF)  # (torch: no half multi_margin_loss)
+])
+def test_negative_bit_views_like_torch(name, dtype):
+    """Every tensor (input, target, weight, pos_weight) with torch's negative bit set,
+    as torch's test_neg_view passes them: loss and gradients are torch float64's on
+    the plain values (NumPy cannot see the bit: fusedloss resolves it)."""
+    kinds, call = NEG_VIEW_CASES[name]
+    kinds = kinds.split()
+    g = torch.Generator().manual_seed(len(name))
+    values = [_tensor_of_kind(k, g) for k in kinds]
+    values = [v.to(dtype) if v.is_floating_point() else v for v in values]  # (rounded once)
+    ours = _neg_view_results(call, flt, dtype, values, kinds, neg=True)
+    ref = _neg_view_results(call, _TorchNamesakes(), torch.float64, values, kinds, neg=False)
+    assert len(ours) == len(ref)
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        assert_close(a, b.double(), dtype, f"{name} {'loss' if k == 0 else f'grad {k}'}")
+
+
+def test_negative_bit_views_under_torch_compile():
+    """torch.compile(fullgraph=True) of a loss on views with the bit set (leaves here:
+    dynamo warns when it reads a non-leaf's .grad): fake tensors and the custom op."""
+    torch._dynamo.reset()
+    compiled = torch.compile(flt.binary_cross_entropy_with_logits, fullgraph=True,
+                             backend="aot_eager")
+    g = torch.Generator().manual_seed(5)
+    x, t, w, pw = (_tensor_of_kind(k, g) for k in ["x", "p", "we", "pw"])
+    x_neg, t_neg = (torch._neg_view(v.neg()).detach().requires_grad_(True) for v in (x, t))
+    assert x_neg.is_leaf and x_neg.is_neg()
+    ours = compiled(x_neg, t_neg, torch._neg_view(w.neg()), pos_weight=torch._neg_view(pw.neg()))
+    x, t = x.requires_grad_(True), t.requires_grad_(True)
+    expected = F.binary_cross_entropy_with_logits(x, t, w, pos_weight=pw)
+    for a, b in zip([ours, *torch.autograd.grad(ours, [x_neg, t_neg])],
+                    [expected, *torch.autograd.grad(expected, [x, t])]):
+        assert_close(a.detach(), b.detach(), torch.float64, "compiled")
+
+
+def test_inplace_backward_of_a_negative_bit_view():
+    """The kernel reads a resolved copy of such logits, and their base holds the
+    negated values: the gradient gets its own buffer, not the logits' storage."""
+    x, t, _ = make_ce((8, 11), torch.float64, False, False, seed=3)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ours = flt.cross_entropy(torch._neg_view(a * -1.0), t, inplace_backward=True)
+    ours.backward()
+    expected = F.cross_entropy(b, t)
+    expected.backward()
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(a.grad, b.grad)
 
 
 # ------------------------------------------------------------------ bad input

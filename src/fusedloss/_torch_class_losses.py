@@ -46,14 +46,15 @@ def _run_kernel(
     accum = _ops._ACCUM[dtype]
     out = torch.float32 if float32_loss else dtype
     xa = _ops._array(x).reshape(x_shape)
+    ta = _ops._array(target)
     wa = None if weight is None else _ops._array(weight.to(accum).contiguous())
     ga = None if grad is None else (xa if grad is x else _ops._array(grad).reshape(x_shape))
     bf16 = dtype is torch.bfloat16
     if reduction == _NONE:
         loss = torch.empty(loss_shape, dtype=accum)
-        kernel(xa, target.numpy(), wa, *options, _NONE, loss.numpy(), ga, None, 1.0, bf16, *geometry)
+        kernel(xa, ta, wa, *options, _NONE, loss.numpy(), ga, None, 1.0, bf16, *geometry)
         return loss if accum is out else loss.to(out)
-    value = kernel(xa, target.numpy(), wa, *options, reduction, None, ga, None, 1.0, bf16, *geometry)
+    value = kernel(xa, ta, wa, *options, reduction, None, ga, None, 1.0, bf16, *geometry)
     return torch.scalar_tensor(value, dtype=out)
 
 

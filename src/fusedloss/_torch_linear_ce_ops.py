@@ -113,11 +113,11 @@ def _plan(x: Tensor, w: Tensor, classes: int, target: Tensor, weight: Tensor | N
     inner = rows // classes
     compute = torch.float32 if x.dtype in _HALF else x.dtype
     if target.dtype is torch.int64:
-        t = target.reshape(tokens, inner).contiguous().numpy()
+        t = _ops._array(target.reshape(tokens, inner).contiguous())
         chunks.check_class_range(t, classes, cfg.ignore_index)
     else:
-        t = target.to(compute).reshape(tokens, rows).contiguous().numpy()
-    wt = None if weight is None else weight.to(compute).contiguous().numpy()
+        t = _ops._array(target.to(compute).reshape(tokens, rows).contiguous())
+    wt = None if weight is None else _ops._array(weight.to(compute).contiguous())
     denominator = 1.0
     if cfg.reduction == chunks.MEAN:
         if num_items is not None:
@@ -176,7 +176,7 @@ def backward_chunks(grad_loss: Tensor, x: Tensor, w: Tensor, b: Tensor | None, t
     head = TorchHead(xf, wf, bf, plan.chunk_tokens, needs)
     go = grad_loss.to(head.compute).reshape(plan.tokens, plan.inner).contiguous()
     scratch = np.empty((plan.tokens, plan.inner), dtype=head.buf_np.dtype)
-    chunks.run_chunks(plan, head, True, loss_out=scratch, grad_output=go.numpy())
+    chunks.run_chunks(plan, head, True, loss_out=scratch, grad_output=_ops._array(go))
     return _grads_out(head, x, w, b)
 
 

@@ -95,10 +95,16 @@ def class_weight_fusable(weight, input: Tensor, classes: int, autocast: bool) ->
 
 
 def _array(t: Tensor):
-    """Zero-copy NumPy view of a contiguous CPU tensor (bfloat16 as uint16)."""
+    """NumPy view of a contiguous CPU tensor (bfloat16 as uint16): every tensor a
+    caller hands in reaches the kernels through here. Zero-copy, except for a tensor
+    with the negative bit set (``torch._neg_view``: its memory holds the negated
+    values, which torch's ops undo as they read): NumPy would see the raw memory, so
+    the bit is resolved into a copy first. The kernels never write through such a
+    tensor (see ``fusedloss.torch._overwritable_whole``)."""
+    t = t.detach().resolve_neg()
     if t.dtype is torch.bfloat16:
-        return t.detach().view(torch.uint16).numpy()
-    return t.detach().numpy()
+        return t.view(torch.uint16).numpy()
+    return t.numpy()
 
 
 # Gradients at least this big are allocated through NumPy (see new_gradient).
@@ -182,7 +188,7 @@ def ce_kernel(
     bf16 = dtype is torch.bfloat16
     # The binding takes the geometry, so the arrays keep their tensors' shapes.
     xa = _array(x)
-    ta = target.numpy() if target.dtype is torch.int64 else _array(target)
+    ta = _array(target)
     wa = None
     if weight is not None:
         wa = _array(weight.to(accum).contiguous())

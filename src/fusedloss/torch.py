@@ -139,7 +139,11 @@ def _overwritable_whole(input: Tensor) -> Tensor | None:
     (``logits.view(-1, V)``, ``flatten``): autograd lets a Function that overwrites a
     view return nothing else, so the base is marked dirty instead, and the view's
     later uses still raise. None for a partial view: then the gradient gets its
-    own buffer (same results, the logits stay intact)."""
+    own buffer (same results, the logits stay intact). None too for a tensor with
+    the negative bit set: the kernel reads a resolved copy of it (``_ops._array``),
+    and its base holds the negated values."""
+    if input.is_neg():
+        return None
     if not input._is_view():
         return input
     base = input._base

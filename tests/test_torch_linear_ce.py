@@ -9,6 +9,9 @@ tests/test_torch_linear_ce_training.py.
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 
@@ -328,7 +331,137 @@ def test_options_batch_chunk_size_sets_the_chunk(monkeypatch, rng) -> None:
     flt.linear_cross_entropy(x, w, t, options=opts).backward()
     flt.linear_cross_entropy(x, w, t, options=nn.LinearCrossEntropyOptions(), chunk_bytes=C * 8 * 3)
     flt.linear_cross_entropy(x, w, t)
-    assert seen == [5, 3, N]
+    # torch honours batch_chunk_size under chunking_method="auto" too, and a named method:
+    # aspect_ratio = next_pow2(ceil(N / ceil(C / H))) = next_pow2(ceil(37 / 7)) = 8.
+    flt.linear_cross_entropy(x, w, t, options=nn.LinearCrossEntropyOptions(batch_chunk_size=6))
+    flt.linear_cross_entropy(x, w, t, options=nn.LinearCrossEntropyOptions(
+        chunking_method="aspect_ratio"))
+    assert seen == [5, 3, N, 6, 8]
+
+
+# ------------------------------------------- options: torch's observable behaviour
+
+
+def _outcome(call):
+    """(call()'s result or the exception it raised, its warnings as (category, text))."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = call()
+        except Exception as e:  # noqa: BLE001 - compared with torch's own
+            result = e
+    return result, [(w.category, str(w.message)) for w in caught]
+
+
+_IGNORED = {  # calls whose options torch's chunked path cannot take
+    "k-dimensional": dict(out_features=(3,)),
+    "k-dimensional-bias": dict(out_features=(2, 2), bias=True),
+    "label_smoothing": dict(label_smoothing=0.1),
+    "probabilities": dict(probs=True),
+}
+
+
+@pytest.mark.parametrize("case_kwargs", [*_IGNORED.values(), {}], ids=[*_IGNORED, "taken"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_options_warn_like_torch_where_ignored(rng, case_kwargs, reduction) -> None:
+    """torch warns that ``options`` are ignored when its chunked path cannot take
+    them (under -W error it raises): the same category and words here, and the same
+    loss; where the chunked path takes them, neither warns."""
+    case = make_case(rng, 9, 8, 11, np.float64, **case_kwargs)
+    x, w, b, t, _ = _tensors(case)
+    kwargs = dict(linear_bias=b, reduction=reduction, options=nn.LinearCrossEntropyOptions(),
+                  label_smoothing=case.kwargs.get("label_smoothing", 0.0))
+    theirs, their_warnings = _outcome(lambda: F.linear_cross_entropy(x, w, t, **kwargs))
+    ours, our_warnings = _outcome(lambda: flt.linear_cross_entropy(x, w, t, **kwargs))
+    assert our_warnings == their_warnings
+    assert len(their_warnings) == (1 if case_kwargs else 0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-13)
+    if case_kwargs:  # the module (its options passed on) and the LLM options' torch path
+        module = dict(out_features=case_kwargs.get("out_features", ()), dtype=torch.float64,
+                      label_smoothing=kwargs["label_smoothing"], reduction=reduction,
+                      options=kwargs["options"])
+        inputs = (x, t.argmax(1)) if case.target.dtype != np.int64 else (x, t)
+        assert (_outcome(lambda: flt.LinearCrossEntropyLoss(8, 11, **module)(*inputs))[1]
+                == _outcome(lambda: nn.LinearCrossEntropyLoss(8, 11, **module)(*inputs))[1])
+        # (a probability target that requires grad: the LLM options' torch path)
+        t = t.detach().requires_grad_(t.is_floating_point())
+        with_extras = _outcome(lambda: flt.linear_cross_entropy(x, w, t, logit_scale=0.5,
+                                                                **kwargs))
+        assert with_extras[1] == their_warnings
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["no-options", "options"])
+def test_autocast_loss_dtype_like_torch(rng, dtype, reduction, chunked) -> None:
+    """Under CPU autocast, half input: torch's reference path gives a float32 loss,
+    its chunked path (options) the input's dtype. Gradients in the operands' dtypes;
+    values no further from float64 than torch's own plus two half ULP."""
+    case = make_case(rng, 12, H, C, np.float32)
+    options = nn.LinearCrossEntropyOptions() if chunked else None
+    results = []
+    for fn in (flt.linear_cross_entropy, F.linear_cross_entropy):
+        x, w, b, t, _ = _tensors(case, dtype)
+        with torch.autocast("cpu", dtype=dtype):
+            loss = fn(x, w, t, linear_bias=b, reduction=reduction, options=options)
+        loss.sum().backward()
+        results.append([loss.detach(), x.grad, w.grad, b.grad])
+    x, w, b, t, _ = _tensors(case, dtype)
+    ref = F.linear_cross_entropy(x.double(), w.double(), t, linear_bias=b.double(),
+                                 reduction=reduction)
+    ref.sum().backward()
+    ref = [ref.detach(), x.grad, w.grad, b.grad]
+    for k, (a, theirs, r) in enumerate(zip(*results, ref)):
+        assert a.dtype == theirs.dtype, f"result {k}: {a.dtype}, torch {theirs.dtype}"
+        if k == 0:
+            assert a.dtype == (dtype if chunked else torch.float32)
+        err, torch_err = ((v.double() - r.double()).abs().max() for v in (a, theirs))
+        assert err <= 2 * torch_err + 2 * torch.finfo(dtype).eps * r.abs().max(), f"result {k}"
+
+
+def test_options_errors_like_torch(rng) -> None:
+    """torch resolves the options on its chunked path: its ValueError for a chunk size
+    that disagrees with chunking_method, its AttributeError for options that are not
+    options (here a TypeError naming the argument); options it ignores, it ignores."""
+    case = make_case(rng, 6, 4, 5, np.float64)
+    x, w, b, t, _ = _tensors(case)
+    conflict = nn.LinearCrossEntropyOptions(batch_chunk_size=3, chunking_method="aspect_ratio")
+    theirs = _outcome(lambda: F.linear_cross_entropy(x, w, t, options=conflict))[0]
+    assert isinstance(theirs, ValueError) and "different chunk sizes" in str(theirs)
+    with pytest.raises(ValueError, match=re.escape(str(theirs))):
+        flt.linear_cross_entropy(x, w, t, options=conflict)
+    with pytest.raises(AttributeError):
+        F.linear_cross_entropy(x, w, t, options="garbage")
+    with pytest.raises(TypeError, match="options must be a torch.nn.LinearCrossEntropyOptions"):
+        flt.linear_cross_entropy(x, w, t, options="garbage")
+    ours, our_warnings = _outcome(lambda: flt.linear_cross_entropy(
+        x, w, t, options="garbage", label_smoothing=0.1))
+    theirs, their_warnings = _outcome(lambda: F.linear_cross_entropy(
+        x, w, t, options="garbage", label_smoothing=0.1))
+    assert our_warnings == their_warnings and len(their_warnings) == 1
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("allow_retain_graph", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_second_backward_like_torch(rng, reduction, allow_retain_graph) -> None:
+    """torch's chunked op consumes its saved gradients unless allow_retain_graph: a
+    second backward (after retain_graph=True) raises its RuntimeError for mean / sum;
+    reduction none recomputes and allows it. Where it works, the gradients are torch's."""
+    case = make_case(rng, 9, 8, 11, np.float64)
+    options = nn.LinearCrossEntropyOptions(allow_retain_graph=allow_retain_graph)
+    outcomes = []
+    for fn in (flt.linear_cross_entropy, F.linear_cross_entropy):
+        x, w, b, t, _ = _tensors(case)
+        loss = fn(x, w, t, linear_bias=b, reduction=reduction, options=options).sum()
+        loss.backward(retain_graph=True)
+        second, _ = _outcome(loss.backward)
+        outcomes.append((second, x.grad, w.grad, b.grad))
+    (ours, *our_grads), (theirs, *their_grads) = outcomes
+    assert type(ours) is type(theirs) and str(ours) == str(theirs)
+    assert isinstance(theirs, RuntimeError) == (reduction != "none" and not allow_retain_graph)
+    for a, r in zip(our_grads, their_grads):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-13)
 
 
 def test_torch_compile_dynamic_batch_and_changing_num_items() -> None:

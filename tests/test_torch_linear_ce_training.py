@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -127,6 +128,33 @@ def test_torch_compile_llm_options_and_num_items_tensor() -> None:
     torch.testing.assert_close(loss, ref)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(options=nn.LinearCrossEntropyOptions(batch_chunk_size=5)),
+    dict(options=nn.LinearCrossEntropyOptions(), label_smoothing=0.1),
+], ids=["options-taken", "options-ignored"])
+def test_torch_compile_fullgraph_with_options(kwargs) -> None:
+    """torch's options trace under fullgraph: their resolution (torch's _adjust), and
+    no warning where torch's chunked path would ignore them (a warning breaks the
+    graph; torch's own call fails there). Twice the upstream gradient on a second
+    backward: torch forces allow_retain_graph=True under torch.compile."""
+    torch._dynamo.reset()
+    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(9, 8, dtype=torch.float64)
+    t = torch.randint(0, 9, (12,))
+    compiled = torch.compile(lambda x, t: flt.linear_cross_entropy(x, w, t, **kwargs),
+                             fullgraph=True, backend="aot_eager")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = compiled(x, t)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    ref = torch.nn.functional.cross_entropy(
+        x @ w.T, t, label_smoothing=kwargs.get("label_smoothing", 0.0))
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(x.grad, 2 * ref_grad)
 
 
 # ------------------------------------------------------------------ DDP, memory

@@ -3,9 +3,11 @@ torch 2.13's ``F.linear_cross_entropy`` and ``nn.LinearCrossEntropyLoss`` plus t
 LLM options of cross-entropy, the logits computed one chunk of tokens at a time
 (``_torch_linear_ce_ops``).
 
-- ``options`` (torch's ``LinearCrossEntropyOptions``) is accepted; an explicit
-  ``batch_chunk_size`` with ``chunking_method=None`` sets the tokens per chunk,
-  its other fields are ignored. Otherwise a chunk holds ``chunk_bytes`` of logits
+- ``options`` (torch's ``LinearCrossEntropyOptions``): torch's warning when its
+  chunked path would ignore them, its errors, its loss dtype under autocast and its
+  refusal of a second backward (``allow_retain_graph=False``); the chunk size torch
+  resolves from ``batch_chunk_size`` / an explicit ``chunking_method`` (see
+  ``_torch_linear_ce_options``). Otherwise a chunk holds ``chunk_bytes`` of logits
   (default 64 MiB). Unlike torch, ``options=None`` is chunked too.
 - ``torch.compile(fullgraph=True)`` traces the custom ops
   ``fusedloss::linear_cross_entropy`` and ``fusedloss::linear_cross_entropy_backward``.
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 
 from . import _linear_ce_chunks as chunks
 from . import _torch_ce_options as _ce_options
+from . import _torch_linear_ce_options as _lce_options
 from . import _torch_ops as _ops
 from . import _validate as v
 from ._torchscript import RefusesTorchScript, torch_twin
@@ -100,7 +103,7 @@ def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
 def _reference(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                label_smoothing, options, extras: dict[str, Any]) -> Tensor:
     """torch's own computation (logits materialised), with the LLM options via
-    ``flt.cross_entropy`` when any is set."""
+    ``flt.cross_entropy`` when any is set (``options`` then as on the fused path)."""
     if not extras:
         return F.linear_cross_entropy(
             input, linear_weight, target, linear_bias=linear_bias, weight=weight,
@@ -113,19 +116,13 @@ def _reference(input, linear_weight, target, linear_bias, weight, reduction, ign
     logits = F.linear(input, linear_weight.reshape(-1, linear_weight.shape[-1]),
                       None if linear_bias is None else linear_bias.reshape(-1))
     logits = logits.reshape(*input.shape[:-1], linear_weight.shape[0], *out_features)
+    _lce_options.resolve(options, input, linear_weight, target, linear_bias, reduction,
+                         label_smoothing, stacklevel=4)  # (the warning: the caller's line)
     return flt.cross_entropy(
         logits, target, weight=weight, reduction=reduction,
         ignore_index=-100 if ignore_index is None else ignore_index,
         label_smoothing=label_smoothing, **extras,
     )
-
-
-def _chunk_tokens(options: Any) -> int:
-    """An explicit ``LinearCrossEntropyOptions.batch_chunk_size`` (0: none)."""
-    if options is None or getattr(options, "chunking_method", "auto") is not None:
-        return 0
-    size = getattr(options, "batch_chunk_size", None)
-    return int(size) if size else 0
 
 
 @torch_twin(F.linear_cross_entropy, neutral=("chunk_bytes",))
@@ -161,15 +158,18 @@ def linear_cross_entropy(
                   "lse_square_scale": lse_square_scale}
     if num_items_in_batch is not None:
         extras["num_items_in_batch"] = num_items_in_batch
-    float32_loss = isinstance(input, Tensor) and _ops.float32_loss(input)
+    autocast = isinstance(input, Tensor) and _ops.float32_loss(input)
     if code is None or not _fusable(input, linear_weight, target, linear_bias, weight,
-                                    ignore_index, label_smoothing, float32_loss):
+                                    ignore_index, label_smoothing, autocast):
         return _reference(input, linear_weight, target, linear_bias, weight, reduction,
                           ignore_index, label_smoothing, options, extras)
+    chunked = _lce_options.resolve(options, input, linear_weight, target, linear_bias,
+                                   reduction, label_smoothing, stacklevel=3)
+    float32_loss = autocast and chunked is None  # torch's chunked op: the input's dtype
     scale, cap, zloss, _ = checked.extras or v.NO_CE_OPTIONS
     cfg = Config(
         code, -100 if ignore_index is None else ignore_index, float(label_smoothing),
-        scale, cap, zloss, _chunk_tokens(options),
+        scale, cap, zloss, 0 if chunked is None else chunked.chunk_tokens,
         chunks.DEFAULT_CHUNK_BYTES if chunk_bytes is None else v.positive_integer(
             chunk_bytes, "chunk_bytes"),
     )
@@ -191,7 +191,7 @@ def linear_cross_entropy(
     elif any(needs):
         loss = LinearCrossEntropyFunction.apply(
             input, linear_weight, linear_bias, target.contiguous(), weight, num_items, cfg,
-            float32_loss)
+            float32_loss, chunked is not None and chunked.backward_once)
     else:
         loss = forward_chunks(input, linear_weight, linear_bias, target.contiguous(), weight,
                               num_items, cfg, needs, float32_loss)[0]

@@ -187,14 +187,23 @@ def _loss_shape(x: Tensor, w: Tensor) -> tuple[int, ...]:
 # ------------------------------------------------------------------ eager
 
 
+_BACKWARD_TWICE = (  # torch 2.13's words (its chunked op with allow_retain_graph=False)
+    "linear_cross_entropy chunked backward called twice; "
+    "retain_graph=True / double backward are not supported."
+)
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """Eager route: gradients from the forward pass, scaled in place in backward
-    (unless the graph is retained); reduction none recomputes in backward."""
+    (unless the graph is retained); reduction none recomputes in backward.
+    ``backward_once``: a second backward raises, as torch's chunked op does."""
 
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, num_items, cfg, float32_loss):
+    def forward(ctx, x, w, b, target, weight, num_items, cfg, float32_loss, backward_once):
         ctx.set_materialize_grads(False)
         ctx.cfg = cfg
+        ctx.backward_once = backward_once
+        ctx.backward_done = False
         needs = (x.requires_grad, w.requires_grad, b is not None and b.requires_grad)
         loss, gx, gw, gb = forward_chunks(x, w, b, target, weight, num_items, cfg, needs,
                                           float32_loss)
@@ -207,7 +216,10 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:
-            return (None,) * 8
+            return (None,) * 9
+        if ctx.backward_once and ctx.backward_done:
+            raise RuntimeError(_BACKWARD_TWICE)
+        ctx.backward_done = True
         cfg = ctx.cfg
         if cfg.reduction == chunks.NONE:
             x, w, b, target, weight = ctx.saved_tensors
@@ -219,7 +231,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                 for g in ctx.saved_tensors
             )
         grads = _ops._guard_double_backward(*grads)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------- custom ops

@@ -126,7 +126,8 @@ def torch_reference(case: Case, compute_dtype: Any, reduction: str = "mean",
                     grad_output: np.ndarray | None = None, **extras: Any) -> Result:
     """Loss and gradients of ``sum(grad_output * loss)`` through materialised logits,
     computed at ``compute_dtype`` and returned in float64."""
-    dt = {np.float32: torch.float32, np.float64: torch.float64}[np.dtype(compute_dtype).type]
+    dt = {np.float16: torch.float16, np.float32: torch.float32,
+          np.float64: torch.float64}[np.dtype(compute_dtype).type]
     x = torch.tensor(case.x, dtype=dt, requires_grad=True)
     w = torch.tensor(case.w, dtype=dt, requires_grad=True)
     b = None if case.b is None else torch.tensor(case.b, dtype=dt, requires_grad=True)

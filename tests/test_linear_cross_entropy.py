@@ -17,7 +17,13 @@ import torch.nn.functional as F
 
 import fusedloss as fl
 from fusedloss import _core
-from linear_ce_cases import EXTRA_CASES, OPTION_CASES, check_result, make_case
+from linear_ce_cases import (
+    EXTRA_CASES,
+    OPTION_CASES,
+    check_result,
+    make_case,
+    torch_reference,
+)
 
 N, H, C = 37, 16, 101  # C is prime: no chunk of tokens divides anything evenly
 ROW_BYTES = {np.float32: C * 4, np.float64: C * 8}
@@ -235,7 +241,9 @@ BAD: list[tuple[str, dict[str, Any], type, str]] = [
     ("0-d input", {"input": np.zeros(())}, ValueError, "input"),
     ("no classes", {"linear_weight": np.zeros((0, 3))}, ValueError, "linear_weight"),
     ("int input", {"input": np.zeros((4, 3), np.int64)}, TypeError, "input"),
-    ("float16 input", {"input": np.zeros((4, 3), np.float16)}, TypeError, "input"),
+    ("complex input", {"input": np.zeros((4, 3), np.complex128)}, TypeError, "input"),
+    ("float16 weight", {"linear_weight": np.zeros((5, 3), np.float16)}, TypeError,
+     "linear_weight"),
     ("list input", {"input": [[0.0] * 3] * 4}, TypeError, "input"),
     ("weight dtype", {"linear_weight": np.zeros((5, 3), np.float32)}, TypeError,
      "linear_weight"),
@@ -323,6 +331,43 @@ def test_weight_gradient_in_small_blocks(monkeypatch, rng, dtype) -> None:
     ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target,
                                             chunk_bytes=_chunk_bytes(dtype, 8), **_options(case))
     check_result(ours, case)
+
+
+@pytest.mark.parametrize("chunking", ["one-chunk", "1-token"])
+@pytest.mark.parametrize("options", ["plain", "ignore-smooth-weight", "probs-smooth-weight"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float16_like_torch(rng, reduction, options, chunking) -> None:
+    """float16 operands are computed in float32 chunk by chunk, the weight's and bias's
+    gradients accumulated in float32; loss and gradients come back in float16.
+    Against torch float64 on the same float16 values: no further than twice torch's own
+    float16 error (materialised logits) plus 4 float16 ULP of the result's magnitude."""
+    case = make_case(rng, 64, H, C, np.float32, **OPTION_CASES[options])
+    half = {k: getattr(case, k).astype(np.float16) for k in ("x", "w", "b", "weight")
+            if getattr(case, k) is not None}
+    if case.target.dtype.kind == "f":
+        half["target"] = case.target.astype(np.float16)
+    case = case._replace(**half)
+    go = rng.standard_normal(64).astype(np.float16) if reduction == "none" else None
+    ours = fl.linear_cross_entropy_and_grad(
+        case.x, case.w, case.target, reduction=reduction, grad_output=go,
+        chunk_bytes=_chunk_bytes(np.float32, CHUNKINGS[chunking]), **_options(case))
+    ref = torch_reference(case, np.float64, reduction, go)
+    theirs = torch_reference(case, np.float16, reduction, go)
+    eps = float(np.finfo(np.float16).eps)
+    names = ("loss", "grad_input", "grad_linear_weight", "grad_linear_bias")
+    for name, got, want, torch_half in zip(names, ours, ref, theirs):
+        assert np.asarray(got).dtype == np.float16, name
+        err = np.abs(np.asarray(got, np.float64) - want).max()
+        torch_err = np.abs(torch_half - want).max()
+        scale = np.abs(want).max()
+        assert err <= 2 * torch_err + 4 * eps * scale, (name, err, torch_err)
+        # and one rounding of a float32 result: half a float16 ULP (a float16 weight
+        # gradient summed over the 64 chunks: 4.4 ULP here)
+        assert err <= (0.5 * eps + 1e-5) * scale, (name, err / (eps * scale))
+    loss_only = fl.linear_cross_entropy(
+        case.x, case.w, case.target, reduction=reduction,
+        chunk_bytes=_chunk_bytes(np.float32, CHUNKINGS[chunking]), **_options(case))
+    np.testing.assert_array_equal(loss_only, ours[0])
 
 
 def test_bias_gradient_as_accurate_as_torch_over_many_tokens(rng) -> None:

@@ -2,6 +2,11 @@
 ``fl.linear_cross_entropy_and_grad``. The arguments are checked here (errors name
 them), the products are NumPy's matmul (its BLAS) in :class:`NumpyHead`, and the
 chunk loop is ``_linear_ce_chunks``'s.
+
+float16 operands are computed in float32, as the torch layer does for half input:
+a float32 copy of the weight, each chunk of the input widened as it is projected,
+the weight's and bias's gradients accumulated in float32; the loss and the
+gradients come back in float16 (rounded once, overflow to inf as in torch).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _validate as v
-from ._api import _class_index_target, _narrow_scalar
+from ._api import _class_index_target, _narrow_scalar, _shape_loss
 from ._linear_ce_chunks import (
     DEFAULT_CHUNK_BYTES,
     MEAN,
@@ -91,12 +96,14 @@ def shapes_of(input_shape: tuple[int, ...], weight_shape: tuple[int, ...]) -> Sh
 
 
 def float_operand(value: Any, name: str, dtype: np.dtype | None) -> np.ndarray:
-    """A float32/float64 array (of ``dtype`` when given: all operands agree, as in torch)."""
+    """A float32/float64/float16 array (of ``dtype`` when given: all operands agree,
+    as in torch)."""
     arr = v.array(value, name)
     if arr.dtype.kind == "f" and not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if arr.dtype not in (v.F32, v.F64):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {arr.dtype}")
+    if arr.dtype not in v.REAL_DTYPES:
+        raise TypeError(
+            f"{name}: expected a float32, float64 or float16 array, got dtype {arr.dtype}")
     if dtype is not None and arr.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the input's), got {arr.dtype}")
     return arr
@@ -133,10 +140,10 @@ def operands(
     ignore_index: Any, label_smoothing: Any, logit_scale: Any, softcap: Any,
     lse_square_scale: Any, num_items_in_batch: Any, chunk_bytes: Any,
 ) -> Operands:
-    """Every argument checked (errors name it) before anything is computed."""
+    """Every argument checked (errors name it) before anything is computed; the
+    plan's arrays in the computation's dtype (float32 for float16 operands)."""
     x = float_operand(input, "input", None)
-    dtype = x.dtype
-    w = float_operand(linear_weight, "linear_weight", dtype)
+    w = float_operand(linear_weight, "linear_weight", x.dtype)
     shapes = shapes_of(x.shape, w.shape)
     rows = shapes.classes * shapes.inner
     w = w.reshape(rows, shapes.hidden)
@@ -144,7 +151,7 @@ def operands(
         w = np.ascontiguousarray(w)  # matmul would copy it for every chunk
     b = None
     if linear_bias is not None:
-        b = float_operand(linear_bias, "linear_bias", dtype)
+        b = float_operand(linear_bias, "linear_bias", x.dtype)
         v.same_shape(b, (shapes.classes, *shapes.out_features), "linear_bias",
                      "one bias per logit: linear_weight's shape without H")
         b = np.ascontiguousarray(b).reshape(rows)
@@ -154,6 +161,7 @@ def operands(
     options = v.ce_options(logit_scale, softcap, lse_square_scale, num_items_in_batch)
     v.check_num_items(options, red)
     items = options.num_items_in_batch
+    dtype = v.accumulation_dtype(x.dtype)
     t = target_rows(target, shapes, dtype, ignore)
     check_class_range(t, shapes.classes, ignore)
     wt = None
@@ -170,7 +178,8 @@ def operands(
         )
     plan = Plan(
         shapes.tokens, shapes.classes, shapes.inner, t, wt, ignore, smoothing, red,
-        kernel_options(options),        denominator, chunk_tokens_for(shapes.tokens, rows * dtype.itemsize, chunk_bytes),
+        kernel_options(options), denominator,
+        chunk_tokens_for(shapes.tokens, rows * dtype.itemsize, chunk_bytes),
     )
     return Operands(x.reshape(shapes.tokens, shapes.hidden), w, b, shapes, plan)
 
@@ -179,18 +188,24 @@ def operands(
 
 
 class NumpyHead:
-    """Chunks projected and differentiated with NumPy's matmul (its BLAS)."""
+    """Chunks projected and differentiated with NumPy's matmul (its BLAS), in
+    ``compute`` dtype (float32 for float16 operands: the weight copied once, each
+    chunk of the input widened; ``grad_w`` stays in it, ``grad_x`` is the input's)."""
 
     def __init__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, chunk_tokens: int,
                  want_grad: bool) -> None:
-        self.x, self.w, self.b = x, w, b
-        self.buf = np.empty((chunk_tokens, w.shape[0]), dtype=x.dtype)
+        self.compute = compute = v.accumulation_dtype(x.dtype)
+        self.x = x
+        self.w = w.astype(compute, copy=False)
+        self.b = None if b is None else b.astype(compute, copy=False)
+        self.h = x[:0]  # the chunk being differentiated, in compute dtype
+        self.buf = np.empty((chunk_tokens, w.shape[0]), dtype=compute)
         self.grad_x = self.grad_w = self.grad_b = None
         self.block = self.scratch = None
         if want_grad:
             self.grad_x = np.empty_like(x)
             # The first chunk's product fills it; without tokens no chunk runs.
-            self.grad_w = (np.empty if x.shape[0] else np.zeros)(w.shape, dtype=x.dtype)
+            self.grad_w = (np.empty if x.shape[0] else np.zeros)(w.shape, dtype=compute)
             if b is not None:
                 # Summed in float64: NumPy adds the rows of a chunk one after another
                 # (axis 0), so in float32 the error grew with the tokens (8192 tokens:
@@ -200,14 +215,19 @@ class NumpyHead:
 
     def logits(self, start: int, stop: int) -> np.ndarray:
         out = self.buf[: stop - start]
-        np.matmul(self.x[start:stop], self.w.T, out=out)
+        self.h = h = self.x[start:stop].astype(self.compute, copy=False)
+        np.matmul(h, self.w.T, out=out)
         if self.b is not None:
             out += self.b
         return out
 
     def accumulate(self, start: int, stop: int, grad: np.ndarray) -> None:
-        h = self.x[start:stop]
-        np.matmul(grad, self.w, out=self.grad_x[start:stop])
+        h = self.h
+        if self.grad_x.dtype == self.compute:
+            np.matmul(grad, self.w, out=self.grad_x[start:stop])
+        else:  # float16: one rounding of the float32 product (overflow: inf, as torch)
+            with np.errstate(over="ignore"):
+                self.grad_x[start:stop] = grad @ self.w
         if self.grad_b is not None:
             self.grad_b += grad.sum(axis=0, dtype=np.float64)
         if not self.started:
@@ -236,16 +256,17 @@ def _compute(
     ops = operands(*args, chunk_bytes)
     plan, shapes = ops.plan, ops.shapes
     go_arr, go_scalar = None, 1.0
+    compute = v.accumulation_dtype(ops.x.dtype)
     if want_grad:
         go_arr, go_scalar = v.grad_output_value(grad_output, plan.reduction, shapes.loss_shape,
-                                                ops.x.dtype)
+                                                compute)
         if go_arr is not None:
             go_arr = go_arr.reshape(shapes.tokens, shapes.inner)
     head = NumpyHead(ops.x, ops.w, ops.b, plan.chunk_tokens, want_grad)
     if plan.reduction == NONE:
-        loss_rows = np.empty((shapes.tokens, shapes.inner), dtype=ops.x.dtype)
+        loss_rows = np.empty((shapes.tokens, shapes.inner), dtype=compute)
         run_chunks(plan, head, want_grad, go_scalar, loss_rows, go_arr)
-        return _loss_array(loss_rows, shapes), head, shapes
+        return _loss_array(_shape_loss(loss_rows, ops.x.dtype), shapes), head, shapes
     total = run_chunks(plan, head, want_grad, go_scalar)
     return _narrow_scalar(ops.x.dtype, total), head, shapes
 
@@ -270,8 +291,9 @@ def linear_cross_entropy(
     are never materialised: only ``chunk_bytes`` of them at a time (default
     :data:`DEFAULT_CHUNK_BYTES`, 64 MiB).
 
-    input: ``(N, H)`` or ``(H,)`` float32/float64; linear_weight: ``(C, H)`` (or
-    ``(C, d1, ..., dk, H)``, a K-dimensional loss) of the same dtype; target:
+    input: ``(N, H)`` or ``(H,)`` float32/float64/float16 (float16 computed in
+    float32); linear_weight: ``(C, H)`` (or ``(C, d1, ..., dk, H)``, a
+    K-dimensional loss) of the same dtype; target:
     ``(N,)`` (``(N, d1, ..., dk)``) integer class indices or probabilities shaped
     like the logits. The options are those of :func:`fusedloss.cross_entropy`
     (``logit_scale``, ``softcap``, ``lse_square_scale`` apply to the logits in
@@ -310,8 +332,11 @@ def linear_cross_entropy_and_grad(
     loss, head, shapes = _compute(args, chunk_bytes, True, grad_output)
     assert head.grad_x is not None and head.grad_w is not None
     in_shape = (shapes.tokens, shapes.hidden) if shapes.batched else (shapes.hidden,)
-    grad_w = head.grad_w.reshape(shapes.classes, *shapes.out_features, shapes.hidden)
-    grad_b = None
-    if head.grad_b is not None:
-        grad_b = head.grad_b.astype(head.x.dtype).reshape(shapes.classes, *shapes.out_features)
+    dtype = head.x.dtype
+    with np.errstate(over="ignore"):  # float16: rounded once, overflow to inf as torch
+        grad_w = head.grad_w.astype(dtype, copy=False)
+        grad_b = None if head.grad_b is None else head.grad_b.astype(dtype)
+    grad_w = grad_w.reshape(shapes.classes, *shapes.out_features, shapes.hidden)
+    if grad_b is not None:
+        grad_b = grad_b.reshape(shapes.classes, *shapes.out_features)
     return loss, head.grad_x.reshape(in_shape), grad_w, grad_b

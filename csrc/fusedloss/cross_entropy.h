@@ -25,7 +25,6 @@
 #pragma once
 
 constexpr int64_t kSerialWork = 1 << 15;  // below this many elements: no parallel region
-constexpr int64_t kTile = 64;             // positions per column tile (inner > 1)
 constexpr int64_t kFlushClasses = 16;     // column tiles: classes per float partial sum
 
 template <class S> struct CrossEntropy {
@@ -193,6 +192,10 @@ template <class S> struct CrossEntropy {
   // Without scratch (huge rows, chunk-parallel mode) pass 2 recomputes the
   // very same e from x and m, so both give the same bits.
   static constexpr int64_t kStep = 4 * W;
+  // Positions per column tile (inner > 1): four vectors, so that a tile's
+  // per-position vectors (max, sums, target lanes: a dozen) stay in registers
+  // on AVX2's 16 as on AVX-512's 32.
+  static constexpr int64_t kTile = 4 * W;
   // Elements of a row reduced as one unit: 128 terms per float accumulator
   // lane keeps the exp-sum within ~1e-6 even on the one-lane baseline path;
   // chunks are combined in double.
@@ -291,12 +294,15 @@ template <class S> struct CrossEntropy {
   void rows_chunked(int nt);
   void rows(int nt);
 
-  template <bool Full> void tile(int64_t o, int64_t j0, A* es) const;
+  template <bool Full, bool kPlain> void tile(int64_t o, int64_t j0, A* es) const;
 
+  // kPlain: logits as they are, index targets, no smoothing (most calls):
+  // the tile's loops compiled without the tests for the other options.
   void tile_at(int64_t it, int64_t per, A* es) const {
     const int64_t o = it / per, j0 = (it % per) * kTile;
-    if (I - j0 >= kTile) tile<true>(o, j0, es);
-    else tile<false>(o, j0, es);
+    const bool plain = !xf && !q && !smooth;
+    if (I - j0 >= kTile) plain ? tile<true, true>(o, j0, es) : tile<true, false>(o, j0, es);
+    else plain ? tile<false, true>(o, j0, es) : tile<false, false>(o, j0, es);
   }
 
   void columns(int nt);

@@ -13,14 +13,16 @@
 // capped (z = cap t where used, dtanh(t) for the gradient).
 // Full: kTile positions, a compile-time trip count (registers, no tails).
 template <class S>
-template <bool Full>
+template <bool Full, bool kPlain>
 void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   constexpr int64_t NV = kTile / W;
+  // The options, constant false where kPlain says so.
+  const bool xf_ = !kPlain && xf, capped_ = !kPlain && capped, smooth_ = !kPlain && smooth;
   const int64_t nb = Full ? kTile : kMin(kTile, I - j0), nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
   const int64_t ts = nv * W;
   const int64_t i0 = o * I + j0;
   const S* xo = x + base;
-  const S* qo = q ? q + base : nullptr;
+  const S* qo = !kPlain && q ? q + base : nullptr;
   S* gt_ = g ? g + base : nullptr;
   // xs: the tile's logits, copied by pass 1 so that x is read from memory
   // once: its C rows lie I apart (often a multiple of 4 KiB, all in the same
@@ -57,7 +59,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     }
     if (!onehot)  // reads the target logit before anything is written (in-place safe)
       for (int64_t j = 0; j < nb; ++j)
-        if (okb[j] != A(0)) xtb[j] = xf ? zscalar(to_acc(xo[tgt[i0 + j] * I + j])) : to_acc(xo[tgt[i0 + j] * I + j]);
+        if (okb[j] != A(0)) xtb[j] = xf_ ? zscalar(to_acc(xo[tgt[i0 + j] * I + j])) : to_acc(xo[tgt[i0 + j] * I + j]);
   } else {
     for (int64_t j = 0; j < nb; ++j) tb[j] = A(-1), okb[j] = A(1), wtb[j] = xtb[j] = A(0);
   }
@@ -96,10 +98,10 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
       for (int64_t v = 0; v < nv; ++v) {
         V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
-        if (xf) {
+        if (xf_) {
           V t = xv;
           xv = zof(xv, t);
-          (capped ? t : xv).store(xs + c * ts + v * W);
+          (capped_ ? t : xv).store(xs + c * ts + v * W);
         } else {
           xv.store(xs + c * ts + v * W);
         }
@@ -117,7 +119,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
       for (int64_t v = 0; v < nv; ++v) {
         const V xz = V::load(xs + c * ts + v * W);
-        const V e = vexp_nonpos((capped ? zof_t(xz) : xz) - mv[v]);  // x - max <= 0 (or NaN)
+        const V e = vexp_nonpos((capped_ ? zof_t(xz) : xz) - mv[v]);  // x - max <= 0 (or NaN)
         sv[v] = sv[v] + e;
         e.store(es + c * ts + v * W);
       }
@@ -173,20 +175,20 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           const V e = V::load(es + c * ts + v * W);
           const V xz = V::load(xs + c * ts + v * W);
           V gv = e * av[v];
-          if (qo || smooth) {
-            const V d = ((capped ? zof_t(xz) : xz) - mv[v]) - lv[v];
+          if (qo || smooth_) {
+            const V d = ((capped_ ? zof_t(xz) : xz) - mv[v]) - lv[v];
             const V wq = qo ? wv * qprime(ldx(qo + off, n, A(0))) : wv;
             sv[v] = fmadd(wq, d, sv[v]);
             gv = fmsub(e, av[v], cwv[v] * wq);
           }
           if (gt_) {
             if (onehot) gv = select(eq(tv[v], cv), fmsub(e, av[v], bv[v]), gv);
-            if (capped) gv = gv * dtanh(xz);
+            if (capped_) gv = gv * dtanh(xz);
             stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
           }
         }
       }
-      if (qo || smooth) flush(sv, accd, cb == 0);
+      if (qo || smooth_) flush(sv, accd, cb == 0);
     }
   }
   if (gt_ && tgt && !onehot)
@@ -194,7 +196,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       if (okb[j] == A(0)) continue;
       const int64_t t = tgt[i0 + j];
       V gt = fmsub(V::set1(es[t * ts + j]), V::set1(rab[j]), V::set1(bb[j]));
-      if (capped) gt = gt * dtanh(V::set1(xs[t * ts + j]));
+      if (capped_) gt = gt * dtanh(V::set1(xs[t * ts + j]));
       put(gt_ + t * I + j, lane0(gt));
     }
   // Loss per position (as finish()).
@@ -203,7 +205,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     const double ome = double(one_m_eps);
     for (int64_t j = 0; j < nb; ++j) {
       double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j]));
-      if (smooth) l -= eps_c_d * accd[j];  // accd is set only then
+      if (smooth_) l -= eps_c_d * accd[j];  // accd is set only then
       if (zloss) l += zloss_term(mb[j], lseb[j]);
       lb[j] = tgt[i0 + j] != ignore ? l : 0.0;
     }

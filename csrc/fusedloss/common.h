@@ -52,6 +52,16 @@ template <class S> struct StreamWriter {
     if (pend) store_lanes(prev_p, prev, W - delta, W);
     pend = false;
   }
+  // body(put) with put(p, v) the one store form this writer's mode needs
+  // (stores; streaming stores on the grid; shifted joins), the state in a
+  // local copy, written back after: in a loop the stores cannot alias it.
+  template <class Body> void with_put(Body&& body) {
+    StreamWriter w = *this;
+    if (w.delta > 0) body([&w](S* at, V v) { w.put(at, v); });
+    else if (w.stream && w.delta == 0) body([](S* at, V v) { vstream(at, v); });
+    else body([](S* at, V v) { vstore(at, v); });
+    *this = w;
+  }
 };
 
 inline int64_t kMin(int64_t a, int64_t b) { return a < b ? a : b; }

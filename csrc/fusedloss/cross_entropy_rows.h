@@ -193,8 +193,7 @@ template <class S>
 template <bool kCapped>
 void CrossEntropy<S>::grad_run(const A* es, const A* tb, int64_t c0, S* gr, int64_t c, int64_t e, V F,
                                const S* pf, StreamWriter<S>& out) const {
-  StreamWriter<S> w = out;
-  const auto run = [&](auto put) {
+  out.with_put([&](auto put) {
     for (; c < e; c += kStep) {
       if (pf)  // the next row's pass 1 reads this right after: start its misses now
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
@@ -206,11 +205,7 @@ void CrossEntropy<S>::grad_run(const A* es, const A* tb, int64_t c0, S* gr, int6
         put(gr + off, gv);
       }
     }
-  };
-  if (w.delta > 0) run([&w](S* at, V v) { w.put(at, v); });
-  else if (w.stream && w.delta == 0) run([](S* at, V v) { vstream(at, v); });  // on the grid: vstream stores
-  else run([](S* at, V v) { vstore(at, v); });
-  out = w;
+  });
 }
 
 // tb: a chunk of t scratch (capped), pass 1's only: pass 2 recomputes t.

@@ -86,7 +86,26 @@ template <class S> struct KLDivLogits {
     const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
     V sx[2] = {V::set1(0), V::set1(0)}, st[2] = {sx[0], sx[1]}, bv[2] = {sx[0], sx[1]};
     double bd = 0;
-    for (int64_t c = c0; c < c1; c += kStep) {
+    int64_t c = c0;
+    // The full steps in a loop of their own, without the pad lanes' tests and
+    // with the scratch store chosen once (the tail's loop below adds the same
+    // terms in the same order: the same bits).
+    const auto full = [&](auto store) {
+      V sx0 = sx[0], sx1 = sx[1], st0 = st[0], st1 = st[1], b0 = bv[0], b1 = bv[1];
+      for (const int64_t e = c0 + (c1 - c0) / kStep * kStep; c < e; c += kStep) {
+        const V a0 = shifted(vload(xr + c), mx), a1 = shifted(vload(xr + c + W), mx);
+        const V d0 = shifted(vload(tr + c), mt), d1 = shifted(vload(tr + c + W), mt);
+        const V e0 = vexp_nonpos(a0), e1 = vexp_nonpos(a1), f0 = vexp_nonpos(d0), f1 = vexp_nonpos(d1);
+        sx0 = sx0 + e0, sx1 = sx1 + e1, st0 = st0 + f0, st1 = st1 + f1;
+        b0 = fmadd(f0, d0 - a0, b0), b1 = fmadd(f1, d1 - a1, b1);
+        store(c, e0, f0), store(c + W, e1, f1);
+        if ((c - c0) / kStep % kFlushSteps == kFlushSteps - 1) bd += double(hsum(b0 + b1)), b0 = b1 = V::set1(0);
+      }
+      sx[0] = sx0, sx[1] = sx1, st[0] = st0, st[1] = st1, bv[0] = b0, bv[1] = b1;
+    };
+    if (ex) full([ex, et](int64_t off, V e, V f) { e.store(ex + off), f.store(et + off); });
+    else full([](int64_t, V, V) {});
+    for (; c < c1; c += kStep) {
       for (int k = 0; k < 2; ++k) {
         const int64_t off = c + k * W, n = c1 - off;
         if (n <= 0) break;
@@ -139,7 +158,22 @@ template <class S> struct KLDivLogits {
     const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
     const A inf = std::numeric_limits<A>::infinity();
     StreamWriter<S> out(stream, gr + c0);
-    for (int64_t c = c0; c < c1; c += kStep) {
+    int64_t c = c0;
+    if (ex)  // full steps from scratch: a loop of its own (as cross-entropy's grad_run)
+      out.with_put([&](auto put) {
+        for (const int64_t e = c0 + (c1 - c0) / kStep * kStep; c < e; c += kStep) {
+          if (pfx)
+            for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);
+              __builtin_prefetch(reinterpret_cast<const char*>(pft + c) + b, 0, 2);
+            }
+          for (int k = 0; k < 2; ++k) {
+            const int64_t off = c + k * W;
+            put(gr + off, fmsub(V::load(ex + off), gx, V::load(et + off) * gt));
+          }
+        }
+      });
+    for (; c < c1; c += kStep) {
       if (pfx)
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
           __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);

@@ -241,7 +241,7 @@ template <class S> struct CrossEntropy {
   // it; pass 2 reads it when given (else recomputes t from x).
   Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
   // Pass 1's exp-sums over plain full steps (see chunk_stats).
-  template <int kHint>
+  template <int kHint, bool kInRange>
   void exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, V* sum, const char* ahead) const;
 
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es,

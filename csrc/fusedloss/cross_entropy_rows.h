@@ -13,6 +13,8 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
                                                             A* tb) const {
   const A inf = std::numeric_limits<A>::infinity();
   V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
+  V lo = V::set1(inf);  // plain logits: the full steps' minimum (see below)
+  const bool plain = !tb && !xf && !qr;
   for (int64_t c = c0; c < c1; c += kStep) {
     V xv[4];
     if (xf) {
@@ -22,6 +24,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
         for (int k = 0; k < 4; ++k) tv[k].store(tb + (c - c0) + k * W);
     } else {
       load_step(xr, c, c1, -inf, xv);
+      if (plain && c + kStep <= c1) lo = vmin(vmin(xv[0], xv[1]), vmin(vmin(xv[2], xv[3]), lo));
     }
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
@@ -29,6 +32,10 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   part.m = hmax(max4(mk));
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   const V m = V::set1(part.m);
+  // Every x - m of the full steps within exp's normal range (x - m rounds
+  // monotonically; NaN fails the test, as in exp's own): then their exps
+  // take exp's fast path without testing each vector, the same bits.
+  const bool in_range = plain && !any(nge(lo - m, V::set1(MathConsts<A>::normal_lo)));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next (rows are contiguous; prefetches never fault). Without scratch that is
   // the next chunk. With scratch (rows_pipelined, this row is r + 1) it is row
@@ -42,11 +49,17 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, qa = V::set1(0);
   double qd = 0;
   int64_t c = c0;
-  if (!tb && !xf && !qr) {  // plain logits: the full steps in a loop of their own
+  if (plain) {  // plain logits: the full steps in a loop of their own
     const int64_t e = c0 + (c1 - c0) / kStep * kStep;
-    if (!ahead) exp_sums<0>(xr, c0, c, e, m, es, sum, ahead);
-    else if (near) exp_sums<3>(xr, c0, c, e, m, es, sum, ahead);
-    else exp_sums<2>(xr, c0, c, e, m, es, sum, ahead);
+    if (in_range) {
+      if (!ahead) exp_sums<0, true>(xr, c0, c, e, m, es, sum, ahead);
+      else if (near) exp_sums<3, true>(xr, c0, c, e, m, es, sum, ahead);
+      else exp_sums<2, true>(xr, c0, c, e, m, es, sum, ahead);
+    } else {
+      if (!ahead) exp_sums<0, false>(xr, c0, c, e, m, es, sum, ahead);
+      else if (near) exp_sums<3, false>(xr, c0, c, e, m, es, sum, ahead);
+      else exp_sums<2, false>(xr, c0, c, e, m, es, sum, ahead);
+    }
     c = e;
   }
   for (; c < c1; c += kStep) {
@@ -90,7 +103,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
 // locals: in chunk_stats' general loop the sums lived on the stack and the
 // options were tested for every vector.
 template <class S>
-template <int kHint>
+template <int kHint, bool kInRange>
 void CrossEntropy<S>::exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, V* sum,
                                const char* ahead) const {
   V s[4] = {sum[0], sum[1], sum[2], sum[3]};
@@ -100,7 +113,8 @@ void CrossEntropy<S>::exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V 
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
           __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
       for (int k = 0; k < 4; ++k) {
-        const V ev = vexp_nonpos(vload(xr + c + k * W) - m);
+        const V xm = vload(xr + c + k * W) - m;
+        const V ev = kInRange ? vexp_in_range(xm) : vexp_nonpos(xm);
         s[k] = s[k] + ev;
         store(c + k * W, ev);
       }

@@ -186,6 +186,15 @@ template <bool kUpper, class V> FUSEDLOSS_ALWAYS_INLINE V vexp_any(V x) {
   }
 }
 
+// e^x for x known to lie in [normal_lo, 0]: vexp_any's fast path without its
+// test (the same bits), for a loop that has bounded its arguments beforehand.
+template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp_in_range(V x) {
+  constexpr bool table = kFloatTable<typename V::T>;
+  if constexpr (kLdexpIsOneOp && !table) return vexp_reduced<false>(x);  // vexp_any's clamp changes nothing here
+  else if constexpr (table) return vexp_table<true>(x);
+  else return vexp_reduced<true>(x);
+}
+
 // e^x.
 template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp(V x) { return vexp_any<true>(x); }
 

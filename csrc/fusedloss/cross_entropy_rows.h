@@ -99,9 +99,10 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
 // e = exp(x - m) over full steps [c, e) of plain logits (no transform, no
 // probability targets), added into sum[] as chunk_stats' loop adds them (the
 // same bits) and stored into es when given; ahead's lines (from c0) asked for
-// with locality kHint (0: none). A loop of its own, the sums and options in
-// locals: in chunk_stats' general loop the sums lived on the stack and the
-// options were tested for every vector.
+// with locality kHint (0: none); kInRange: every x - m known to lie in exp's
+// normal range (chunk_stats tests that once). A loop of its own, the sums and
+// options in locals: in chunk_stats' general loop the sums lived on the stack
+// and the options were tested for every vector.
 template <class S>
 template <int kHint, bool kInRange>
 void CrossEntropy<S>::exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, V* sum,

@@ -160,6 +160,22 @@ template <bool kFast, class V> inline V vexp_table(V x) {
 template <class T> constexpr bool kFloatTable = false;
 template <> constexpr bool kFloatTable<float> = kHasTable8;
 
+// The table variant (float where the ISA has table8) or the long polynomial;
+// kFast: every result normal, no NaN (see vexp_reduced, vexp_table).
+template <bool kFast, class V> FUSEDLOSS_ALWAYS_INLINE V vexp_core(V x) {
+  if constexpr (kFloatTable<typename V::T>) return vexp_table<kFast>(x);
+  else return vexp_reduced<kFast>(x);
+}
+
+// e^x for x known to lie in [normal_lo, normal_hi]: vexp_any's fast path
+// without its test (the same bits), for a loop that has bounded its arguments
+// beforehand. Where ldexp_v is one op there is no faster form, and vexp_any's
+// clamp changes nothing in this range.
+template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp_in_range(V x) {
+  if constexpr (kLdexpIsOneOp && !kFloatTable<typename V::T>) return vexp_core<false>(x);
+  else return vexp_core<true>(x);
+}
+
 // e^x; kUpper: x may exceed normal_hi (else x <= 0 or NaN). Where ldexp_v is
 // one op (vscalef) the argument is clamped (keeps n in range) and that is
 // all. Elsewhere ldexp_v takes a dozen ops (two scalings for gradual
@@ -175,24 +191,13 @@ template <bool kUpper, class V> FUSEDLOSS_ALWAYS_INLINE V vexp_any(V x) {
     v = vmax(V::set1(K::lo), v);
     return kUpper ? vmin(V::set1(K::hi), v) : v;
   };
-  constexpr bool table = kFloatTable<typename V::T>;
-  if constexpr (kLdexpIsOneOp && !table) {
-    return vexp_reduced<false>(clamp(x));
+  if constexpr (kLdexpIsOneOp && !kFloatTable<typename V::T>) {
+    return vexp_core<false>(clamp(x));
   } else {
     auto out = nge(x, V::set1(K::normal_lo));
     if constexpr (kUpper) out = out | gt(x, V::set1(K::normal_hi));
-    if constexpr (table) return any(out) ? vexp_table<false>(clamp(x)) : vexp_table<true>(x);
-    else return any(out) ? vexp_reduced<false>(clamp(x)) : vexp_reduced<true>(x);
+    return any(out) ? vexp_core<false>(clamp(x)) : vexp_in_range(x);
   }
-}
-
-// e^x for x known to lie in [normal_lo, 0]: vexp_any's fast path without its
-// test (the same bits), for a loop that has bounded its arguments beforehand.
-template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp_in_range(V x) {
-  constexpr bool table = kFloatTable<typename V::T>;
-  if constexpr (kLdexpIsOneOp && !table) return vexp_reduced<false>(x);  // vexp_any's clamp changes nothing here
-  else if constexpr (table) return vexp_table<true>(x);
-  else return vexp_reduced<true>(x);
 }
 
 // e^x.

@@ -240,9 +240,18 @@ template <class S> struct CrossEntropy {
   // tb: t scratch for [c0, c1) (indexed from c0), capped only: pass 1 fills
   // it; pass 2 reads it when given (else recomputes t from x).
   Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
-  // Pass 1's exp-sums over plain full steps (see chunk_stats).
-  template <int kHint, bool kInRange>
-  void exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, V* sum, const char* ahead) const;
+  template <bool kZ>
+  Part chunk_stats_as(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
+  // Pass 1's max and exp-sums over full steps of index-target rows (see
+  // chunk_stats); vectors in and out by value, so that the caller's stay in
+  // registers (a pointer to them made its loops keep them in memory).
+  struct Quad { V v[4]; };
+  struct MaxMin { Quad mx; V lo; };
+  template <class Z>
+  FUSEDLOSS_NOINLINE MaxMin max_steps(Z z, int64_t c0, int64_t e) const;
+  template <int kHint, bool kInRange, class Z>
+  FUSEDLOSS_NOINLINE Quad exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
+                                   const char* ahead) const;
 
   double chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, int64_t c1, const Pos& p, A cm, const A* es,
                     const A* tb, const S* pf = nullptr) const;

@@ -11,11 +11,41 @@
 template <class S>
 typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es,
                                                             A* tb) const {
+  // Index-target rows of transformed logits take an instantiation of their
+  // own: their loops in the one of plain logits measured 4-7% slower there.
+  return xf && !qr ? chunk_stats_as<true>(xr, qr, c0, c1, es, tb) : chunk_stats_as<false>(xr, qr, c0, c1, es, tb);
+}
+
+// kZ: index targets, transformed logits; else any other row. Index-target
+// rows run their full steps [c0, e) in loops of their own: exp_sums, and for
+// kZ also max_steps (for plain logits the general loop measured faster).
+template <class S>
+template <bool kZ>
+typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, const S* qr, int64_t c0, int64_t c1,
+                                                               A* es, A* tb) const {
   const A inf = std::numeric_limits<A>::infinity();
   V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
-  V lo = V::set1(inf);  // plain logits: the full steps' minimum (see below)
-  const bool plain = !tb && !xf && !qr;
-  for (int64_t c = c0; c < c1; c += kStep) {
+  V lo = V::set1(inf);  // the full steps' minimum of z (see below)
+  const bool fast = !qr;  // with !kZ: plain logits
+  const int64_t e = fast ? c0 + (c1 - c0) / kStep * kStep : c0;
+  // z at class `at` for those loops, as zof and zof_t make it, rounded as the
+  // general loops and pass 2 round it; the factors held by value (the stores
+  // into tb and es might alias the members).
+  const V capv = V::set1(cap), zmulv = V::set1(zmul);
+  const auto scaled_z = [xr, zmulv](int64_t at) { return rounded(vload(xr + at) * zmulv); };
+  const auto capped_z = [this, xr](int64_t at) { return rounded(zof(vload(xr + at))); };
+  const auto keep_t = [xr, tb, c0, zmulv, capv](int64_t at) {  // capped, t kept in tb
+    const V t = vtanh(vload(xr + at) * zmulv);
+    t.store(tb + (at - c0));
+    return rounded(t * capv);
+  };
+  const auto kept_t = [tb, c0, capv](int64_t at) { return rounded(V::load(tb + (at - c0)) * capv); };
+  if constexpr (kZ) {  // (results by value: mk and lo stay in registers below)
+    const MaxMin r = tb ? max_steps(keep_t, c0, e) : capped ? max_steps(capped_z, c0, e) : max_steps(scaled_z, c0, e);
+    for (int k = 0; k < 4; ++k) mk[k] = r.mx.v[k];
+    lo = r.lo;
+  }
+  for (int64_t c = kZ ? e : c0; c < c1; c += kStep) {
     V xv[4];
     if (xf) {
       V tv[4];
@@ -24,7 +54,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
         for (int k = 0; k < 4; ++k) tv[k].store(tb + (c - c0) + k * W);
     } else {
       load_step(xr, c, c1, -inf, xv);
-      if (plain && c + kStep <= c1) lo = vmin(vmin(xv[0], xv[1]), vmin(vmin(xv[2], xv[3]), lo));
+      if (fast && c + kStep <= c1) lo = vmin(vmin(xv[0], xv[1]), vmin(vmin(xv[2], xv[3]), lo));
     }
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
@@ -32,10 +62,10 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   part.m = hmax(max4(mk));
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   const V m = V::set1(part.m);
-  // Every x - m of the full steps within exp's normal range (x - m rounds
+  // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
   // take exp's fast path without testing each vector, the same bits.
-  const bool in_range = plain && !any(nge(lo - m, V::set1(MathConsts<A>::normal_lo)));
+  const bool in_range = fast && !any(nge(lo - m, V::set1(MathConsts<A>::normal_lo)));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next (rows are contiguous; prefetches never fault). Without scratch that is
   // the next chunk. With scratch (rows_pipelined, this row is r + 1) it is row
@@ -46,19 +76,28 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
   // faster, 1024x32000 unchanged; forward-only 1024x32000 3-10% faster).
   const char* ahead = !es || c1 == C ? reinterpret_cast<const char*>(xr + c1) : nullptr;
   const bool near = (c1 - c0) * int64_t(sizeof(S)) <= (int64_t(1) << 14);
-  V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)}, qa = V::set1(0);
+  Quad sum = {{V::set1(0), V::set1(0), V::set1(0), V::set1(0)}};
+  V qa = V::set1(0);
   double qd = 0;
   int64_t c = c0;
-  if (plain) {  // plain logits: the full steps in a loop of their own
-    const int64_t e = c0 + (c1 - c0) / kStep * kStep;
-    if (in_range) {
-      if (!ahead) exp_sums<0, true>(xr, c0, c, e, m, es, sum, ahead);
-      else if (near) exp_sums<3, true>(xr, c0, c, e, m, es, sum, ahead);
-      else exp_sums<2, true>(xr, c0, c, e, m, es, sum, ahead);
+  if (fast) {
+    const auto run = [&](auto z) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
+      if (in_range) {
+        if (!ahead) sum = exp_sums<0, true>(z, c0, c, e, m, es, sum, ahead);
+        else if (near) sum = exp_sums<3, true>(z, c0, c, e, m, es, sum, ahead);
+        else sum = exp_sums<2, true>(z, c0, c, e, m, es, sum, ahead);
+      } else {
+        if (!ahead) sum = exp_sums<0, false>(z, c0, c, e, m, es, sum, ahead);
+        else if (near) sum = exp_sums<3, false>(z, c0, c, e, m, es, sum, ahead);
+        else sum = exp_sums<2, false>(z, c0, c, e, m, es, sum, ahead);
+      }
+    };
+    if constexpr (kZ) {
+      if (tb) run(kept_t);
+      else if (capped) run(capped_z);
+      else run(scaled_z);
     } else {
-      if (!ahead) exp_sums<0, false>(xr, c0, c, e, m, es, sum, ahead);
-      else if (near) exp_sums<3, false>(xr, c0, c, e, m, es, sum, ahead);
-      else exp_sums<2, false>(xr, c0, c, e, m, es, sum, ahead);
+      run([xr](int64_t at) { return vload(xr + at); });
     }
     c = e;
   }
@@ -81,7 +120,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
     for (int k = 0; k < 4; ++k) {
       if (c + k * W >= c1) break;  // all-pad vectors would add 0
       const V e = vexp_nonpos(xv[k] - m);
-      sum[k] = sum[k] + e;
+      sum.v[k] = sum.v[k] + e;
       if (es) e.store(es + c + k * W);
     }
     if (qr) {
@@ -91,30 +130,47 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
       if (last_of_flush_block(c, c0)) qd += double(hsum(qa)), qa = V::set1(0);
     }
   }
-  part.s = hsum((sum[0] + sum[1]) + (sum[2] + sum[3]));
+  part.s = hsum((sum.v[0] + sum.v[1]) + (sum.v[2] + sum.v[3]));
   part.q = qd + double(hsum(qa));
   return part;
 }
 
-// e = exp(x - m) over full steps [c, e) of plain logits (no transform, no
-// probability targets), added into sum[] as chunk_stats' loop adds them (the
-// same bits) and stored into es when given; ahead's lines (from c0) asked for
-// with locality kHint (0: none); kInRange: every x - m known to lie in exp's
-// normal range (chunk_stats tests that once). A loop of its own, the sums and
-// options in locals: in chunk_stats' general loop the sums lived on the stack
-// and the options were tested for every vector.
+// The max of z over full steps [c0, e) (four chains, as chunk_stats' general
+// loop keeps them) and its minimum; z(at) the vector of z from class at. A
+// loop of its own, as exp_sums.
 template <class S>
-template <int kHint, bool kInRange>
-void CrossEntropy<S>::exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, V* sum,
-                               const char* ahead) const {
-  V s[4] = {sum[0], sum[1], sum[2], sum[3]};
+template <class Z>
+typename CrossEntropy<S>::MaxMin CrossEntropy<S>::max_steps(Z z, int64_t c0, int64_t e) const {
+  const A inf = std::numeric_limits<A>::infinity();
+  V mx[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)}, mn = V::set1(inf);
+  for (int64_t c = c0; c < e; c += kStep) {
+    V zv[4];
+    for (int k = 0; k < 4; ++k) zv[k] = z(c + k * W);
+    mn = vmin(vmin(zv[0], zv[1]), vmin(vmin(zv[2], zv[3]), mn));
+    for (int k = 0; k < 4; ++k) mx[k] = vmax(mx[k], zv[k]);
+  }
+  return {{{mx[0], mx[1], mx[2], mx[3]}}, mn};
+}
+
+// e = exp(z - m) over full steps [c, e) of index-target rows, z(at) the
+// vector of z from class at, added to sum as chunk_stats' loop adds them
+// (the same bits; the sums returned) and stored into es when given; ahead's lines (from c0)
+// asked for with locality kHint (0: none); kInRange: every z - m known to lie
+// in exp's normal range (chunk_stats tests that once). A loop of its own, the
+// sums and options in locals: in chunk_stats' general loop the sums lived on
+// the stack and the options were tested for every vector.
+template <class S>
+template <int kHint, bool kInRange, class Z>
+typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es,
+                                                        Quad sum, const char* ahead) const {
+  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]};
   const auto run = [&](auto store) {
     for (; c < e; c += kStep) {
       if constexpr (kHint > 0)
         for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
           __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
       for (int k = 0; k < 4; ++k) {
-        const V xm = vload(xr + c + k * W) - m;
+        const V xm = z(c + k * W) - m;
         const V ev = kInRange ? vexp_in_range(xm) : vexp_nonpos(xm);
         s[k] = s[k] + ev;
         store(c + k * W, ev);
@@ -123,7 +179,7 @@ void CrossEntropy<S>::exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V 
   };
   if (es) run([es](int64_t at, V v) { v.store(es + at); });
   else run([](int64_t, V) {});
-  for (int k = 0; k < 4; ++k) sum[k] = s[k];
+  return {{s[0], s[1], s[2], s[3]}};
 }
 
 // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the

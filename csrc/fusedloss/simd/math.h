@@ -27,9 +27,24 @@
 // vectors around each call and loads every constant again.
 #if defined(__GNUC__)
 #define FUSEDLOSS_ALWAYS_INLINE __attribute__((always_inline)) inline
+#define FUSEDLOSS_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+#define FUSEDLOSS_NOINLINE __attribute__((noinline))
 #else
 #define FUSEDLOSS_ALWAYS_INLINE inline
+#define FUSEDLOSS_ALWAYS_INLINE_LAMBDA
+#define FUSEDLOSS_NOINLINE
 #endif
+
+// v as already rounded: the compiler may not fuse the operation that made v
+// into an FMA with v's user. Where two loops must round a value alike (pass 1
+// and pass 2 of a row, one per thread layout), the one whose shape invites
+// the fusion says so with this.
+template <class V> FUSEDLOSS_ALWAYS_INLINE V rounded(V v) {
+#if defined(__GNUC__)
+  __asm__("" : "+v"(v.v));
+#endif
+  return v;
+}
 
 template <class T> struct MathConsts;
 template <> struct MathConsts<float> {

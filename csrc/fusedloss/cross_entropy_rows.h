@@ -11,10 +11,12 @@
 template <class S>
 typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es,
                                                             A* tb) const {
-  // Index-target rows of transformed logits take an instantiation of their
-  // own: with their loops in the same function, plain rows measured 4-7%
-  // slower on AVX2 (GCC's register and inlining choices for it changed).
-  return xf && !qr ? chunk_stats_as<true>(xr, qr, c0, c1, es, tb) : chunk_stats_as<false>(xr, qr, c0, c1, es, tb);
+  // Index-target rows of transformed logits (t kept in tb when capped, as
+  // every caller gives it) take an instantiation of their own: with their
+  // loops in the same function, plain rows measured 4-7% slower on AVX2
+  // (GCC's register and inlining choices for it changed).
+  const bool z_rows = xf && !qr && (tb || !capped);
+  return z_rows ? chunk_stats_as<true>(xr, qr, c0, c1, es, tb) : chunk_stats_as<false>(xr, qr, c0, c1, es, tb);
 }
 
 // kZ: index targets, transformed logits; else any other row. Index-target
@@ -27,14 +29,13 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   const A inf = std::numeric_limits<A>::infinity();
   V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
   V lo = V::set1(inf);  // the full steps' minimum of z (see below)
-  const bool fast = !qr;  // with !kZ: plain logits
+  const bool fast = kZ || (!qr && !xf);  // index targets, and logits as they are or kZ's
   const int64_t e = fast ? c0 + (c1 - c0) / kStep * kStep : c0;
   // z at class `at` for those loops, as zof and zof_t make it, rounded as the
   // general loops and pass 2 round it; the factors held by value (the stores
   // into tb and es might alias the members).
   const V capv = V::set1(cap), zmulv = V::set1(zmul);
   const auto scaled_z = [xr, zmulv](int64_t at) { return rounded(vload(xr + at) * zmulv); };
-  const auto capped_z = [this, xr](int64_t at) { return rounded(zof(vload(xr + at))); };
   const auto keep_t = [xr, tb, c0, zmulv, capv](int64_t at) {  // capped, t kept in tb
     const V t = vtanh(vload(xr + at) * zmulv);
     t.store(tb + (at - c0));
@@ -42,7 +43,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   };
   const auto kept_t = [tb, c0, capv](int64_t at) { return rounded(V::load(tb + (at - c0)) * capv); };
   if constexpr (kZ) {  // (results by value: mk and lo stay in registers below)
-    const MaxMin r = tb ? max_steps(keep_t, c0, e) : capped ? max_steps(capped_z, c0, e) : max_steps(scaled_z, c0, e);
+    const MaxMin r = tb ? max_steps(keep_t, c0, e) : max_steps(scaled_z, c0, e);
     for (int k = 0; k < 4; ++k) mk[k] = r.mx.v[k];
     lo = r.lo;
   }
@@ -95,7 +96,6 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     };
     if constexpr (kZ) {
       if (tb) run(kept_t);
-      else if (capped) run(capped_z);
       else run(scaled_z);
     } else {
       run([xr](int64_t at) { return vload(xr + at); });

@@ -158,15 +158,18 @@ template <class S> struct KLDivLogits {
     const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
     const A inf = std::numeric_limits<A>::infinity();
     StreamWriter<S> out(stream, gr + c0);
+    const auto ask_next = [pfx, pft](int64_t c) {  // the next row's step at c, when given
+      if (pfx)
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const char*>(pft + c) + b, 0, 2);
+        }
+    };
     int64_t c = c0;
     if (ex)  // full steps from scratch: a loop of its own (as cross-entropy's grad_run)
       out.with_put([&](auto put) {
         for (const int64_t e = c0 + (c1 - c0) / kStep * kStep; c < e; c += kStep) {
-          if (pfx)
-            for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
-              __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);
-              __builtin_prefetch(reinterpret_cast<const char*>(pft + c) + b, 0, 2);
-            }
+          ask_next(c);
           for (int k = 0; k < 2; ++k) {
             const int64_t off = c + k * W;
             put(gr + off, fmsub(V::load(ex + off), gx, V::load(et + off) * gt));
@@ -174,11 +177,7 @@ template <class S> struct KLDivLogits {
         }
       });
     for (; c < c1; c += kStep) {
-      if (pfx)
-        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
-          __builtin_prefetch(reinterpret_cast<const char*>(pfx + c) + b, 0, 2);
-          __builtin_prefetch(reinterpret_cast<const char*>(pft + c) + b, 0, 2);
-        }
+      ask_next(c);
       for (int k = 0; k < 2; ++k) {
         const int64_t off = c + k * W, n = c1 - off;
         if (n <= 0) break;

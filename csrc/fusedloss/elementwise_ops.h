@@ -56,15 +56,20 @@ template <class V> inline V vlog1p(V u) {
 }
 
 // log(1 + exp(-|x|)), exp(-|x|) and 1 / (1 + exp(-|x|)): the stable pieces of
-// softplus and sigmoid, with one division. log1p(e) = log(y) + c / y, y = 1 + e
-// rounded and c = e - (y - 1) its rounding error (fdlibm's log1p correction),
-// so the sigmoid's reciprocal serves both.
+// softplus and sigmoid, with one division (the sigmoid's). float: log1p(e) as
+// a polynomial in e (vlog1p_unit). double: log(y) + c / y, y = 1 + e rounded
+// and c = e - (y - 1) its rounding error (fdlibm's log1p correction), so the
+// sigmoid's reciprocal serves both.
 template <class V> struct SoftplusParts {
   V e, r, log1p_e;
   explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))) {
     const V y = V::set1(1) + e;
     r = V::set1(1) / y;
-    log1p_e = fmadd(e - (y - V::set1(1)), r, vlog_1to2(y));  // y in [1, 2]
+    if constexpr (sizeof(typename V::T) == 4) {
+      log1p_e = vlog1p_unit(e);
+    } else {
+      log1p_e = fmadd(e - (y - V::set1(1)), r, vlog_1to2(y));  // y in [1, 2]
+    }
   }
   V softplus_neg(V x) const { return vmax(V::set1(0) - x, V::set1(0)) + log1p_e; }  // log(1 + e^-x)
   V softplus(V x) const { return vmax(x, V::set1(0)) + log1p_e; }                    // log(1 + e^x)

@@ -1,4 +1,5 @@
-// Max ULP error of simd/math.h's vexp / vlog / vtanh against long-double expl/logl/tanhl
+// Max ULP error of simd/math.h's vexp / vlog / vtanh (and float vlog1p_unit) against
+// long-double expl/logl/tanhl/log1pl
 // (64-bit mantissa: an exact-enough reference for float and double).
 // Not built by the package. Build and run each ISA (from the repo root):
 //   g++ -O2 -std=c++17 -Icsrc csrc/tests/math_ulp.cpp -o /tmp/ulp_base && /tmp/ulp_base
@@ -46,20 +47,26 @@ template <class T> long double ulp_err(T got, long double ref) {
   return fabsl(static_cast<long double>(got) - ref) / ldexpl(1.0L, ulp_exp);
 }
 
-enum Fn { kExp, kLog, kTanh };
+enum Fn { kExp, kLog, kTanh, kLog1pUnit };
 template <class V, class T> struct Worst {
   long double err = 0;
   T at = 0;
   Fn fn;
+  V apply(V v) const {
+    if constexpr (sizeof(T) == 4) {
+      if (fn == kLog1pUnit) return isa::vlog1p_unit(v);
+    }
+    return fn == kLog ? isa::vlog(v) : fn == kExp ? isa::vexp(v) : isa::vtanh(v);
+  }
   void check(const T* xs, int n) {
     alignas(64) T in[V::W], out[V::W];
     for (int i = 0; i < n; i += V::W) {
       for (int k = 0; k < V::W; ++k) in[k] = xs[i + k < n ? i + k : i];
       const V v = V::load(in);
-      (fn == kLog ? isa::vlog(v) : fn == kExp ? isa::vexp(v) : isa::vtanh(v)).store(out);
+      apply(v).store(out);
       for (int k = 0; k < V::W && i + k < n; ++k) {
         const long double xl = static_cast<long double>(in[k]);
-        const long double ref = fn == kLog ? logl(xl) : fn == kExp ? expl(xl) : tanhl(xl);
+        const long double ref = fn == kLog ? logl(xl) : fn == kExp ? expl(xl) : fn == kTanh ? tanhl(xl) : log1pl(xl);
         const long double e = ulp_err(out[k], ref);
         if (e > err) err = e, at = in[k];
       }
@@ -102,6 +109,14 @@ int main() {
     if (n > (1 << 16) - 4) flush(ft);
   }
   flush(ft);
+  // log1p_unit: every pattern of [0, 1] (softplus's e = exp(-|x|)).
+  Worst<VF, float> fp{0, 0, kLog1pUnit};
+  for (uint32_t u = 0; u <= 0x3f800000u; ++u) {
+    buf[n++] = isa::bits_float(u);
+    if (n > (1 << 16) - 4) flush(fp);
+  }
+  flush(fp);
+  printf("float log1p_unit: max %.3Lf ulp at %.9g\n", fp.err, double(fp.at));
   printf("float exp: max %.3Lf ulp at %.9g\nfloat log: max %.3Lf ulp at %.9g\n", fe.err, double(fe.at), fl.err,
          double(fl.at));
   printf("float tanh: max %.3Lf ulp at %.9g\n", ft.err, double(ft.at));

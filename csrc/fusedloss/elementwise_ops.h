@@ -115,6 +115,15 @@ struct SmoothL1Op : OpDefaults {
   }
 };
 
+// log1p(u) for u in [-0.5, 0]: a polynomial in float, vlog1p in double.
+template <class V> inline V log1p_neg_half(V u) {
+  if constexpr (sizeof(typename V::T) == 4) {
+    return vlog1p_neg_half(u);
+  } else {
+    return vlog1p(u);
+  }
+}
+
 // -(t log x + (1 - t) log(1 - x)), each log clamped at -100 (aten's
 // binary_cross_entropy); the gradient divides by max(x (1 - x), 1e-12f). The
 // target gradient is -logit(x) with unclamped logs, as torch's
@@ -124,8 +133,13 @@ struct BceOp : OpDefaults {
   static constexpr bool kChecksDomain = true;
   template <class V> static auto out_of_domain(V v) { return nge(v, V::set1(0)) | gt(v, V::set1(1)); }
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
-    const V lo = V::set1(-100);
-    const V ln_x = vlog(x), ln_1mx = vlog1p(V::set1(0) - x);
+    const V lo = V::set1(-100), one = V::set1(1);
+    // One of log x and log(1 - x) is log1p of an exact u in [-0.5, 0] (x - 1
+    // for x >= 0.5, Sterbenz; -x below), the other the log of v = 1 - x or x.
+    const auto upper = ge_v(x, V::set1(0.5));
+    const V u = select(upper, x - one, V::set1(0) - x), v = select(upper, one - x, x);
+    const V near = log1p_neg_half(u), far = vlog(v);
+    const V ln_x = select(upper, near, far), ln_1mx = select(upper, far, near);
     const V log_x = vmax(ln_x, lo), log_1mx = vmax(ln_1mx, lo);
     const V loss = (t - V::set1(1)) * log_1mx - t * log_x;
     // torch's EPSILON is the float 1e-12f in every dtype (aten/src/ATen/native/Loss.cpp).

@@ -1,5 +1,5 @@
-// Max ULP error of simd/math.h's vexp / vlog / vtanh (and float vlog1p_unit) against
-// long-double expl/logl/tanhl/log1pl
+// Max ULP error of simd/math.h's vexp / vlog / vtanh (and the float-only
+// vlog1p_unit, vlog1p_neg_half) against long-double expl/logl/tanhl/log1pl
 // (64-bit mantissa: an exact-enough reference for float and double).
 // Not built by the package. Build and run each ISA (from the repo root):
 //   g++ -O2 -std=c++17 -Icsrc csrc/tests/math_ulp.cpp -o /tmp/ulp_base && /tmp/ulp_base
@@ -47,7 +47,7 @@ template <class T> long double ulp_err(T got, long double ref) {
   return fabsl(static_cast<long double>(got) - ref) / ldexpl(1.0L, ulp_exp);
 }
 
-enum Fn { kExp, kLog, kTanh, kLog1pUnit };
+enum Fn { kExp, kLog, kTanh, kLog1pUnit, kLog1pNegHalf };
 template <class V, class T> struct Worst {
   long double err = 0;
   T at = 0;
@@ -55,6 +55,7 @@ template <class V, class T> struct Worst {
   V apply(V v) const {
     if constexpr (sizeof(T) == 4) {
       if (fn == kLog1pUnit) return isa::vlog1p_unit(v);
+      if (fn == kLog1pNegHalf) return isa::vlog1p_neg_half(v);
     }
     return fn == kLog ? isa::vlog(v) : fn == kExp ? isa::vexp(v) : isa::vtanh(v);
   }
@@ -117,6 +118,14 @@ int main() {
   }
   flush(fp);
   printf("float log1p_unit: max %.3Lf ulp at %.9g\n", fp.err, double(fp.at));
+  // log1p_neg_half: every pattern of [-0.5, 0] (binary cross-entropy's exact arguments).
+  Worst<VF, float> fh{0, 0, kLog1pNegHalf};
+  for (uint32_t u = 0x80000000u; u <= 0xbf000000u; ++u) {
+    buf[n++] = isa::bits_float(u);
+    if (n > (1 << 16) - 4) flush(fh);
+  }
+  flush(fh);
+  printf("float log1p_neg_half: max %.3Lf ulp at %.9g\n", fh.err, double(fh.at));
   printf("float exp: max %.3Lf ulp at %.9g\nfloat log: max %.3Lf ulp at %.9g\n", fe.err, double(fe.at), fl.err,
          double(fl.at));
   printf("float tanh: max %.3Lf ulp at %.9g\n", ft.err, double(ft.at));

@@ -322,6 +322,15 @@ template <class V> inline V vlog_1to2(V y) {
   return vlog_reduced(select(big, y * V::set1(static_cast<T>(0.5)), y), select(big, V::set1(1), V::set1(0)));
 }
 
+// u + u^2 Q(u), Q's float coefficients lowest first (Horner): the log1p
+// polynomials below.
+template <class V, int N> FUSEDLOSS_ALWAYS_INLINE V u_plus_u2_poly(V u, const float (&q)[N]) {
+  static_assert(sizeof(typename V::T) == 4, "float only: double needs about twice the degree");
+  V acc = V::set1(q[N - 1]);
+  for (int k = N - 2; k >= 0; --k) acc = fmadd(acc, u, V::set1(q[k]));
+  return fmadd(u * u, acc, u);
+}
+
 // log1p(e) for float e in [0, 1] (softplus's log(1 + e^-|x|)) or NaN: e + e^2
 // Q(e). No division and no reduction, where vlog_1to2 has both: BCE with
 // logits at 10^7 elements and the GAN row take 0.64x and 0.71x the time
@@ -329,11 +338,7 @@ template <class V> inline V vlog_1to2(V y) {
 // every float in [0, 1]). In softplus the error of exp dominates: BCE with
 // logits' loss stays within 2.2 ULP (2.3 without FMA; torch's float32 1.5).
 template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_unit(V e) {
-  static_assert(sizeof(typename V::T) == 4, "float only: double needs about twice the degree");
-  using K = MathConsts<float>;
-  V q = V::set1(K::log1p_unit[7]);
-  for (int k = 6; k >= 0; --k) q = fmadd(q, e, V::set1(K::log1p_unit[k]));
-  return fmadd(e * e, q, e);
+  return u_plus_u2_poly(e, MathConsts<float>::log1p_unit);
 }
 
 // log1p(u) for float u in [-0.5, 0] or NaN: u + u^2 Q(u), Q < 0 throughout,
@@ -343,11 +348,7 @@ template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_unit(V e) {
 // 2 threads, 10^7 elements: 0.90x and 0.83x the time). 0.93 ULP, 1.09 without
 // FMA (csrc/tests/math_ulp.cpp, every float in [-0.5, 0]).
 template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_neg_half(V u) {
-  static_assert(sizeof(typename V::T) == 4, "float only");
-  using K = MathConsts<float>;
-  V q = V::set1(K::log1p_neg_half[8]);
-  for (int k = 7; k >= 0; --k) q = fmadd(q, u, V::set1(K::log1p_neg_half[k]));
-  return fmadd(u * u, q, u);
+  return u_plus_u2_poly(u, MathConsts<float>::log1p_neg_half);
 }
 
 // tanh(x) (the logit softcap). |x| <= 0.625: x + x^3 Q(x^2), Q a Chebyshev fit

@@ -62,7 +62,7 @@ template <class V> inline V vlog1p(V u) {
 // sigmoid's reciprocal serves both.
 template <class V> struct SoftplusParts {
   V e, r, log1p_e;
-  explicit SoftplusParts(V x) : e(vexp(V::set1(0) - vabs(x))) {
+  explicit SoftplusParts(V x) : e(vexp_nonpos(V::set1(0) - vabs(x))) {
     const V y = V::set1(1) + e;
     r = V::set1(1) / y;
     if constexpr (sizeof(typename V::T) == 4) {

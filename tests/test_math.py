@@ -1,6 +1,8 @@
-"""The kernels' own vector exp/log/tanh (csrc/fusedloss/simd/math.h) against NumPy references.
+"""The kernels' own vector exp/log/tanh (csrc/fusedloss/simd/math.h) against NumPy references,
+and the float32 log1p polynomials of softplus and binary cross-entropy.
 
-Stated bounds (math.h): exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP, on every compiled path. float32
+Stated bounds (math.h): exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP, log1p on [0, 1] <= 2 ULP,
+log1p on [-0.5, 0] <= 1.5 ULP, on every compiled path. float32
 is checked against NumPy float64 (exact enough: its own error is ~2^-29 float32 ULP)
 over a strided sweep of every float32 binade in the range that matters plus every
 float32 in the band whose exp is denormal; float64 against NumPy's long double
@@ -18,6 +20,8 @@ from fusedloss import _core
 EXP_ULP_BOUND = 1.5
 LOG_ULP_BOUND = 1.0
 TANH_ULP_BOUND = 2.0
+LOG1P_ULP_BOUNDS = {"log1p_unit": 2.0, "log1p_neg_half": 1.5}
+LOG1P_DOMAINS = {"log1p_unit": (0.0, 1.0), "log1p_neg_half": (-0.5, -0.0)}
 
 
 def ulp_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -35,11 +39,11 @@ def float32_sweep(low: float, high: float, stride: int) -> np.ndarray:
     return values[(values >= low) & (values <= high)]
 
 
-def every_float32_between(low: float, high: float) -> np.ndarray:
-    """Every float32 in [low, high] (low < high < 0 or 0 <= low < high)."""
+def every_float32_between(low: float, high: float, stride: int = 1) -> np.ndarray:
+    """Every (``stride``-th) float32 in [low, high] (low < high < 0 or 0 <= low < high)."""
     a, b = np.float32(low).view(np.uint32), np.float32(high).view(np.uint32)
     lo, hi = (a, b) if a <= b else (b, a)
-    return np.arange(lo, hi + 1, dtype=np.uint32).view(np.float32)
+    return np.arange(lo, hi + 1, stride, dtype=np.uint32).view(np.float32)
 
 
 def run(op: str, values: np.ndarray) -> np.ndarray:
@@ -104,6 +108,28 @@ def test_tanh_float64_accuracy(capability: str) -> None:
     got = run("tanh", x)
     err = ulp_error(got, np.tanh(x.astype(np.longdouble)))
     assert err.max() <= TANH_ULP_BOUND, f"max {err.max():.3f} ULP at x={x[err.argmax()]!r}"
+
+
+@pytest.mark.parametrize("op", sorted(LOG1P_ULP_BOUNDS))
+def test_log1p_polynomials_float32_accuracy(capability: str, op: str) -> None:
+    # Every 61st float32 of the domain (all binades, from the denormals up), plus every
+    # float32 of its outer half, where the error peaks (math_ulp.cpp checks every float).
+    low, high = LOG1P_DOMAINS[op]
+    end = high if op == "log1p_unit" else low
+    x = np.concatenate([every_float32_between(low, high, 61), every_float32_between(end / 2, end)])
+    got = run(op, x)
+    err = ulp_error(got, np.log1p(x.astype(np.float64)))
+    nonzero = x != 0
+    assert err[nonzero].max() <= LOG1P_ULP_BOUNDS[op], (
+        f"max {err[nonzero].max():.3f} ULP at x={x[nonzero][err[nonzero].argmax()]!r}")
+    np.testing.assert_array_equal(got[~nonzero], x[~nonzero])  # log1p(+-0) = +-0 exactly
+
+
+@pytest.mark.parametrize("op", sorted(LOG1P_ULP_BOUNDS))
+def test_log1p_polynomials_nan_and_float64(capability: str, op: str) -> None:
+    assert np.isnan(run(op, np.array([np.nan], np.float32))[0])
+    with pytest.raises(TypeError, match="float32 polynomial"):
+        run(op, np.zeros(3))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <exception>
+#include <iterator>
 #include <new>
 #include <string>
 
@@ -63,8 +65,23 @@ PYBIND11_MODULE(_core, m) {
         if (!(values.flags() & py::array::c_style)) {
           throw py::value_error("values: must be C-contiguous");
         }
-        if (op != "exp" && op != "log" && op != "tanh") {
-          throw py::value_error("op: expected 'exp', 'log' or 'tanh'");
+        struct Named {
+          const char* name;
+          fusedloss::MathOp op;
+          bool float_only;  // a float32 polynomial (math.h), without a float64 form
+        };
+        static const Named kOps[] = {{"exp", fusedloss::MathOp::Exp, false},
+                                     {"log", fusedloss::MathOp::Log, false},
+                                     {"tanh", fusedloss::MathOp::Tanh, false},
+                                     {"log1p_unit", fusedloss::MathOp::Log1pUnit, true},
+                                     {"log1p_neg_half", fusedloss::MathOp::Log1pNegHalf, true}};
+        const Named* found = std::find_if(std::begin(kOps), std::end(kOps),
+                                          [&op](const Named& entry) { return op == entry.name; });
+        if (found == std::end(kOps)) {
+          throw py::value_error("op: expected 'exp', 'log', 'tanh', 'log1p_unit' or 'log1p_neg_half'");
+        }
+        if (is_double && found->float_only) {
+          throw py::type_error("values: '" + op + "' is a float32 polynomial; expected a float32 array");
         }
         py::array result(values.dtype(), std::vector<py::ssize_t>(values.shape(),
                                                                   values.shape() + values.ndim()));
@@ -74,14 +91,12 @@ PYBIND11_MODULE(_core, m) {
         const fusedloss::KernelTable& kernels = fusedloss::active_kernels();
         {
           py::gil_scoped_release release;
-          kernels.math(op == "exp"   ? fusedloss::MathOp::Exp
-                       : op == "log" ? fusedloss::MathOp::Log
-                                     : fusedloss::MathOp::Tanh,
-                       is_double ? fusedloss::DType::Float64 : fusedloss::DType::Float32, in,
-                       out, n);
+          kernels.math(found->op, is_double ? fusedloss::DType::Float64 : fusedloss::DType::Float32,
+                       in, out, n);
         }
         return result;
       },
       py::arg("op"), py::arg("values"),
-      "The kernels' own exp, log or tanh, elementwise, on the active path (for tests).");
+      "The kernels' own exp, log or tanh (or a float32 log1p polynomial), elementwise, on the\n"
+      "active path (for tests).");
 }

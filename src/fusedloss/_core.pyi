@@ -137,4 +137,5 @@ def set_capability(name: str) -> None:
     """Force a compiled path (tests). ValueError if unknown or unsupported."""
 def elementwise_math(op: str, values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
     """The kernels' own vector exp ('exp'), log ('log') or tanh ('tanh') on the active path, elementwise
-    over a C-contiguous float32/float64 array (tests bound its error)."""
+    over a C-contiguous float32/float64 array, or a float32-only log1p polynomial ('log1p_unit' on
+    [0, 1], 'log1p_neg_half' on [-0.5, 0]); tests bound their error."""

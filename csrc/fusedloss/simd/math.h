@@ -15,7 +15,8 @@
 //   vtanh double: 1.34 ULP (AVX2, AVX-512)  1.29 ULP baseline (4M random)
 //                (worst just past the polynomial's end, 0.625, where exp's
 //                error enters scaled by 0.8)
-// Stated bound: exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP on every path.
+// Stated bound: exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP on every path; the
+// float log1p polynomials vlog1p_unit <= 2 ULP, vlog1p_neg_half <= 1.5 ULP.
 // exp range: x < -103.97 (float) / -745.2 (double) gives +0; the denormal
 // band [-103.97, -87.34] / [-745.2, -708.4] is computed with gradual
 // underflow (one rounding, no flush); x > 88.72 / 709.78 gives +inf; NaN -> NaN.

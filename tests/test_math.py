@@ -2,12 +2,11 @@
 and the float32 log1p polynomials of softplus and binary cross-entropy.
 
 Stated bounds (math.h): exp <= 1.5 ULP, log <= 1 ULP, tanh <= 2 ULP, log1p on [0, 1] <= 2 ULP,
-log1p on [-0.5, 0] <= 1.5 ULP, on every compiled path. float32
-is checked against NumPy float64 (exact enough: its own error is ~2^-29 float32 ULP)
-over a strided sweep of every float32 binade in the range that matters plus every
-float32 in the band whose exp is denormal; float64 against NumPy's long double
-(64-bit mantissa) on random arguments. ULPs are measured in the result's dtype, with
-the denormal ULP (2^-149 / 2^-1074) below the normal range.
+log1p on [-0.5, 0] <= 1.5 ULP, on every compiled path. float32 is checked against NumPy
+float64 (exact enough: its own error is ~2^-29 float32 ULP) over a strided sweep of every
+float32 binade in the range that matters plus every float32 in the band whose exp is denormal;
+float64 against NumPy's long double (64-bit mantissa) on random arguments. ULPs are measured in
+the result's dtype, with the denormal ULP (2^-149 / 2^-1074) below the normal range.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-// The project's vector exp/log/tanh (and float log1p polynomials) applied elementwise, so the tests can hold the
-// exact functions the kernels use against a float64 reference on every ISA
-// path (tests/test_math.py). Included inside each per-ISA namespace after
+// The project's vector exp/log/tanh (and float log1p polynomials) applied
+// elementwise, so the tests can hold the exact functions the kernels use
+// against a float64 reference on every ISA path (tests/test_math.py). Included inside each per-ISA namespace after
 // simd/math.h; not used by the losses themselves.
 #pragma once
 

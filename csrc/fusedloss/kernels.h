@@ -180,7 +180,7 @@ using ClassLossFn = CrossEntropyResult (*)(const ClassLossProblem&, int threads)
 using KLDivLogitsFn = double (*)(const KLDivLogitsProblem&, int threads);
 
 // The kernels' own exp/log/tanh over n contiguous Float32 or Float64 values,
-// and their float-only log1p polynomials (Float32 only: vlog1p_unit on [0, 1],
+// and their log1p polynomials over Float32 ones (vlog1p_unit on [0, 1],
 // vlog1p_neg_half on [-0.5, 0]), for the tests that bound their error; one thread.
 enum class MathOp : int { Exp = 0, Log = 1, Tanh = 2, Log1pUnit = 3, Log1pNegHalf = 4 };
 using MathFn = void (*)(MathOp op, DType dtype, const void* in, void* out, int64_t n);

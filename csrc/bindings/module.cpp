@@ -78,7 +78,9 @@ PYBIND11_MODULE(_core, m) {
         const Named* found = std::find_if(std::begin(kOps), std::end(kOps),
                                           [&op](const Named& entry) { return op == entry.name; });
         if (found == std::end(kOps)) {
-          throw py::value_error("op: expected 'exp', 'log', 'tanh', 'log1p_unit' or 'log1p_neg_half'");
+          std::string names;
+          for (const Named& entry : kOps) names += std::string(names.empty() ? "'" : ", '") + entry.name + "'";
+          throw py::value_error("op: expected one of " + names);
         }
         if (is_double && found->float_only) {
           throw py::type_error("values: '" + op + "' is a float32 polynomial; expected a float32 array");

@@ -154,6 +154,27 @@ def test_binary_cross_entropy_rejects_input_outside_unit_interval():
             fl.binary_cross_entropy_and_grad(np.full(3, 0.5, np.float32), x, inplace=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_binary_cross_entropy_counts_values_outside_unit_interval(capability, threads):
+    """The message counts every value outside [0, 1], wherever it lies: in a full
+    vector, in the tail, in any thread's range; input and target apart."""
+    n = 100_003
+    x = np.full(n, 0.25, np.float32)
+    t = np.full(n, 0.75, np.float32)
+    x[[0, 5, 50_000, n - 4, n - 1]] = [1.5, -1.0, 2.0, np.nan, -0.1]
+    t[[7, n - 2]] = [3.0, -0.5]
+    before = fl.get_num_threads()
+    fl.set_num_threads(threads)
+    try:
+        with pytest.raises(ValueError, match=r"^input: .*\(5 are not\)"):
+            fl.binary_cross_entropy_and_grad(x, t)
+        x[[0, 5, 50_000, n - 4, n - 1]] = 0.5
+        with pytest.raises(ValueError, match=r"^target: .*\(2 are not\)"):
+            fl.binary_cross_entropy(x, t)
+    finally:
+        fl.set_num_threads(before)
+
+
 def test_binary_cross_entropy_with_logits_is_stable_for_large_logits():
     x = np.array([-200.0, -50.0, 50.0, 200.0, 1e4], np.float32)
     t = np.array([1.0, 1.0, 0.0, 0.0, 1.0], np.float32)

@@ -118,12 +118,13 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     // forward and forward+grad give the same bits.
     const bool plain = !gtp && !lp && !gop;
     double sum = 0;
-    V bad = V::set1(0), bad_target = V::set1(0);
-    const auto count_bad = [&bad, &bad_target](V xv, V tv) {  // ops with kChecksDomain
-      if constexpr (Op::kChecksDomain) {
-        bad = bad + select(Op::out_of_domain(xv), V::set1(1), V::set1(0));
-        bad_target = bad_target + select(Op::out_of_domain(tv), V::set1(1), V::set1(0));
-      }
+    // Ops with kChecksDomain: the lanes outside it are OR-ed into one mask as
+    // the loop reads (a compare or two and an OR per operand, where counting
+    // them cost a select, an add and a spilled accumulator each); a range with
+    // any is counted exactly afterwards (an error is on its way).
+    auto bad = lt(V::set1(0), V::set1(0));  // no lane yet
+    const auto flag_bad = [&bad](V xv, V tv) {
+      if constexpr (Op::kChecksDomain) bad = bad | Op::out_of_domain(xv) | Op::out_of_domain(tv);
     };
     for (int64_t s0 = i0; s0 < i1; s0 += kElemLaneTerms * W) {
       const int64_t s1 = kMin(i1, s0 + kElemLaneTerms * W);
@@ -144,7 +145,7 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
             if (pfg) __builtin_prefetch(reinterpret_cast<char*>(gxp + i) + kElemPrefetchBytes, 1, 1);
             const V xv = vload(xp + i), tv = tp ? vload(tp + i) : tc;
             const OpOut<V> o = Op::eval(xv, tv, pwconst, kk);
-            count_bad(xv, tv);
+            flag_bad(xv, tv);
             if (gxp) {
               const V gv = o.gx * g;
               if (!(st && vstream(gxp + i, gv))) vstore(gxp + i, gv);
@@ -161,7 +162,7 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
           V l = o.loss * w;
           if (n < W && !wp) l = l * load_n(ones, n, A(0));
           if (lp) n >= W ? l.store(lp + i) : store_n(lp + i, n, l);
-          count_bad(xv, tv);  // padding lanes are 0: inside
+          flag_bad(xv, tv);  // padding lanes are 0: inside
           if (gxp || gtp) {
             V g = gs;
             if (gop) {
@@ -184,7 +185,15 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     }
     stream_fence();
     if constexpr (Op::kChecksDomain) {
-      const int64_t bx = static_cast<int64_t>(hsum(bad)), bt = static_cast<int64_t>(hsum(bad_target));
+      int64_t bx = 0, bt = 0;
+      if (any(bad)) {
+        const auto count = [](auto m) { return static_cast<int64_t>(hsum(select(m, V::set1(1), V::set1(0)))); };
+        for (int64_t i = i0; i < i1; i += W) {
+          bx += count(Op::out_of_domain(ld(x + i, i1 - i)));
+          if (t) bt += count(Op::out_of_domain(ld(t + i, i1 - i)));
+        }
+        if (!t && any(Op::out_of_domain(t_const))) bt = i1 - i0;
+      }
       if (bx) {
 #pragma omp atomic
         bad_x += bx;

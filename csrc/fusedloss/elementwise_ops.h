@@ -40,8 +40,6 @@ struct OpDefaults {
 };
 
 template <class V> inline V vabs(V d) { return vmax(V::set1(0) - d, d); }  // NaN stays NaN
-template <class V> inline auto ge_v(V a, V b) { return gt(a, b) | eq(a, b); }
-template <class V> inline auto le_v(V a, V b) { return lt(a, b) | eq(a, b); }
 // sign(d) with sign(0) = 0 and, as torch.sign's gradient use, sign(NaN) = 0.
 template <class V> inline V vsign(V d) {
   return select(gt(d, V::set1(0)), V::set1(1), select(lt(d, V::set1(0)), V::set1(-1), V::set1(0)));
@@ -110,7 +108,7 @@ struct SmoothL1Op : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>& k) {
     const V d = x - t, a = vabs(d), r = d / k.p;
     const V loss = select(lt(a, k.p), V::set1(0.5) * d * r, a - k.half_p);
-    const V g = select(ge_v(d, k.p), V::set1(1), select(le_v(d, V::set1(0) - k.p), V::set1(-1), r));
+    const V g = select(ge(d, k.p), V::set1(1), select(le(d, V::set1(0) - k.p), V::set1(-1), r));
     return {loss, g, V::set1(0) - g};
   }
 };
@@ -136,7 +134,7 @@ struct BceOp : OpDefaults {
     const V lo = V::set1(-100), one = V::set1(1);
     // One of log x and log(1 - x) is log1p of an exact u in [-0.5, 0] (x - 1
     // for x >= 0.5, Sterbenz; -x below), the other the log of v = 1 - x or x.
-    const auto upper = ge_v(x, V::set1(0.5));
+    const auto upper = ge(x, V::set1(0.5));
     const V u = select(upper, x - one, V::set1(0) - x), v = select(upper, one - x, x);
     const V near = log1p_neg_half(u), far = vlog(v);
     const V ln_x = select(upper, near, far), ln_1mx = select(upper, far, near);
@@ -203,7 +201,7 @@ struct KlDivLogTargetOp : OpDefaults {
 struct HingeOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V zero = V::set1(0), m = V::set1(1) - t * x;
-    const auto off = le_v(m, zero);
+    const auto off = le(m, zero);
     return {select(off, zero, m), select(off, zero, zero - t), select(off, zero, zero - x)};
   }
 };

@@ -365,7 +365,7 @@ template <class V> inline V vtanh(V x) {
   const V lim = V::set1(static_cast<T>(kTanhPolyMax));
   const auto large = nge(lim, a);  // a > lim, or NaN
   V r = zero;
-  if (any(lt(a, lim) | eq(a, lim))) {
+  if (any(le(a, lim))) {
     const V s = x * x;
     V q = V::set1(static_cast<T>(K::tanh_coef[K::tanh_terms]));
     for (int k = K::tanh_terms - 1; k >= 0; --k) q = fmadd(q, s, V::set1(static_cast<T>(K::tanh_coef[k])));

@@ -26,6 +26,8 @@
   inline M lt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_LT_OQ)}; }        \
   inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
   inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \
+  inline M ge(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GE_OQ)}; }        \
+  inline M le(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_LE_OQ)}; }        \
   inline M isnan_v(V a) { return {_mm512_cmp_##SFX##_mask(a.v, a.v, _CMP_UNORD_Q)}; }      \
   /* Not greater-or-equal: true where a < b or either is NaN. */                          \
   inline M nge(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_NGE_UQ)}; }      \

@@ -28,6 +28,8 @@
   inline bool lt(V a, V b) { return a.v < b.v; }                                    \
   inline bool gt(V a, V b) { return a.v > b.v; }                                    \
   inline bool eq(V a, V b) { return a.v == b.v; }                                   \
+  inline bool ge(V a, V b) { return a.v >= b.v; }                                   \
+  inline bool le(V a, V b) { return a.v <= b.v; }                                   \
   inline bool isnan_v(V a) { return a.v != a.v; }                                   \
   inline bool nge(V a, V b) { return !(a.v >= b.v); }                               \
   inline V select(bool m, V a, V b) { return m ? a : b; }                           \

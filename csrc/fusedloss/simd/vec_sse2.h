@@ -30,6 +30,8 @@
   inline M lt(V a, V b) { return {_mm_cmplt_##SFX(a.v, b.v)}; }                          \
   inline M gt(V a, V b) { return {_mm_cmpgt_##SFX(a.v, b.v)}; }                          \
   inline M eq(V a, V b) { return {_mm_cmpeq_##SFX(a.v, b.v)}; }                          \
+  inline M ge(V a, V b) { return {_mm_cmpge_##SFX(a.v, b.v)}; }                          \
+  inline M le(V a, V b) { return {_mm_cmple_##SFX(a.v, b.v)}; }                          \
   inline M isnan_v(V a) { return {_mm_cmpunord_##SFX(a.v, a.v)}; }                       \
   /* Not greater-or-equal: true where a < b or either is NaN. */                         \
   inline M nge(V a, V b) { return {_mm_cmpnge_##SFX(a.v, b.v)}; }                        \

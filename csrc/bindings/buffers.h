@@ -26,6 +26,11 @@ namespace py = pybind11;
 // do much in the gap.
 constexpr int64_t kKeepGilBelow = 4096;
 
+// One cross-entropy kernel call (the GIL kept below kKeepGilBelow elements):
+// the reduced loss, or IndexError naming target for an index out of range
+// (nothing written then). losses.cpp; small_call.cpp takes it too.
+double run_cross_entropy(const CrossEntropyProblem& problem);
+
 // The storage dtype of `array`; bf16 arrives as uint16 with bfloat16=true.
 DType storage_dtype(const py::array& array, bool bfloat16, const char* name);
 

@@ -11,6 +11,26 @@
 
 namespace fusedloss::bindings {
 
+double run_cross_entropy(const CrossEntropyProblem& problem) {
+  const KernelTable& kernels = active_kernels();
+  const int threads = get_num_threads();
+  CrossEntropyResult result;
+  if (problem.outer * problem.classes * problem.inner < kKeepGilBelow) {
+    result = kernels.cross_entropy(problem, threads);
+  } else {
+    py::gil_scoped_release release;
+    result = kernels.cross_entropy(problem, threads);
+  }
+  if (result.bad_target_position >= 0) {
+    const int64_t value = problem.target_index[result.bad_target_position];
+    throw py::index_error("target: class index " + std::to_string(value) + " at flat position " +
+                          std::to_string(result.bad_target_position) + " is out of range [0, " +
+                          std::to_string(problem.classes) + ") and is not ignore_index (" +
+                          std::to_string(problem.ignore_index) + ")");
+  }
+  return result.loss;
+}
+
 namespace {
 
 ElementwiseOp to_elementwise_op(int code) {
@@ -88,94 +108,7 @@ double cross_entropy(const py::array& input, const py::array& target, const py::
   problem.loss = buffers.loss;
   problem.grad_input = buffers.grad_input;
 
-  const KernelTable& kernels = active_kernels();
-  const int threads = get_num_threads();
-  CrossEntropyResult result;
-  if (outer * classes * inner < kKeepGilBelow) {
-    result = kernels.cross_entropy(problem, threads);
-  } else {
-    py::gil_scoped_release release;
-    result = kernels.cross_entropy(problem, threads);
-  }
-  if (result.bad_target_position >= 0) {
-    const int64_t value = problem.target_index[result.bad_target_position];
-    throw py::index_error("target: class index " + std::to_string(value) + " at flat position " +
-                          std::to_string(result.bad_target_position) + " is out of range [0, " +
-                          std::to_string(classes) + ") and is not ignore_index (" +
-                          std::to_string(ignore_index) + ")");
-  }
-  return result.loss;
-}
-
-// numpy.ndarray and the dtypes cross_entropy_common takes, set once by
-// register_losses (while the module imports: no lazy static that calls into
-// Python from two threads) and kept for good (no destructor after the
-// interpreter has finished).
-py::handle ndarray_type, float32_dtype, float64_dtype, int64_dtype;
-
-// Whether `obj` is exactly an ndarray (not a subclass) whose dtype equals
-// `dtype` (byte order included: Python's `type(a) is np.ndarray and a.dtype ==
-// dtype`).
-bool exact_array(py::handle obj, py::handle dtype) {
-  return obj.get_type().is(ndarray_type) &&
-         py::reinterpret_borrow<py::array>(obj).dtype().equal(py::reinterpret_borrow<py::dtype>(dtype));
-}
-
-// The common NumPy call of cross-entropy, recognised by cheap checks here so
-// that a small call costs little more than its kernel (the Python layer
-// checks weight, grad_output and inplace first): C-contiguous float32 or
-// float64 (N, C) logits, C > 0; C-contiguous int64 (N,) class indices;
-// reduction "mean" or "sum"; ignore_index an int, label_smoothing a float in
-// [0, 1]; out None (a new gradient) or a writeable C-contiguous array of the
-// logits' dtype and shape. Returns (loss as a NumPy scalar of the logits'
-// dtype, gradient or None), or None for any other call, which the general
-// route then checks and runs (same kernel, same bits). (No default-constructed
-// py::array here: that allocates an empty NumPy array.)
-py::object cross_entropy_common(py::handle input, py::handle target, py::handle out, py::handle reduction,
-                                py::handle ignore_index, py::handle label_smoothing, bool want_grad) {
-  if (!(exact_array(input, float32_dtype) || exact_array(input, float64_dtype)) ||
-      !exact_array(target, int64_dtype) ||
-      !PyUnicode_CheckExact(reduction.ptr()) || !PyLong_CheckExact(ignore_index.ptr()) ||
-      !PyFloat_CheckExact(label_smoothing.ptr())) {
-    return py::none();
-  }
-  int red;
-  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "mean") == 0) {
-    red = static_cast<int>(Reduction::Mean);
-  } else if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "sum") == 0) {
-    red = static_cast<int>(Reduction::Sum);
-  } else {
-    return py::none();
-  }
-  int overflow = 0;
-  const long long ignore = PyLong_AsLongLongAndOverflow(ignore_index.ptr(), &overflow);
-  const double smoothing = PyFloat_AS_DOUBLE(label_smoothing.ptr());
-  const auto x = py::reinterpret_borrow<py::array>(input);
-  const auto t = py::reinterpret_borrow<py::array>(target);
-  const int c_style = py::array::c_style;
-  if (overflow || !(smoothing >= 0.0 && smoothing <= 1.0) || x.ndim() != 2 || x.shape(1) == 0 ||
-      t.ndim() != 1 || t.shape(0) != x.shape(0) || !(x.flags() & c_style) || !(t.flags() & c_style)) {
-    return py::none();
-  }
-  const int64_t rows = x.shape(0), classes = x.shape(1);
-  const py::dtype dtype = x.dtype();
-  py::object grad = py::none();
-  if (want_grad) {
-    if (out.is_none()) {
-      grad = py::array(dtype, std::vector<py::ssize_t>{rows, classes});
-    } else {
-      if (!exact_array(out, dtype)) return py::none();
-      const auto g = py::reinterpret_borrow<py::array>(out);
-      if (g.ndim() != 2 || g.shape(0) != rows || g.shape(1) != classes || !(g.flags() & c_style) ||
-          !g.writeable()) {
-        return py::none();
-      }
-      grad = g;
-    }
-  }
-  const double total = cross_entropy(x, t, py::none(), ignore, smoothing, red, py::none(), grad, py::none(), 1.0,
-                                     false, rows, classes, 1, 1.0, 0.0, 0.0, py::none());
-  return py::make_tuple(dtype.attr("type")(total), grad);
+  return run_cross_entropy(problem);
 }
 
 // A weight-like factor: None, or an accumulation-dtype array of `period`
@@ -279,10 +212,6 @@ double elementwise(int op_code, const py::array& input, const py::object& target
 }  // namespace
 
 void register_losses(py::module_& m) {
-  ndarray_type = py::object(py::module_::import("numpy").attr("ndarray")).release();
-  float32_dtype = py::dtype::of<float>().release();
-  float64_dtype = py::dtype::of<double>().release();
-  int64_dtype = py::dtype::of<int64_t>().release();
   m.def("cross_entropy", &cross_entropy, py::arg("input"), py::arg("target"), py::arg("weight"),
         py::arg("ignore_index"), py::arg("label_smoothing"), py::arg("reduction"),
         py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
@@ -296,11 +225,6 @@ void register_losses(py::module_& m) {
         "softcap > 0; lse_square_scale adds lse_square_scale * logsumexp(z)^2 per position\n"
         "that is not ignored; lse_out (accumulation dtype, (outer, inner)) receives\n"
         "logsumexp(z) per position, NaN where the target is ignored.");
-  m.def("cross_entropy_common", &cross_entropy_common, py::arg("input"), py::arg("target"),
-        py::arg("out"), py::arg("reduction"), py::arg("ignore_index"), py::arg("label_smoothing"),
-        py::arg("want_grad"),
-        "The common NumPy cross-entropy call ((N, C) float32/float64 logits, int64 targets,\n"
-        "mean or sum): (loss, gradient or None), or None when the call is not that case.");
   m.def("elementwise", &elementwise, py::arg("op"), py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
         py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::kw_only(),

@@ -18,6 +18,7 @@ namespace fusedloss::bindings {
 void register_losses(py::module_& m);
 void register_class_losses(py::module_& m);
 void register_kl_div_logits(py::module_& m);
+void register_small_call(py::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -25,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
   fusedloss::bindings::register_losses(m);
   fusedloss::bindings::register_class_losses(m);
   fusedloss::bindings::register_kl_div_logits(m);
+  fusedloss::bindings::register_small_call(m);
   // The kernels' scratch allocations throw std::bad_alloc (before any thread
   // starts): a MemoryError that says what could not be allocated.
   py::register_exception_translator([](std::exception_ptr p) {

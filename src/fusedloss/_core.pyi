@@ -46,7 +46,7 @@ def cross_entropy(
 
 def cross_entropy_common(
     input: object, target: object, out: object, reduction: object, ignore_index: object,
-    label_smoothing: object, want_grad: bool,
+    label_smoothing: object, want_grad: bool, /,
 ) -> tuple[np.generic, npt.NDArray[np.floating] | None] | None:
     """The common NumPy call (C-contiguous float32/float64 (N, C) logits, C > 0,
     C-contiguous int64 (N,) targets, reduction "mean" or "sum", an int ignore_index, a

@@ -225,9 +225,12 @@ void register_losses(py::module_& m) {
         "softcap > 0; lse_square_scale adds lse_square_scale * logsumexp(z)^2 per position\n"
         "that is not ignored; lse_out (accumulation dtype, (outer, inner)) receives\n"
         "logsumexp(z) per position, NaN where the target is ignored.");
+  // The callers pass every argument by position: pybind11 matches keyword
+  // arguments by name, which cost about 1.2 us for the first and 2 us for
+  // eight (a 64-element call takes 0.4 us without any).
   m.def("elementwise", &elementwise, py::arg("op"), py::arg("input"), py::arg("target"),
         py::arg("reduction"), py::arg("loss_out"), py::arg("grad_input"), py::arg("grad_output"),
-        py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false, py::kw_only(),
+        py::arg("grad_output_scalar") = 1.0, py::arg("bfloat16") = false,
         py::arg("target_scalar") = 0.0, py::arg("param") = 0.0, py::arg("scale") = 1.0,
         py::arg("weight") = py::none(), py::arg("weight_period") = 1, py::arg("weight_repeat") = 1,
         py::arg("pos_weight") = py::none(), py::arg("pos_weight_period") = 1,

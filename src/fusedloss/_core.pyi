@@ -65,7 +65,7 @@ def elementwise(
     grad_output: npt.NDArray[np.floating] | None,  # n elements, reduction none only
     grad_output_scalar: float = 1.0,
     bfloat16: bool = False,
-    *,
+    # The callers pass the rest by position too: pybind11 matches keywords by name, slowly.
     target_scalar: float = 0.0,
     param: float = 0.0,                      # delta (Huber), beta (SmoothL1)
     scale: float = 1.0,                      # multiplies the loss and its gradients

@@ -103,11 +103,10 @@ def _elementwise(
             for name, a in (("input", x), ("target", t)):
                 if a.size and not ((a >= 0) & (a <= 1)).all():
                     raise ValueError(f"{name}: all elements of {name} should be between 0 and 1")
-        return _core.elementwise(
-            OPS[op], x, t, red, loss_buf, grad_buf, go, go_scalar, False, param=param,
-            weight=w.values, weight_period=w.period, weight_repeat=w.repeat,
-            pos_weight=pw.values, pos_weight_period=pw.period, pos_weight_repeat=pw.repeat,
-            mean_denominator=denominator,
+        return _core.elementwise(  # by position (see _core.pyi)
+            OPS[op], x, t, red, loss_buf, grad_buf, go, go_scalar, False,
+            0.0, param, 1.0,  # target_scalar (unused: t is given), param, scale
+            w.values, w.period, w.repeat, pw.values, pw.period, pw.repeat, denominator,
         )
 
     return _fused_call(x, original, red, x.shape, want_grad, grad_output, out, inplace,

@@ -67,9 +67,9 @@ class _Logits:
 
     def run(self, term: GanTerm, grad_output: float) -> float:
         """The term's loss in float64; writes its gradient when a buffer was chosen."""
-        return _core.elementwise(
+        return _core.elementwise(  # by position (see _core.pyi): the target, param, scale
             OPS[term.op], self.x, None, _MEAN, None, self.grad, None, grad_output, False,
-            target_scalar=term.target, scale=term.scale,
+            term.target, 0.0, term.scale,
         )
 
     def gradient(self, out: Any, inplace: Any) -> np.ndarray:

@@ -63,16 +63,14 @@ def elementwise_kernel(
     pw = _factor(pos_weight, x, "pos_weight")
     loss = torch.empty(x.shape, dtype=accum) if reduction == NONE else None
     try:
-        value = _core.elementwise(
+        value = _core.elementwise(  # by position (see _core.pyi)
             OPS[op], _array(x).reshape(-1), None if target is None else _array(target).reshape(-1),
             reduction,
             None if loss is None else loss.numpy().reshape(-1),
             None if grad_x is None else _array(grad_x).reshape(-1), None, 1.0,
-            dtype is torch.bfloat16, param=param, weight=w.values, weight_period=w.period,
-            weight_repeat=w.repeat, pos_weight=pw.values, pos_weight_period=pw.period,
-            pos_weight_repeat=pw.repeat, mean_denominator=mean_denominator,
-            grad_target=None if grad_t is None else _array(grad_t).reshape(-1),
-            target_scalar=target_scalar, scale=scale,
+            dtype is torch.bfloat16, target_scalar, param, scale,
+            w.values, w.period, w.repeat, pw.values, pw.period, pw.repeat, mean_denominator,
+            None if grad_t is None else _array(grad_t).reshape(-1),  # grad_target
         )
     except ValueError as e:  # out of the op's domain: torch's error type and words (no count)
         raise RuntimeError(str(e).split(": ", 1)[-1].split(" (", 1)[0]) from None

@@ -39,7 +39,6 @@ struct OpDefaults {
   static constexpr double kGradScale = 1;
 };
 
-template <class V> inline V vabs(V d) { return vmax(V::set1(0) - d, d); }  // NaN stays NaN
 // sign(d) with sign(0) = 0 and, as torch.sign's gradient use, sign(NaN) = 0.
 template <class V> inline V vsign(V d) {
   return select(gt(d, V::set1(0)), V::set1(1), select(lt(d, V::set1(0)), V::set1(-1), V::set1(0)));
@@ -60,7 +59,7 @@ template <class V> inline V vlog1p(V u) {
 // sigmoid's reciprocal serves both.
 template <class V> struct SoftplusParts {
   V e, r, log1p_e;
-  explicit SoftplusParts(V x) : e(vexp_nonpos(V::set1(0) - vabs(x))) {
+  explicit SoftplusParts(V x) : e(vexp_nonpos(vnegabs(x))) {
     const V y = V::set1(1) + e;
     r = V::set1(1) / y;
     if constexpr (sizeof(typename V::T) == 4) {
@@ -215,7 +214,7 @@ struct LogisticOp : OpDefaults {
     const V m = t * x;
     const SoftplusParts<V> sp(m);
     const V s_neg = sp.sigmoid_neg(m);  // from e = exp(-|m|) without cancellation; NaN stays NaN
-    return {sp.softplus_neg(m), V::set1(0) - t * s_neg, V::set1(0) - x * s_neg};
+    return {sp.softplus_neg(m), (V::set1(0) - t) * s_neg, V::set1(0) - x * s_neg};  // -t: loop-invariant
   }
 };
 

@@ -361,7 +361,7 @@ template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_neg_half(V u) {
 template <class V> inline V vtanh(V x) {
   using T = typename V::T;
   using K = MathConsts<T>;
-  const V zero = V::set1(0), a = vmax(x, zero - x);  // |x| (NaN stays NaN)
+  const V zero = V::set1(0), a = vabs(x);
   const V lim = V::set1(static_cast<T>(kTanhPolyMax));
   const auto large = nge(lim, a);  // a > lim, or NaN
   V r = zero;

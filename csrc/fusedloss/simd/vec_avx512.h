@@ -23,6 +23,9 @@
   /* vmaxps/vminps: the second operand wins when either is NaN. */                         \
   inline V vmax(V a, V b) { return {_mm512_max_##SFX(a.v, b.v)}; }                         \
   inline V vmin(V a, V b) { return {_mm512_min_##SFX(a.v, b.v)}; }                         \
+  /* |a| and -|a|: the sign bit cleared or set, one op each (NaN stays NaN). */          \
+  inline V vabs(V a) { return {_mm512_andnot_##SFX(_mm512_set1_##SFX(-0.0), a.v)}; }       \
+  inline V vnegabs(V a) { return {_mm512_or_##SFX(a.v, _mm512_set1_##SFX(-0.0))}; }        \
   inline M lt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_LT_OQ)}; }        \
   inline M gt(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_GT_OQ)}; }        \
   inline M eq(V a, V b) { return {_mm512_cmp_##SFX##_mask(a.v, b.v, _CMP_EQ_OQ)}; }        \

@@ -25,6 +25,8 @@
   /* x86 max/min semantics: the second operand wins when either is NaN. */          \
   inline V vmax(V a, V b) { return {a.v > b.v ? a.v : b.v}; }                       \
   inline V vmin(V a, V b) { return {a.v < b.v ? a.v : b.v}; }                       \
+  inline V vabs(V a) { return {std::fabs(a.v)}; }      /* |a| (NaN stays NaN) */    \
+  inline V vnegabs(V a) { return {-std::fabs(a.v)}; }  /* -|a| (NaN stays NaN) */   \
   inline bool lt(V a, V b) { return a.v < b.v; }                                    \
   inline bool gt(V a, V b) { return a.v > b.v; }                                    \
   inline bool eq(V a, V b) { return a.v == b.v; }                                   \

@@ -27,6 +27,9 @@
   /* maxps/minps: the second operand wins when either is NaN. */                         \
   inline V vmax(V a, V b) { return {_mm_max_##SFX(a.v, b.v)}; }                          \
   inline V vmin(V a, V b) { return {_mm_min_##SFX(a.v, b.v)}; }                          \
+  /* |a| and -|a|: the sign bit cleared or set, one op each (NaN stays NaN). */        \
+  inline V vabs(V a) { return {_mm_andnot_##SFX(_mm_set1_##SFX(-0.0), a.v)}; }          \
+  inline V vnegabs(V a) { return {_mm_or_##SFX(a.v, _mm_set1_##SFX(-0.0))}; }           \
   inline M lt(V a, V b) { return {_mm_cmplt_##SFX(a.v, b.v)}; }                          \
   inline M gt(V a, V b) { return {_mm_cmpgt_##SFX(a.v, b.v)}; }                          \
   inline M eq(V a, V b) { return {_mm_cmpeq_##SFX(a.v, b.v)}; }                          \

@@ -135,7 +135,7 @@ struct BceOp : OpDefaults {
     // for x >= 0.5, Sterbenz; -x below), the other the log of v = 1 - x or x.
     const auto upper = ge(x, V::set1(0.5));
     const V u = select(upper, x - one, V::set1(0) - x), v = select(upper, one - x, x);
-    const V near = log1p_neg_half(u), far = vlog(v);
+    const V near = log1p_neg_half(u), far = vlog<true>(v);  // v in [0, 0.5], or NaN
     const V ln_x = select(upper, near, far), ln_1mx = select(upper, far, near);
     const V log_x = vmax(ln_x, lo), log_1mx = vmax(ln_1mx, lo);
     const V loss = (t - V::set1(1)) * log_1mx - t * log_x;

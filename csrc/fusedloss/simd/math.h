@@ -304,10 +304,12 @@ template <class V> inline V vlog_general(V x) {
 
 // log(x). With the table: lanes outside the positive normal floats (0,
 // denormals, negatives, inf, NaN) take vlog_general, each lane by its own value.
-template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog(V x) {
+// kAtMostOne: x <= 1 or NaN (BCE's 1 - x and x), so only the lower end is tested.
+template <bool kAtMostOne = false, class V> FUSEDLOSS_ALWAYS_INLINE V vlog(V x) {
   using T = typename V::T;
   if constexpr (kFloatTable<T>) {
-    const auto other = nge(x, V::set1(MathConsts<T>::min_normal)) | gt(x, V::set1(std::numeric_limits<T>::max()));
+    auto other = nge(x, V::set1(MathConsts<T>::min_normal));
+    if constexpr (!kAtMostOne) other = other | gt(x, V::set1(std::numeric_limits<T>::max()));
     if (!any(other)) return vlog_table(x);
     return select(other, vlog_general(x), vlog_table(x));
   }

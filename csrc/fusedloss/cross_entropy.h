@@ -140,11 +140,6 @@ template <class S> struct CrossEntropy {
   A zscalar(A xv) const { return lane0(zof(V::set1(xv))); }  // the vector path's bits
   V zof_t(V t) const { return t * V::set1(cap); }           // z from a kept t
   static V dtanh(V t) { return V::set1(1) - t * t; }        // dz/dx / s
-  static auto lanes_below(int64_t n) {
-    alignas(64) A lane[W];
-    for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
-    return lt(V::load(lane), V::set1(A(n)));
-  }
 
   V qprime(V qv) const { return fmadd(qv, V::set1(one_m_eps), V::set1(eps_c)); }
 
@@ -232,7 +227,7 @@ template <class S> struct CrossEntropy {
     const V ninf = V::set1(-std::numeric_limits<A>::infinity());
     for (int k = 0; k < 4; ++k) {
       const int64_t n = c1 - c - k * W;
-      if (n < W) z[k] = n <= 0 ? ninf : select(lanes_below(n), z[k], ninf);
+      if (n < W) z[k] = n <= 0 ? ninf : select(first_lanes<V>(n), z[k], ninf);
     }
   }
   static V max4(const V* v) { return vmax(vmax(v[0], v[1]), vmax(v[2], v[3])); }

@@ -55,14 +55,8 @@ template <class S> struct KLDivLogits {
   static A floor_max(A m) {  // all -inf: e = 0, not exp(-inf - -inf) = NaN
     return m == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::lowest() : m;
   }
-  static auto lanes_below(int64_t n) {
-    alignas(64) A lane[W];
-    for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
-    return lt(V::load(lane), V::set1(A(n)));
-  }
-  // v / T - m (a or b; pads, -inf, give -inf), and its exp.
+  // v / T - m (a or b; pads, -inf, give -inf).
   V shifted(V v, V m) const { return v * V::set1(inv_t) - m; }
-  V expo(V v, V m) const { return vexp_nonpos(shifted(v, m)); }
 
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
@@ -110,9 +104,9 @@ template <class S> struct KLDivLogits {
         const int64_t off = c + k * W, n = c1 - off;
         if (n <= 0) break;
         const V a = shifted(ld(xr + off, n, -inf), mx), b = shifted(ld(tr + off, n, -inf), mt);
-        const V e = vexp_nonpos(a), f = vexp_nonpos(b);
+        const V e = vexp_nonpos_first(a, n), f = vexp_nonpos_first(b, n);
         sx[k] = sx[k] + e, st[k] = st[k] + f;
-        const V d = n >= W ? b - a : select(lanes_below(n), b - a, V::set1(0));
+        const V d = n >= W ? b - a : select(first_lanes<V>(n), b - a, V::set1(0));
         bv[k] = fmadd(f, d, bv[k]);
         if (ex) e.store(ex + off), f.store(et + off);
       }
@@ -185,7 +179,8 @@ template <class S> struct KLDivLogits {
         if (ex) {
           e = V::load(ex + off), f = V::load(et + off);
         } else {
-          e = expo(ld(xr + off, n, -inf), mx), f = expo(ld(tr + off, n, -inf), mt);
+          e = vexp_nonpos_first(shifted(ld(xr + off, n, -inf), mx), n);
+          f = vexp_nonpos_first(shifted(ld(tr + off, n, -inf), mt), n);
         }
         const V gv = fmsub(e, gx, f * gt);
         if (n >= W) {

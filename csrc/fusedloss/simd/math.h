@@ -231,6 +231,20 @@ template <bool kUpper, class V> FUSEDLOSS_ALWAYS_INLINE V vexp_any(V x) {
 // e^x.
 template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp(V x) { return vexp_any<true>(x); }
 
+// hsum / hmax of V::W rows at once, lane j of the result from r[j], where the
+// vector header has no transposed form (float on AVX2 and AVX-512 has): one
+// reduction per row, the same bits.
+template <class V> inline V hsum_rows(const V* r) {
+  alignas(64) typename V::T s[V::W];
+  for (int j = 0; j < V::W; ++j) s[j] = hsum(r[j]);
+  return V::load(s);
+}
+template <class V> inline V hmax_rows(const V* r) {
+  alignas(64) typename V::T s[V::W];
+  for (int j = 0; j < V::W; ++j) s[j] = hmax(r[j]);
+  return V::load(s);
+}
+
 // e^x for x <= 0 or NaN (x minus a running max): the upper clamp never binds
 // there, so this is vexp without it, bit for bit, one op cheaper.
 template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp_nonpos(V x) { return vexp_any<false>(x); }

@@ -75,6 +75,23 @@ inline double hmax(VD a) {
   return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
+// hsum / hmax of 8 rows at once: lane j of the result is hsum(r[j]) (hmax),
+// bit for bit, with each step above (128-bit halves, lanes 2 apart, then 1,
+// in the same operand order) done for all rows by in-register transposes.
+template <class Op> inline VF reduce_rows(const VF* r, Op op) {
+  __m256 l1[4], l2[2];
+  for (int p = 0; p < 4; ++p)  // row 2p's halves in lanes 0-3, row 2p+1's in 4-7
+    l1[p] = op(_mm256_permute2f128_ps(r[2 * p].v, r[2 * p + 1].v, 0x20),
+               _mm256_permute2f128_ps(r[2 * p].v, r[2 * p + 1].v, 0x31));
+  for (int q = 0; q < 2; ++q)  // 128-bit lane h: rows 4q + h and 4q + 2 + h, two lanes each
+    l2[q] = op(_mm256_shuffle_ps(l1[2 * q], l1[2 * q + 1], 0x44), _mm256_shuffle_ps(l1[2 * q], l1[2 * q + 1], 0xEE));
+  const __m256 l3 = op(_mm256_shuffle_ps(l2[0], l2[1], 0x88), _mm256_shuffle_ps(l2[0], l2[1], 0xDD));
+  // Lane 4h + m holds row h + 2m.
+  return {_mm256_permutevar8x32_ps(l3, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))};
+}
+inline VF hsum_rows(const VF* r) { return reduce_rows(r, [](__m256 a, __m256 b) { return _mm256_add_ps(a, b); }); }
+inline VF hmax_rows(const VF* r) { return reduce_rows(r, [](__m256 a, __m256 b) { return _mm256_max_ps(a, b); }); }
+
 // 2^k for integer-valued k in the normal exponent range.
 inline VF pow2i(VF k) {
   const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(k.v), _mm256_set1_epi32(127));

@@ -50,6 +50,29 @@ FL_AVX512_VEC(VF, MF, __mmask16, float, __m512, ps, 16)
 FL_AVX512_VEC(VD, MD, __mmask8, double, __m512d, pd, 8)
 #undef FL_AVX512_VEC
 
+// hsum / hmax of 16 rows at once: lane j of the result is hsum(r[j]) (hmax),
+// bit for bit, with each step of _mm512_reduce_add_ps / _max_ps (GCC's order
+// and operand order: 256-bit halves, 128-bit halves, lanes 2 apart, then 1)
+// done for all rows by in-register transposes: 31 shuffles and 15 ops for 16
+// rows where one row took 8 dependent ones (cross-entropy's small rows).
+template <class Op> inline VF reduce_rows(const VF* r, Op op) {
+  __m512 l1[8], l2[4], l3[2];
+  for (int p = 0; p < 8; ++p)  // row 2p's halves in lanes 0-7, row 2p+1's in 8-15
+    l1[p] = op(_mm512_shuffle_f32x4(r[2 * p].v, r[2 * p + 1].v, 0xEE),
+               _mm512_shuffle_f32x4(r[2 * p].v, r[2 * p + 1].v, 0x44));
+  for (int q = 0; q < 4; ++q)  // block k: row 4q + k
+    l2[q] = op(_mm512_shuffle_f32x4(l1[2 * q], l1[2 * q + 1], 0xDD),
+               _mm512_shuffle_f32x4(l1[2 * q], l1[2 * q + 1], 0x88));
+  for (int s = 0; s < 2; ++s)  // block k: rows 8s + k, 8s + 4 + k, two lanes each
+    l3[s] = op(_mm512_shuffle_ps(l2[2 * s], l2[2 * s + 1], 0x44), _mm512_shuffle_ps(l2[2 * s], l2[2 * s + 1], 0xEE));
+  const __m512 l4 = op(_mm512_shuffle_ps(l3[0], l3[1], 0x88), _mm512_shuffle_ps(l3[0], l3[1], 0xDD));
+  // Lane 4k + m holds row k + 4m.
+  const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return {_mm512_permutexvar_ps(idx, l4)};
+}
+inline VF hsum_rows(const VF* r) { return reduce_rows(r, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); }); }
+inline VF hmax_rows(const VF* r) { return reduce_rows(r, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); }); }
+
 constexpr bool kLdexpIsOneOp = true;  // vscalef: exact, denormals included
 
 // float exp's table (math.h vexp_table; see vec_avx2.h for the scheme). vpermps

@@ -280,20 +280,27 @@ template <class S> struct CrossEntropy {
 
   void row_serial(int64_t r, Part* parts, A* tb) const;
   void rows_pipelined(int64_t r0, int64_t r1, Part* pbuf, A* sbuf, A* tbuf) const;
-  // C <= kSmallVectors * W: a row is at most 8 vectors, kept in registers or
+  // C <= kSmallVectors * W: a row is at most 16 vectors, kept in registers or
   // L1, no chunk or step bookkeeping. Such rows are latency-bound, so rows go
   // in blocks of kRowBlock: per-row work is independent straight-line code the
   // CPU overlaps, and the long-latency steps (log, division) run once per block
-  // as vectors. Chosen by shape alone. (8, not 4: rows of 4-8 vectors paid the
+  // as vectors. Chosen by shape alone. (16, not 8: rows of 9-16 vectors paid the
   // chunk path's per-row chain, max -> exp-sum -> log -> gradient, one row at a
-  // time: 64x65 float32 on AVX-512 took 3.6x the time of 64x64.)
+  // time, about 250 cycles a row: 256x72 float32 on AVX2 took 2.9x the time of
+  // 256x64, 256x136 on AVX-512 2.5x that of 256x128.)
   static constexpr int kRowBlock = 16;
-  static constexpr int kSmallVectors = 8;
+  static constexpr int kSmallVectors = 16;
   // kPlain: index targets and nothing else (no weights, smoothing or
   // per-position upstream gradient), the common case: Pos's arithmetic
   // reduces to a few lines, kept in arrays instead (same bits).
   bool plain_rows() const { return tgt && !w && !smooth && !go_arr && !xf && !zloss && !lse_out; }
   template <int NV, bool kPlain> void rows_small(int64_t r0, int64_t r1) const;
+  using SmallRows = void (CrossEntropy::*)(int64_t, int64_t) const;
+  // rows_small<nv + 1, kPlain>, for nv in [0, kSmallVectors).
+  template <bool kPlain, int... K> static SmallRows small_rows(int64_t nv, std::integer_sequence<int, K...>) {
+    static constexpr SmallRows fns[] = {&CrossEntropy::template rows_small<K + 1, kPlain>...};
+    return fns[nv];
+  }
 
   void rows_chunked(int nt);
   void rows(int nt);

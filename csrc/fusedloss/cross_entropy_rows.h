@@ -554,21 +554,9 @@ void CrossEntropy<S>::rows_chunked(int nt) {
 template <class S>
 void CrossEntropy<S>::rows(int nt) {
   if (C <= kSmallVectors * W) {
-    using Fn = void (CrossEntropy::*)(int64_t, int64_t) const;
-    const Fn general[kSmallVectors] = {
-        &CrossEntropy::rows_small<1, false>, &CrossEntropy::rows_small<2, false>,
-        &CrossEntropy::rows_small<3, false>, &CrossEntropy::rows_small<4, false>,
-        &CrossEntropy::rows_small<5, false>, &CrossEntropy::rows_small<6, false>,
-        &CrossEntropy::rows_small<7, false>, &CrossEntropy::rows_small<8, false>};
-    const Fn plain[kSmallVectors] = {
-        &CrossEntropy::rows_small<1, true>, &CrossEntropy::rows_small<2, true>,
-        &CrossEntropy::rows_small<3, true>, &CrossEntropy::rows_small<4, true>,
-        &CrossEntropy::rows_small<5, true>, &CrossEntropy::rows_small<6, true>,
-        &CrossEntropy::rows_small<7, true>, &CrossEntropy::rows_small<8, true>};
     const int64_t nv = (C - 1) / W;
-    // (Indexing the conditional of the two arrays picked element 0 under GCC 12's
-    // -fsanitize=undefined: index each array on its own.)
-    const Fn fn = plain_rows() ? plain[nv] : general[nv];
+    const auto vectors = std::make_integer_sequence<int, kSmallVectors>{};
+    const SmallRows fn = plain_rows() ? small_rows<true>(nv, vectors) : small_rows<false>(nv, vectors);
     const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
     if (nt <= 1) {
       for (int64_t b = 0; b < blocks; ++b) (this->*fn)(b * kRowBlock, kMin(N, (b + 1) * kRowBlock));

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <limits>
 #include <new>
+#include <utility>
 
 #include "fusedloss/kernels.h"
 

@@ -9,6 +9,6 @@ dev_venv() {
     "${PYTHON:-python3}" -m venv "$venv"
   fi
   "$venv/bin/pip" install -q "numpy>=1.23" "torch==2.13.0" "pytest>=7" "hypothesis>=6" \
-    "scipy>=1.9" "tqdm>=4" "expecttest>=0.2" "threadpoolctl>=3.5" "scikit-build-core>=0.11" "pybind11>=2.12" cmake ninja
+    "scipy>=1.9" "tqdm>=4" "expecttest>=0.2" "threadpoolctl>=3.5" "scikit-build-core>=0.11" "pybind11>=2.13.6" cmake ninja
   "$venv/bin/pip" install -q --no-build-isolation -e . "$@" -Cbuild-dir="$build_dir"
 }

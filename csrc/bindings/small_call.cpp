@@ -142,7 +142,9 @@ PyObject* cross_entropy_common(PyObject*, PyObject* const* args, Py_ssize_t narg
     e.restore();
     return nullptr;
   } catch (...) {
-    py::detail::try_translate_exceptions();  // pybind11's own translation (IndexError, MemoryError)
+    // pybind11's own translation (IndexError, MemoryError), the one its dispatcher
+    // applies (pybind11 >= 2.13.6, pyproject.toml).
+    py::detail::try_translate_exceptions();
     return nullptr;
   }
 }

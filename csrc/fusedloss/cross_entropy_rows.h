@@ -370,9 +370,7 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
   alignas(64) A one_lane[W] = {A(1)};
   const int64_t nb = r1 - r0;
   // The last vector's lanes past C: pads.
-  alignas(64) A lane[W];
-  for (int64_t k = 0; k < W; ++k) lane[k] = A(k);
-  const auto real = lt(V::load(lane), V::set1(A(C - (NV - 1) * W)));
+  const auto real = first_lanes<V>(C - (NV - 1) * W);
   // Two sweeps over the block (max, then exp-sum), each ending in one reduction
   // for all its rows: a row's chain (reduction, exp, reduction) is long, so
   // rows are kept independent rather than one row's whole chain after another's.

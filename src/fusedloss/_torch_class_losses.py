@@ -259,7 +259,8 @@ def nll_loss(
     ndim = len(shape)
     autocast = _ops.float32_loss(input)
     fusable = (
-        (target.dim() == 0 if ndim == 1 else target.shape == shape[:1] + shape[2:])
+        ndim > 0  # a 0-d input: torch's own error
+        and (target.dim() == 0 if ndim == 1 else target.shape == shape[:1] + shape[2:])
         and _ops.class_weight_fusable(weight, input, shape[0 if ndim == 1 else 1], autocast)
         # an ignore_index outside int64 goes to torch, which raises its own error
         and type(ignore_index) is int

@@ -276,9 +276,10 @@ def test_no_grad_and_target_only_grad():
 
 
 def test_small_problems_run_on_torchs_kernel(monkeypatch, fusedloss_kernel_at_every_size):
-    """Below flt.TORCH_KERNEL_BELOW input elements, eager cross-entropy is torch's own
-    (same bits as F.cross_entropy, loss and gradient); from it on, fusedloss's kernel;
-    with the LLM options or inplace_backward, always fusedloss's."""
+    """Below flt.TORCH_KERNEL_BELOW input elements (8 times as many with a class
+    weight, reduction "none" or K-dim input), eager cross-entropy is torch's own
+    (same bits as F.cross_entropy, loss and gradient); from there on, fusedloss's
+    kernel; with the LLM options or inplace_backward, always fusedloss's."""
     default = fusedloss_kernel_at_every_size
     assert default > 64 * 10
     monkeypatch.setattr(flt, "TORCH_KERNEL_BELOW", default)
@@ -287,14 +288,25 @@ def test_small_problems_run_on_torchs_kernel(monkeypatch, fusedloss_kernel_at_ev
     monkeypatch.setattr(_torch_ops, "cross_entropy_apply",
                         lambda *a: fused_calls.append(a[0].shape) or apply(*a))
     g = torch.Generator().manual_seed(0)
-    for shape, fused in [((64, 10), False), ((4, 5, 16, 16), False),
-                         ((default // 1000 + 1, 1000), True), ((64, 1024), True)]:
+    rows = default // 1000 + 1  # rows x 1000: just past the common call's bound
+    general = flt._GENERAL_CALL_FACTOR * default
+    for shape, options, fused in [
+        ((64, 10), {}, False), ((4, 5, 16, 16), {}, False), ((rows, 1000), {}, True),
+        ((64, 1024), {}, True), ((rows, 1000), {"reduction": "sum"}, True),
+        ((rows, 1000), {"reduction": "none"}, False), ((rows, 1000), {"weight": "w"}, False),
+        ((rows, 10, 10, 10), {}, False), ((general // 1000 + 1, 1000), {"weight": "w"}, True),
+        ((general // 1000 + 1, 1000), {"reduction": "none"}, True),
+    ]:
+        fused_calls.clear()
         x = torch.randn(shape, generator=g, requires_grad=True)
         t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
         x2 = x.detach().clone().requires_grad_()
-        loss, ref = flt.cross_entropy(x, t, label_smoothing=0.1), F.cross_entropy(x2, t, label_smoothing=0.1)
+        if "weight" in options:
+            options = {"weight": torch.rand(shape[1], generator=g)}
+        kw = dict(label_smoothing=0.1, **options)
+        loss, ref = flt.cross_entropy(x, t, **kw).sum(), F.cross_entropy(x2, t, **kw).sum()
         loss.backward(), ref.backward()
-        assert (shape in fused_calls) == fused, shape
+        assert fused_calls == ([shape] if fused else []), (shape, options)
         if not fused:
             assert torch.equal(loss, ref) and torch.equal(x.grad, x2.grad)
         torch.testing.assert_close(loss, ref)

@@ -45,11 +45,11 @@ where torch 2.13's CPU kernel returns uninitialised memory). Non-contiguous
 tensors are made contiguous. Bad arguments therefore raise torch's own exceptions.
 
 Small cross-entropy problems (fewer than :data:`TORCH_KERNEL_BELOW` elements of
-input, without the LLM options or ``inplace_backward``) also go to torch in eager
-mode: there the fixed cost of a Python autograd Function outweighs the kernel
-(64x10 float32 fwd+bwd, 2 threads: 81 us against torch's 73 us; 64x1000 near
-parity), so torch's own kernel is the faster one. Set it to 0 to run every
-problem on fusedloss's kernel.
+input, 8 times as many with a class weight, ``reduction="none"`` or other than
+2-d input; without the LLM options or ``inplace_backward``) also go to torch in
+eager mode: there the fixed cost of a Python autograd Function (about 30 us
+forward + backward) outweighs the kernel, so torch's own kernel is the faster
+one. Set it to 0 to run every problem on fusedloss's kernel.
 """
 
 from __future__ import annotations
@@ -96,8 +96,11 @@ _functorch_active = _ops.functorch_active
 _reduction_code = _ops.reduction_code
 _INT64_MIN, _INT64_MAX = _ops.INT64_MIN, _ops.INT64_MAX
 # Cross-entropy with fewer input elements than this runs on torch's own kernel in
-# eager mode (module docstring); measured crossover, 2 threads, AVX-512 and AVX2.
-TORCH_KERNEL_BELOW = 65536
+# eager mode (module docstring); 8 times as many with a class weight, reduction
+# "none" or other than 2-d input, whose calls cost more around the kernel.
+# Measured crossovers, 2 threads, AVX-512 and AVX2.
+TORCH_KERNEL_BELOW = 8192
+_GENERAL_CALL_FACTOR = 8
 # Defaults of cross-entropy's LLM options, tested by identity (see cross_entropy).
 _NO_SCALE = 1.0
 _NO_ZLOSS = 0.0
@@ -131,6 +134,18 @@ def _ce_fusable(input, target, weight, ignore_index, label_smoothing, autocast) 
     return type(ignore_index) is int and _INT64_MIN <= ignore_index <= _INT64_MAX and (
         0.0 <= label_smoothing <= 1.0
     )
+
+
+def _torch_kernel_faster(input: Tensor, weight, reduction, size_average, reduce) -> bool:
+    """Whether eager cross-entropy of this size is faster on torch's own kernel
+    (TORCH_KERNEL_BELOW): the common call (2-d input, no weight, mean or sum) pays
+    off from fewer elements than the rest."""
+    n = input.numel()
+    if n < TORCH_KERNEL_BELOW:
+        return True
+    common = (weight is None and input.dim() == 2 and size_average is None and reduce is None
+              and (reduction == "mean" or reduction == "sum"))
+    return not common and n < TORCH_KERNEL_BELOW * _GENERAL_CALL_FACTOR
 
 
 def _overwritable_whole(input: Tensor) -> Tensor | None:
@@ -214,7 +229,8 @@ def cross_entropy(
       position (shaped like the unreduced loss, float32 for half input, NaN where the
       target is ignored), from the same pass and not differentiable.
     """
-    if (type(input) is Tensor and input.numel() < TORCH_KERNEL_BELOW and not inplace_backward
+    if (type(input) is Tensor and _torch_kernel_faster(input, weight, reduction, size_average, reduce)
+            and not inplace_backward
             and logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS and softcap is None
             and num_items_in_batch is None and return_lse is False and not _is_compiling()):
         # First, so that the hand-off costs a few checks (the fast path of the drop-in).

@@ -41,6 +41,7 @@
 #include <cstdint>
 #include <limits>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 #include "fusedloss/kernels.h"

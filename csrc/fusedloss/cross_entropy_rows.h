@@ -194,7 +194,9 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
                                    const A* es, const A* tb, const S* pf) const {
   const A inf = std::numeric_limits<A>::infinity();
   const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
-  const V F = vexp(m - M) * V::set1(p.ra);  // p = e * F * S / a
+  // p = e * F * S / a. The chunk that holds the row's max (every row of one
+  // chunk) has exp(m - M) = 1: no exp on the row's chain of latencies.
+  const V F = cm == p.M ? V::set1(p.ra) : vexp(m - M) * V::set1(p.ra);
   const bool loss = smooth || qr;
   V acc = V::set1(0);
   double accd = 0;

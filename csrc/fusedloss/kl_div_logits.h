@@ -68,7 +68,14 @@ template <class S> struct KLDivLogits {
   Part stats(const S* xr, const S* tr, int64_t c0, int64_t c1, A* ex, A* et) const {
     const A inf = std::numeric_limits<A>::infinity();
     V ax[2] = {V::set1(-inf), V::set1(-inf)}, at[2] = {ax[0], ax[1]};
-    for (int64_t c = c0; c < c1; c += kStep)
+    V lo = V::set1(inf);  // the full steps' minimum of x and t together (see below)
+    const int64_t full_end = c0 + (c1 - c0) / kStep * kStep;
+    for (int64_t c = c0; c < full_end; c += kStep) {
+      const V x0 = vload(xr + c), x1 = vload(xr + c + W), t0 = vload(tr + c), t1 = vload(tr + c + W);
+      ax[0] = vmax(ax[0], x0), ax[1] = vmax(ax[1], x1), at[0] = vmax(at[0], t0), at[1] = vmax(at[1], t1);
+      lo = vmin(vmin(vmin(x0, x1), vmin(t0, t1)), lo);
+    }
+    for (int64_t c = full_end; c < c1; c += kStep)
       for (int k = 0; k < 2; ++k) {
         ax[k] = vmax(ax[k], ld(xr + c + k * W, c1 - c - k * W, -inf));
         at[k] = vmax(at[k], ld(tr + c + k * W, c1 - c - k * W, -inf));
@@ -78,18 +85,25 @@ template <class S> struct KLDivLogits {
     pt.mx = floor_max(hmax(vmax(ax[0], ax[1])) * inv_t);
     pt.mt = floor_max(hmax(vmax(at[0], at[1])) * inv_t);
     const V mx = V::set1(pt.mx), mt = V::set1(pt.mt);
+    // Every a and b of the full steps within exp's normal range (a = x/T - mx
+    // rounds monotonically in x, and x, t >= lo): then their exps take exp's
+    // fast path without testing each vector, the same bits (as cross-entropy's
+    // chunk_stats; AVX2 fwd+grad 128x8192 0.94x, 1024x1001 0.96x). A NaN, which
+    // may escape lo, makes the row's results NaN on either path.
+    const V normal_lo = V::set1(MathConsts<A>::normal_lo);
+    const bool in_range = !any(nge(shifted(lo, mx), normal_lo) | nge(shifted(lo, mt), normal_lo));
     V sx[2] = {V::set1(0), V::set1(0)}, st[2] = {sx[0], sx[1]}, bv[2] = {sx[0], sx[1]};
     double bd = 0;
     int64_t c = c0;
     // The full steps in a loop of their own, without the pad lanes' tests and
     // with the scratch store chosen once (the tail's loop below adds the same
     // terms in the same order: the same bits).
-    const auto full = [&](auto store) {
+    const auto full = [&](auto store, auto exp) {
       V sx0 = sx[0], sx1 = sx[1], st0 = st[0], st1 = st[1], b0 = bv[0], b1 = bv[1];
-      for (const int64_t e = c0 + (c1 - c0) / kStep * kStep; c < e; c += kStep) {
+      for (; c < full_end; c += kStep) {
         const V a0 = shifted(vload(xr + c), mx), a1 = shifted(vload(xr + c + W), mx);
         const V d0 = shifted(vload(tr + c), mt), d1 = shifted(vload(tr + c + W), mt);
-        const V e0 = vexp_nonpos(a0), e1 = vexp_nonpos(a1), f0 = vexp_nonpos(d0), f1 = vexp_nonpos(d1);
+        const V e0 = exp(a0), e1 = exp(a1), f0 = exp(d0), f1 = exp(d1);
         sx0 = sx0 + e0, sx1 = sx1 + e1, st0 = st0 + f0, st1 = st1 + f1;
         b0 = fmadd(f0, d0 - a0, b0), b1 = fmadd(f1, d1 - a1, b1);
         store(c, e0, f0), store(c + W, e1, f1);
@@ -97,8 +111,14 @@ template <class S> struct KLDivLogits {
       }
       sx[0] = sx0, sx[1] = sx1, st[0] = st0, st[1] = st1, bv[0] = b0, bv[1] = b1;
     };
-    if (ex) full([ex, et](int64_t off, V e, V f) { e.store(ex + off), f.store(et + off); });
-    else full([](int64_t, V, V) {});
+    const auto keep = [ex, et](int64_t off, V e, V f) { e.store(ex + off), f.store(et + off); };
+    const auto drop = [](int64_t, V, V) {};
+    const auto fast = [](V v) FUSEDLOSS_ALWAYS_INLINE_LAMBDA { return vexp_in_range(v); };
+    const auto tested = [](V v) FUSEDLOSS_ALWAYS_INLINE_LAMBDA { return vexp_nonpos(v); };
+    if (ex && in_range) full(keep, fast);
+    else if (ex) full(keep, tested);
+    else if (in_range) full(drop, fast);
+    else full(drop, tested);
     for (; c < c1; c += kStep) {
       for (int k = 0; k < 2; ++k) {
         const int64_t off = c + k * W, n = c1 - off;

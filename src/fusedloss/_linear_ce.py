@@ -28,6 +28,7 @@ from ._linear_ce_chunks import (
     chunk_tokens_for,
     mean_denominator,
     kernel_options,
+    prefaulted,
     run_chunks,
 )
 
@@ -204,8 +205,10 @@ class NumpyHead:
         self.block = self.scratch = None
         if want_grad:
             self.grad_x = np.empty_like(x)
-            # The first chunk's product fills it; without tokens no chunk runs.
-            self.grad_w = (np.empty if x.shape[0] else np.zeros)(w.shape, dtype=compute)
+            # The first chunk's product overwrites it (without tokens, no chunk runs
+            # and it stays 0). Prefaulted, unlike the chunk buffer, whose first
+            # product's page faults measured to cost about what its fill would.
+            self.grad_w = prefaulted(w.shape, compute)
             if b is not None:
                 # Summed in float64: NumPy adds the rows of a chunk one after another
                 # (axis 0), so in float32 the error grew with the tokens (8192 tokens:

@@ -37,14 +37,9 @@ _HALF = _ops.HALF
 
 
 def _prefaulted(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """A buffer for torch's matmul to write into, from NumPy (huge-page advice;
-    see _ops.new_gradient), its pages faulted in by one sequential fill first:
-    torch's matmul writing into fresh pages ran much slower (1024 x 512 x 32000
-    float32 fwd+bwd, 2 threads, separate processes: 439-479 ms untouched,
-    365-391 ms with the chunk buffer and the weight's gradient filled first)."""
-    array = np.empty(shape, dtype=_ops._NUMPY_STORAGE[dtype])
-    array.fill(0)
-    return torch.from_numpy(array)
+    """chunks.prefaulted as a tensor (from NumPy: its huge-page advice, see
+    _ops.new_gradient)."""
+    return torch.from_numpy(chunks.prefaulted(shape, _ops._NUMPY_STORAGE[dtype]))
 
 
 class TorchHead:

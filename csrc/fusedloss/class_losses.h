@@ -123,15 +123,15 @@ template <class S> struct Nll {
   }
 
   // Rows [r0, r1) with the gradient (inner == 1). Their gradient is one flat
-  // run of zeros but for one value per non-ignored row: swept once in vectors,
-  // each built with its values in place, so no element is written twice and
-  // big outputs can stream. A row's input element is read before the vector
-  // holding it is stored (in-place safe).
+  // run of zeros but for one value per non-ignored row. Big outputs are swept
+  // once in vectors, each built with its values in place, so that no element
+  // is written twice and the stores can stream; a row's input element is read
+  // before the vector holding it is stored (in-place safe). Others: rows_filled.
   void rows(int64_t r0, int64_t r1) const {
-    S* const gp = g;
     if (!stream) return rows_filled(r0, r1);
+    S* const gp = g;
     const int64_t lo = r0 * C, hi = r1 * C;
-    const int delta = stream ? lanes_past_grid<int(W * sizeof(S))>(gp + lo) : -1;
+    const int delta = lanes_past_grid<int(W * sizeof(S))>(gp + lo);
     const bool st = delta >= 0;
     const int64_t first = delta > 0 ? W - delta : W;  // a partial first vector reaches the aligned grid
     const V iota = lane_index<V>(), zero = V::set1(0);

@@ -69,14 +69,15 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   // take exp's fast path without testing each vector, the same bits.
   const bool in_range = fast && !any(nge(lo - m, V::set1(MathConsts<A>::normal_lo)));
   // While the exps run, nothing else keeps memory busy: ask for what comes
-  // next (rows are contiguous; prefetches never fault). Without scratch that is
-  // the next chunk. With scratch (rows_pipelined, this row is r + 1) it is row
-  // r + 2, from the row's last chunk: the gradient pass of row r + 1 already
-  // asks for the rest of r + 2 chunk by chunk, but only shortly before use.
-  // Into L1 when the chunk fits in half of it beside the one being read, else
-  // into L2 (measured, 2 threads: fwd+grad 4096x1000 6% and 2048x8192 8-24%
-  // faster, 1024x32000 unchanged; forward-only 1024x32000 3-10% faster).
-  const char* ahead = !es || c1 == C ? reinterpret_cast<const char*>(xr + c1) : nullptr;
+  // next, the next chunk (rows are contiguous, so after a row's last chunk the
+  // next row's first; prefetches never fault). With scratch (rows_pipelined,
+  // this row is r + 1) the gradient pass of row r asks for the same chunk
+  // again, but only shortly before use; asked for here too, fwd+grad
+  // 1024x32000 took 0.95x the time on both paths, 2048x8192 0.95x on AVX2
+  // (where only the last chunk's asked: 4096x1000 6% and 2048x8192 8-24%
+  // faster than with none). Into L1 when the chunk fits in half of it beside
+  // the one being read, else into L2 (forward-only 1024x32000 3-10% faster).
+  const char* ahead = reinterpret_cast<const char*>(xr + c1);
   const bool near = (c1 - c0) * int64_t(sizeof(S)) <= (int64_t(1) << 14);
   Quad sum = {{V::set1(0), V::set1(0), V::set1(0), V::set1(0)}};
   V qa = V::set1(0);
@@ -85,12 +86,10 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   if (fast) {
     const auto run = [&](auto z) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
       if (in_range) {
-        if (!ahead) sum = exp_sums<0, true>(z, c0, c, e, m, es, sum, ahead);
-        else if (near) sum = exp_sums<3, true>(z, c0, c, e, m, es, sum, ahead);
+        if (near) sum = exp_sums<3, true>(z, c0, c, e, m, es, sum, ahead);
         else sum = exp_sums<2, true>(z, c0, c, e, m, es, sum, ahead);
       } else {
-        if (!ahead) sum = exp_sums<0, false>(z, c0, c, e, m, es, sum, ahead);
-        else if (near) sum = exp_sums<3, false>(z, c0, c, e, m, es, sum, ahead);
+        if (near) sum = exp_sums<3, false>(z, c0, c, e, m, es, sum, ahead);
         else sum = exp_sums<2, false>(z, c0, c, e, m, es, sum, ahead);
       }
     };
@@ -112,12 +111,11 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     } else {
       load_step(xr, c, c1, -inf, xv);
     }
-    if (ahead)
-      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
-        const char* line = ahead + (c - c0) * int64_t(sizeof(S)) + b;
-        if (near) __builtin_prefetch(line, 0, 3);
-        else __builtin_prefetch(line, 0, 2);
-      }
+    for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64) {
+      const char* line = ahead + (c - c0) * int64_t(sizeof(S)) + b;
+      if (near) __builtin_prefetch(line, 0, 3);
+      else __builtin_prefetch(line, 0, 2);
+    }
     for (int k = 0; k < 4; ++k) {
       const int64_t n = c1 - c - k * W;
       if (n <= 0) break;  // all-pad vectors would add 0
@@ -157,7 +155,7 @@ typename CrossEntropy<S>::MaxMin CrossEntropy<S>::max_steps(Z z, int64_t c0, int
 // e = exp(z - m) over full steps [c, e) of index-target rows, z(at) the
 // vector of z from class at, added to sum as chunk_stats' loop adds them
 // (the same bits; the sums returned) and stored into es when given; ahead's lines (from c0)
-// asked for with locality kHint (0: none); kInRange: every z - m known to lie
+// asked for with locality kHint; kInRange: every z - m known to lie
 // in exp's normal range (chunk_stats tests that once). A loop of its own, the
 // sums and options in locals: in chunk_stats' general loop the sums lived on
 // the stack and the options were tested for every vector.
@@ -168,9 +166,8 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_
   V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]};
   const auto run = [&](auto store) {
     for (; c < e; c += kStep) {
-      if constexpr (kHint > 0)
-        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
+      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
       for (int k = 0; k < 4; ++k) {
         const V xm = z(c + k * W) - m;
         const V ev = kInRange ? vexp_in_range(xm) : vexp_nonpos(xm);

@@ -438,7 +438,8 @@ BAD = {
                                   {"weight": torch.rand(1, 4)})),
     "int input": (BOTH, lambda: (torch.ones(3, 4, dtype=torch.long), torch.tensor([0, 1, 2]), {})),
     "list input": (BOTH, lambda: ([[1.0, 2.0]], torch.tensor([0]), {})),
-    "0-d input": (("nll_loss",), lambda: (torch.tensor(1.0), torch.tensor(0), {})),  # torch's multi_margin_loss takes it
+    # (torch's multi_margin_loss takes a 0-d input, and so does ours)
+    "0-d input": (("nll_loss",), lambda: (torch.tensor(1.0), torch.tensor(0), {})),
     "ignore_index above int64": (("nll_loss",), lambda: (
         torch.randn(3, 4), torch.tensor([0, 1, 2]), {"ignore_index": 2**63})),
     "p = 3": (("multi_margin_loss",), lambda: (torch.randn(3, 4), torch.tensor([0, 1, 2]),

@@ -229,8 +229,8 @@ def cross_entropy(
       position (shaped like the unreduced loss, float32 for half input, NaN where the
       target is ignored), from the same pass and not differentiable.
     """
-    if (type(input) is Tensor and _torch_kernel_faster(input, weight, reduction, size_average, reduce)
-            and not inplace_backward
+    if (type(input) is Tensor and not inplace_backward
+            and _torch_kernel_faster(input, weight, reduction, size_average, reduce)
             and logit_scale is _NO_SCALE and lse_square_scale is _NO_ZLOSS and softcap is None
             and num_items_in_batch is None and return_lse is False and not _is_compiling()):
         # First, so that the hand-off costs a few checks (the fast path of the drop-in).

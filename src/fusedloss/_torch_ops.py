@@ -166,7 +166,7 @@ _NO_OPTIONS: dict = {}  # the plain call passes no option to the binding
 # What the binding's common call (_core.cross_entropy_common) takes: these logits'
 # dtypes, and the reductions by name.
 _COMMON_DTYPES = (torch.float32, torch.float64)
-_COMMON_REDUCTIONS = {MEAN: "mean", SUM: "sum"}
+_COMMON_REDUCTIONS = {code: name for name, code in v.REDUCTIONS.items() if code != NONE}
 
 
 def _common_ce(x: Tensor, target: Tensor, reduction: int, ignore_index: int,

@@ -232,14 +232,20 @@ def test_cross_entropy_edges(edge: str, dtype: Any, reduction: str) -> None:
         assert np.all(grad[np.isneginf(x)] == 0)
 
 
+@pytest.mark.parametrize("inner", [3, 150])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("edge", CE_EDGES)
-def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str) -> None:
-    """The same rows laid out (N, C, inner): the vectorised-along-inner kernel."""
+def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str, inner: int, capability: str) -> None:
+    """The same rows laid out (N, C, inner): the vectorised-along-inner kernel. 150
+    positions: whole column tiles (on every path) besides a partial one, each holding
+    the edge rows among plain ones."""
     x, t, kw = _ce_case(edge, dtype)
-    xk = np.ascontiguousarray(np.stack([x, x[::-1], x], axis=-1))  # (4, 5, 3)
-    tk = np.ascontiguousarray(np.stack([t, t[::-1], t], axis=-1))  # (4, 3)
+    plain_x, plain_t, _ = _ce_case("plain", dtype)
+    cols = [x, x[::-1], x] if inner == 3 else [x if j % 37 in (5, 30) else plain_x for j in range(inner)]
+    tcols = [t, t[::-1], t] if inner == 3 else [t if j % 37 in (5, 30) else plain_t for j in range(inner)]
+    xk = np.ascontiguousarray(np.stack(cols, axis=-1))  # (4, 5, inner)
+    tk = np.ascontiguousarray(np.stack(tcols, axis=-1))  # (4, inner)
     deviation = None
     if edge == "ignored_nan_row":
         deviation = (np.broadcast_to((tk == -100)[:, None, :], xk.shape), 0.0)

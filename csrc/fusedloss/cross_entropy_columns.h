@@ -16,6 +16,9 @@ template <class S>
 template <bool Full, bool kPlain>
 void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   constexpr int64_t NV = kTile / W;
+  // Members the loops use, as locals: the vector stores may alias anything, so
+  // the members were loaded again after each store (I for every address).
+  const int64_t I = this->I, C = this->C;
   // The options, constant false where kPlain says so.
   const bool xf_ = !kPlain && xf, capped_ = !kPlain && capped, smooth_ = !kPlain && smooth;
   const int64_t nb = Full ? kTile : kMin(kTile, I - j0), nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
@@ -63,7 +66,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   } else {
     for (int64_t j = 0; j < nb; ++j) tb[j] = A(-1), okb[j] = A(1), wtb[j] = xtb[j] = A(0);
   }
-  V mv[NV], sv[NV], qv[NV], lv[NV], tv[NV], xtv[NV];
+  V mv[NV], sv[NV], lv[NV], tv[NV], xtv[NV], lov[NV], qv[NV];
   // Sums over C (exp-sum, sum w q', the smoothing / probability loss) run in A
   // vectors for kFlushClasses classes, then go into double per position: one
   // running float sum over all of C lost ~C/2 ULPs (label smoothing at
@@ -80,7 +83,8 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       for (int64_t j = 0; j < nv * W; ++j) to[j] += double(part[j]);
   };
   for (int64_t v = 0; v < nv; ++v) {
-    mv[v] = V::set1(std::numeric_limits<A>::lowest()), sv[v] = qv[v] = xtv[v] = V::set1(0);
+    mv[v] = V::set1(std::numeric_limits<A>::lowest()), lov[v] = V::set1(std::numeric_limits<A>::max());
+    sv[v] = qv[v] = xtv[v] = V::set1(0);
     tv[v] = V::load(tb + v * W);
   }
   // The rows of the tile after next (x, and g for writing): C strided
@@ -106,30 +110,50 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           xv.store(xs + c * ts + v * W);
         }
         mv[v] = vmax(mv[v], xv);
+        if (kPlain) lov[v] = vmin(lov[v], xv);
         if (onehot) xtv[v] = select(eq(tv[v], cv), xv, xtv[v]);  // the target logit, read before any write
         if (qo) qv[v] = fmadd(wv, qprime(ldx(qo + c * I + v * W, nb - v * W, A(0))), qv[v]);
       }
     }
     if (qo) flush(qv, qd, cb == 0);
   }
-  for (int64_t cb = 0; cb < C; cb += kFlushClasses) {
-    for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
-      if (ahead)
-        for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
-      for (int64_t v = 0; v < nv; ++v) {
-        const V xz = V::load(xs + c * ts + v * W);
-        const V e = vexp_nonpos((capped_ ? zof_t(xz) : xz) - mv[v]);  // x - max <= 0 (or NaN)
-        sv[v] = sv[v] + e;
-        e.store(es + c * ts + v * W);
-      }
-    }
-    flush(sv, sd, cb == 0);
+  // Plain tiles: when every lane's min and max lie less than exp's normal range
+  // apart, no exp needs its range test (as the rows' chunk_stats). NaN fails
+  // the test only where the min or max kept it; the sums below catch the rest.
+  bool in_range = false;
+  if constexpr (kPlain) {
+    in_range = true;
+    for (int64_t v = 0; v < nv; ++v)
+      in_range = in_range && !any(nge(lov[v] - mv[v], V::set1(MathConsts<A>::normal_lo)));
   }
+  // e = exp(x - max) (x - max <= 0, or NaN) and its sums.
+  const auto exp_pass = [&](auto in_range_tag) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
+    constexpr bool kInRange = decltype(in_range_tag)::value;
+    for (int64_t cb = 0; cb < C; cb += kFlushClasses) {
+      for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
+        if (ahead)
+          for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
+        for (int64_t v = 0; v < nv; ++v) {
+          const V xz = V::load(xs + c * ts + v * W);
+          const V d = (capped_ ? zof_t(xz) : xz) - mv[v];
+          const V e = kInRange ? vexp_in_range(d) : vexp_nonpos(d);
+          sv[v] = sv[v] + e;
+          e.store(es + c * ts + v * W);
+        }
+      }
+      flush(sv, sd, cb == 0);
+    }
+  };
+  if (in_range) exp_pass(std::true_type{});
+  else exp_pass(std::false_type{});
   alignas(64) A sums[kTile], lseb[kTile], mb[kTile];
   for (int64_t j = 0; j < nv * W; ++j) sums[j] = static_cast<A>(sd[j]);
+  bool nan_sum = false;
   for (int64_t v = 0; v < nv; ++v) {
-    lv[v] = vlog(V::load(sums + v * W));
+    const V sum = V::load(sums + v * W);
+    nan_sum = nan_sum || any(isnan_v(sum));
+    lv[v] = vlog(sum);
     lv[v].store(lseb + v * W);
     mv[v].store(mb + v * W);
     if (onehot) xtv[v].store(xtb + v * W);
@@ -145,7 +169,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       const double go = gob[j] * gs;
       double a = p_coef(go, wtb[j]);
       if (zloss) a += zl(j, go);
-      rab[j] = static_cast<A>(a / sd[j]);
+      rab[j] = okb[j] != A(0) ? static_cast<A>(a / sd[j]) : A(0);  // 0 where ignored: see the lean pass
       cwb[j] = static_cast<A>(go * eps_c_d);
       bb[j] = static_cast<A>(target_coef(go, wtb[j]));
     }
@@ -160,7 +184,21 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     }
   }
   for (int64_t j = nb; j < kTile; ++j) rab[j] = cwb[j] = bb[j] = A(0);
-  if (need_pass2()) {
+  // Plain tiles with every exp in range and no NaN sum: e is finite, and an
+  // ignored lane's coefficient 0 makes its gradient e 0 - 0 = +0 without the
+  // select of the general pass; the target's term comes in as b [c == t], an
+  // FMA with 0 elsewhere (the same bits as the general pass's product).
+  if (kPlain && in_range && !nan_sum && onehot && gt_) {
+    V av[NV], bv[NV];
+    for (int64_t v = 0; v < nv; ++v) av[v] = V::load(rab + v * W), bv[v] = V::load(bb + v * W);
+    for (int64_t c = 0; c < C; ++c) {
+      const V cv = V::set1(A(c));
+      for (int64_t v = 0; v < nv; ++v) {
+        const V e = V::load(es + c * ts + v * W);
+        stx(gt_ + c * I + v * W, nb - v * W, fmsub(e, av[v], select(eq(tv[v], cv), bv[v], V::set1(0))));
+      }
+    }
+  } else if (need_pass2()) {
     V av[NV], cwv[NV], okv[NV], bv[NV];
     for (int64_t v = 0; v < nv; ++v) {
       av[v] = V::load(rab + v * W), cwv[v] = V::load(cwb + v * W), okv[v] = V::load(okb + v * W);

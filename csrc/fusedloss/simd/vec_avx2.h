@@ -51,6 +51,7 @@ FL_AVX2_VEC(VF, MF, float, __m256, ps, 8)
 FL_AVX2_VEC(VD, MD, double, __m256d, pd, 4)
 #undef FL_AVX2_VEC
 
+constexpr int kVecRegisters = 16;  // ymm0-15: how many vectors a loop may keep live
 constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
 
 inline float lane0(VF a) { return _mm256_cvtss_f32(a.v); }

@@ -73,6 +73,7 @@ template <class Op> inline VF reduce_rows(const VF* r, Op op) {
 inline VF hsum_rows(const VF* r) { return reduce_rows(r, [](__m512 a, __m512 b) { return _mm512_add_ps(a, b); }); }
 inline VF hmax_rows(const VF* r) { return reduce_rows(r, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); }); }
 
+constexpr int kVecRegisters = 32;  // zmm0-31: how many vectors a loop may keep live
 constexpr bool kLdexpIsOneOp = true;  // vscalef: exact, denormals included
 
 // float exp's table (math.h vexp_table; see vec_avx2.h for the scheme). vpermps

@@ -75,6 +75,7 @@ FL_SCALAR_VEC(VD, double, uint64_t, 52, 1023)
 #undef FL_SCALAR_VEC
 
 inline bool any(bool m) { return m; }
+constexpr int kVecRegisters = 16;  // as many as an SSE2 machine has: how many vectors a loop may keep live
 constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
 constexpr bool kHasTable8 = false;  // no in-register table lookup: math.h's exp uses the long polynomial
 

@@ -59,6 +59,7 @@ FL_SSE2_VEC(VF, MF, float, __m128, ps, 4)
 FL_SSE2_VEC(VD, MD, double, __m128d, pd, 2)
 #undef FL_SSE2_VEC
 
+constexpr int kVecRegisters = 16;  // xmm0-15: how many vectors a loop may keep live
 constexpr bool kLdexpIsOneOp = false;  // ldexp_v is two scalings: math.h takes pow2_shifted when it can
 constexpr bool kHasTable8 = false;  // no in-register table lookup: math.h's exp uses the long polynomial
 

@@ -276,7 +276,7 @@ def test_no_grad_and_target_only_grad():
 
 
 def test_small_problems_run_on_torchs_kernel(monkeypatch, fusedloss_kernel_at_every_size):
-    """Below flt.TORCH_KERNEL_BELOW input elements (8 times as many with a class
+    """Below flt.TORCH_KERNEL_BELOW input elements (twice as many with a class
     weight, reduction "none" or K-dim input), eager cross-entropy is torch's own
     (same bits as F.cross_entropy, loss and gradient); from there on, fusedloss's
     kernel; with the LLM options or inplace_backward, always fusedloss's."""

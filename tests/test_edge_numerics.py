@@ -236,14 +236,19 @@ def test_cross_entropy_edges(edge: str, dtype: Any, reduction: str) -> None:
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("edge", CE_EDGES)
-def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str, inner: int, capability: str) -> None:
+def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str, inner: int,
+                                  capability: str) -> None:
     """The same rows laid out (N, C, inner): the vectorised-along-inner kernel. 150
     positions: whole column tiles (on every path) besides a partial one, each holding
     the edge rows among plain ones."""
     x, t, kw = _ce_case(edge, dtype)
-    plain_x, plain_t, _ = _ce_case("plain", dtype)
-    cols = [x, x[::-1], x] if inner == 3 else [x if j % 37 in (5, 30) else plain_x for j in range(inner)]
-    tcols = [t, t[::-1], t] if inner == 3 else [t if j % 37 in (5, 30) else plain_t for j in range(inner)]
+    if inner == 3:
+        cols, tcols = [x, x[::-1], x], [t, t[::-1], t]
+    else:
+        plain_x, plain_t, _ = _ce_case("plain", dtype)
+        edge_at = [j % 37 in (5, 30) for j in range(inner)]
+        cols = [x if e else plain_x for e in edge_at]
+        tcols = [t if e else plain_t for e in edge_at]
     xk = np.ascontiguousarray(np.stack(cols, axis=-1))  # (4, 5, inner)
     tk = np.ascontiguousarray(np.stack(tcols, axis=-1))  # (4, inner)
     deviation = None

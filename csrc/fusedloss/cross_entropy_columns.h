@@ -123,8 +123,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   bool in_range = false;
   if constexpr (kPlain) {
     in_range = true;
-    for (int64_t v = 0; v < nv; ++v)
-      in_range = in_range && !any(nge(lov[v] - mv[v], V::set1(MathConsts<A>::normal_lo)));
+    for (int64_t v = 0; v < nv; ++v) in_range = in_range && exp_args_in_range(lov[v] - mv[v]);
   }
   // e = exp(x - max) (x - max <= 0, or NaN) and its sums.
   const auto exp_pass = [&](auto in_range_tag) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {

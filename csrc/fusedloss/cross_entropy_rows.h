@@ -67,7 +67,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
   // take exp's fast path without testing each vector, the same bits.
-  const bool in_range = fast && !any(nge(lo - m, V::set1(MathConsts<A>::normal_lo)));
+  const bool in_range = fast && exp_args_in_range(lo - m);
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next, the next chunk (rows are contiguous, so after a row's last chunk the
   // next row's first; prefetches never fault). With scratch (rows_pipelined,

@@ -94,8 +94,7 @@ template <class S> struct KLDivLogits {
     // fast path without testing each vector, the same bits (as cross-entropy's
     // chunk_stats; AVX2 fwd+grad 128x8192 0.94x, 1024x1001 0.96x). A NaN, which
     // may escape lo, makes the row's results NaN on either path.
-    const V normal_lo = V::set1(MathConsts<A>::normal_lo);
-    const bool in_range = !any(nge(shifted(lo, mx), normal_lo) | nge(shifted(lo, mt), normal_lo));
+    const bool in_range = exp_args_in_range(shifted(lo, mx)) && exp_args_in_range(shifted(lo, mt));
     V sx[2] = {V::set1(0), V::set1(0)}, st[2] = {sx[0], sx[1]}, bv[2] = {sx[0], sx[1]};
     double bd = 0;
     int64_t c = c0;

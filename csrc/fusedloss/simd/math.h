@@ -204,6 +204,13 @@ template <class V> FUSEDLOSS_ALWAYS_INLINE V vexp_in_range(V x) {
   else return vexp_core<true>(x);
 }
 
+// d: per lane, the least argument a loop's exps will take (the largest being
+// <= 0, as x - max): whether they all lie in vexp_in_range's range, so the loop
+// may take it without testing each vector. NaN fails.
+template <class V> FUSEDLOSS_ALWAYS_INLINE bool exp_args_in_range(V d) {
+  return !any(nge(d, V::set1(MathConsts<typename V::T>::normal_lo)));
+}
+
 // e^x; kUpper: x may exceed normal_hi (else x <= 0 or NaN). Where ldexp_v is
 // one op (vscalef) the argument is clamped (keeps n in range) and that is
 // all. Elsewhere ldexp_v takes a dozen ops (two scalings for gradual

@@ -162,6 +162,19 @@ def test_half_types_are_not_upcast(monkeypatch):
     assert seen == [("float16", False), ("uint16", True)]
 
 
+def test_float16_label_smoothing_computed_in_float32():
+    """Float16 cross-entropy with label smoothing over many classes: torch's float16
+    sum of the log-probabilities overflows (inf), fusedloss gives float32's value
+    rounded once (the README's half-precision note)."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(300, 1000, generator=g) * 30).half()
+    t = torch.randint(0, 1000, (300,), generator=g)
+    assert torch.isinf(F.cross_entropy(x, t, reduction="sum", label_smoothing=0.5))
+    ours = flt.cross_entropy(x, t, reduction="sum", label_smoothing=0.5)
+    reference = F.cross_entropy(x.double(), t, reduction="sum", label_smoothing=0.5)
+    torch.testing.assert_close(ours.double(), reference, rtol=2 * 2**-10, atol=0)
+
+
 # -------------------------------------------------------------------- gradcheck
 
 

@@ -705,3 +705,27 @@ def test_binary_cross_entropy_outside_unit_interval_raises_like_torch(dtype):
                 with pytest.raises(RuntimeError) as ours:
                     loss_and_grads(flt.binary_cross_entropy, x, t, wrt=wrt)
                 assert str(ours.value) == str(theirs.value)
+
+
+def test_float16_is_computed_in_float32_where_torch_overflows():
+    """Where torch's own float16 arithmetic overflows or underflows on the way, the
+    result is float32's rounded once (the README's half-precision note): a
+    ``batchmean`` KL whose sum passes float16's 65504 before the division (inf in
+    torch), and BCE's gradient at an input of exactly 0 or 1 that equals its target
+    (torch's 1e-12 clamp is 0 in float16: 0/0 = NaN)."""
+    x = torch.log_softmax(torch.linspace(-30.0, 0.0, 4 * 512).reshape(4, 512), 1).half()
+    t = torch.full((4, 512), 8.0, dtype=torch.float16)
+    assert torch.isinf(F.kl_div(x, t, reduction="batchmean"))  # the artefact documented
+    reference = F.kl_div(x.float(), t.float(), reduction="batchmean")
+    assert reference < 65504
+    assert flt.kl_div(x, t, reduction="batchmean") == reference.half()
+
+    x = torch.tensor([0.0, 1.0, 0.25], dtype=torch.float16, requires_grad=True)
+    t = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float16)
+    theirs = x.detach().clone().requires_grad_()
+    F.binary_cross_entropy(theirs, t, reduction="sum").backward()
+    assert torch.isnan(theirs.grad[:2]).all()  # the artefact documented
+    flt.binary_cross_entropy(x, t, reduction="sum").backward()
+    x32 = x.detach().float().requires_grad_()
+    F.binary_cross_entropy(x32, t.float(), reduction="sum").backward()
+    assert torch.equal(x.grad, x32.grad.half())

@@ -189,8 +189,17 @@ def _ce_cases() -> list[Bad]:
         for bad in ("avg", "MEAN", "", " mean", None, 1, 0, b"mean", ("mean",)):
             add((_logits(), t), {"reduction": bad}, ValueError, "reduction", repr(bad))
         # label_smoothing
-        for bad in (-0.1, -1e-300, 1.0000001, 2, float("nan"), float("inf"), -float("inf")):
-            add((_logits(), t), {"label_smoothing": bad}, ValueError, "label_smoothing", repr(bad))
+        for bad in (-0.1, -1e-300, 1.0000001, 2, float("nan"), float("inf"), -float("inf"),
+                    10**400):
+            add((_logits(), t), {"label_smoothing": bad}, ValueError, "label_smoothing",
+                repr(bad)[:12])
+        # LLM options: a Python int beyond float's range; a cap whose reciprocal
+        # scale overflows float32 (NaN at x = 0 otherwise)
+        for option in ("logit_scale", "softcap", "lse_square_scale", "num_items_in_batch"):
+            add((_logits(), t), {option: 10**400}, ValueError, option, "huge-int")
+        for cap, scale in ((1e-300, 1.0), (1e-39, 1.0), (1e-10, 1e30)):
+            add((_logits(), t), {"softcap": cap, "logit_scale": scale}, ValueError, "softcap",
+                f"reciprocal-overflows-{cap}-{scale}")
         for what, bad in {"str": "0.1", "empty-str": "", "None": None, "bool": True,
                           "complex": 0.1j, "list": [0.1], "array-2": np.array([0.1, 0.2]),
                           "array-1": np.array([0.1])}.items():
@@ -252,14 +261,14 @@ def _elementwise_cases() -> list[Bad]:
 def _bad_option_values(values: tuple[Any, ...]) -> dict[str, tuple[Any, type[Exception]]]:
     """Bad values for an option whose valid sample values are ``values`` (the first is
     torch's default): the wrong type, and for a number: negative, zero (unless a sample
-    value), NaN and infinite."""
+    value), NaN, infinite and an int beyond float's range."""
     if isinstance(values[0], bool):
         return {"int": (1, TypeError), "str": ("True", TypeError), "None": (None, TypeError)}
     bad: dict[str, tuple[Any, type[Exception]]] = {
         "str": ("1", TypeError), "None": (None, TypeError), "list": ([1.0], TypeError),
         "bool": (True, TypeError),
         "negative": (-0.5, ValueError), "nan": (float("nan"), ValueError),
-        "inf": (float("inf"), ValueError),
+        "inf": (float("inf"), ValueError), "huge-int": (10**400, ValueError),
     }
     if 0.0 not in values:
         bad["zero"] = (0.0, ValueError)
@@ -286,6 +295,8 @@ def _grad_cases() -> list[Bad]:
                 ValueError, "grad_output", f"{red}-array")
             add(operands(), {"reduction": red, "grad_output": np.ones((1,), np.float32)},
                 ValueError, "grad_output", f"{red}-shape-1")
+            add(operands(), {"reduction": red, "grad_output": 10**400}, ValueError,
+                "grad_output", f"{red}-huge-int")
             for what, bad in {"str": "1", "bool": True, "list": [1.0], "complex": 1j,
                               "array-complex": np.array(1j), "array-bool": np.array(True),
                               "array-str": np.array("1"), "array-object": np.array(1.0, object)
@@ -318,11 +329,24 @@ def _grad_cases() -> list[Bad]:
         add(operands(), {"out": [[0.0] * 5] * 4}, TypeError, "out", "list")
         add(operands(), {"out": _readonly(np.empty((4, 5), np.float32))}, ValueError, "out",
             "read-only")
+        # Elements sharing memory: the last write would win.
+        overlapping = np.lib.stride_tricks.as_strided(np.zeros(8, np.float32), (4, 5), (4, 4))
+        add(operands(), {"out": overlapping}, ValueError, "out", "self-overlapping")
+        add(operands(), {"out": np.lib.stride_tricks.as_strided(np.zeros(5, np.float32), (4, 5),
+                                                                (0, 4))},
+            ValueError, "out", "zero-stride")
+        x, t = operands()
+        add((np.lib.stride_tricks.as_strided(x, (4, 5), (0, 4)), t), {"inplace": True},
+            ValueError, "input", "inplace-zero-stride")
         x, t = operands()
         add((x, t), {"out": x[::-1]}, ValueError, "out", "overlaps-input-reversed")
         if not ce:
             x, t = operands()
             add((x, t), {"out": t}, ValueError, "out", "is-target")
+            # a target the kernel reads as a contiguous copy: out= must not be the original
+            x, t = operands()
+            wide = np.repeat(t, 2, axis=-1)[..., ::2]
+            add((x, wide), {"out": wide}, ValueError, "out", "is-strided-target")
         x, t = operands()
         go = np.ones(loss_shape, np.float32)
         if not ce:
@@ -576,3 +600,30 @@ def test_out_of_memory_raises_memory_error() -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     assert "MemoryError: fusedloss: out of memory" in run.stdout, run.stdout
     assert run.stdout.strip().endswith("1.0986123"), run.stdout
+
+
+def test_more_arguments_named() -> None:
+    """Cases beyond the tables above: an int beyond float's range for the class and
+    distillation losses' options, huber's weight checked only after its input, and
+    a self-overlapping out= of the class losses and the GAN losses."""
+    x, t = _logits(), _targets()
+    for fn, kwargs, argument in (
+        (fl.multi_margin_loss, {"margin": 10**400}, "margin"),
+        (fl.kl_div_with_logits, {"temperature": 10**400}, "temperature"),
+    ):
+        args = (x, x.copy()) if fn is fl.kl_div_with_logits else (x, t)
+        assert_rejected(Bad(fn, args, kwargs, ValueError, argument, "huge-int"))
+    assert_rejected(Bad(fl.huber_loss, (1.5, np.zeros(2)), {"weight": np.ones(2)}, TypeError,
+                        "input", "not-array-with-weight"))
+    overlapping = np.lib.stride_tricks.as_strided(np.zeros(8, np.float32), (4, 5), (4, 4))
+    for fn, args in ((fl.nll_loss_and_grad, (x, t)), (fl.multi_margin_loss_and_grad, (x, t)),
+                     (fl.kl_div_with_logits_and_grad, (x, x.copy())),
+                     (fl.gan_generator_loss_and_grad, (x,))):
+        assert_rejected(Bad(fn, args, {"out": overlapping}, ValueError, "out", "overlapping"))
+
+
+def test_reduction_may_be_a_str_subclass() -> None:
+    """As torch: any str, NumPy's np.str_ included, names a reduction."""
+    x, t = _logits(), _targets()
+    for fn, args in ((fl.cross_entropy, (x, t)), (fl.mse_loss, (x, x * 2))):
+        assert fn(*args, reduction=np.str_("sum")) == fn(*args, reduction="sum")

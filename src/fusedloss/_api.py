@@ -150,7 +150,7 @@ def _cross_entropy(
         )
 
     return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
-                       (t, w), kernel)
+                       {"target": (t, target), "weight": (w, weight)}, kernel)
 
 
 def _kernel_with_options(
@@ -202,16 +202,17 @@ def _gradient_destination(
     grad_output: Any,
     out: Any,
     inplace: Any,
-    target: np.ndarray,
-    weight: np.ndarray | None,
+    operands: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]:
-    """(kernel gradient buffer, caller array to copy it into, grad_output array, scalar)."""
+    """(kernel gradient buffer, caller array to copy it into, grad_output array, scalar).
+    ``operands``: name -> the arrays ``out`` must not overlap (the kernel's and the
+    caller's, when the kernel reads a copy)."""
     go, go_scalar = v.grad_output_value(grad_output, red, loss_shape, accum)
     grad_buf, copy_back = v.gradient_buffer(x, original, out, inplace)
     if out is not None and (copy_back is not None or x is not original):
         # The binding rejects aliasing among the buffers it is given; an out= it
         # only receives by copy-back, or the caller's input behind a copy, it never sees.
-        v.check_no_overlap(out, original, {"target": target, "weight": weight, "grad_output": go})
+        v.check_no_overlap(out, original, {**operands, "grad_output": go})
     return grad_buf, copy_back, go, go_scalar
 
 
@@ -257,7 +258,7 @@ def _fused_call(
     grad_output: Any,
     out: Any,
     inplace: Any,
-    operands: tuple[Any, ...],
+    operands: dict[str, Any],
     kernel: Callable[[Any, Any, Any, float], float],
 ) -> tuple[Any, np.ndarray | None]:
     """One fused kernel call with its buffers, results shaped and typed as torch's.
@@ -274,7 +275,7 @@ def _fused_call(
     go_scalar = 1.0
     if want_grad:
         grad_buf, copy_back, go, go_scalar = _gradient_destination(
-            x, original, red, loss_shape, accum, grad_output, out, inplace, *operands
+            x, original, red, loss_shape, accum, grad_output, out, inplace, operands
         )
     total = kernel(loss_buf, grad_buf, go, go_scalar)
     if loss_buf is None:

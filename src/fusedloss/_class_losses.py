@@ -57,7 +57,7 @@ def _run(
         )
 
     return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
-                       (target, weight), call)
+                       {"target": target, "weight": weight}, call)
 
 
 # ---------------------------------------------------------------------------- nll_loss
@@ -131,7 +131,7 @@ def _power(p: Any) -> int:
 def _margin(margin: Any) -> float:
     if isinstance(margin, (bool, np.bool_)) or not isinstance(margin, numbers.Real):
         raise TypeError(f"margin: expected a real number, got {type(margin).__name__}")
-    return float(margin)
+    return v.as_float(margin, "margin")
 
 
 def _multi_margin(

@@ -58,7 +58,7 @@ def _target(target: Any, x: np.ndarray) -> np.ndarray:
 def _positive(value: Any, name: str, allow_zero: bool) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    value = v.as_float(value, name)
     if not (value >= 0.0 if allow_zero else value > 0.0) or math.isinf(value):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
@@ -110,7 +110,8 @@ def _elementwise(
         )
 
     return _fused_call(x, original, red, x.shape, want_grad, grad_output, out, inplace,
-                       (t, w.values), kernel)
+                       {"target": (t, target), "weight": (w.values, weight),
+                        "pos_weight": (pw.values, pos_weight)}, kernel)
 
 
 def _with_grad(result: tuple[Any, np.ndarray | None]) -> tuple[Any, np.ndarray]:
@@ -161,7 +162,9 @@ def _delta(delta: Any) -> float:
 
 
 def _huber_weight(weight: Any, input: Any) -> Any:
-    if weight is not None:  # torch: "Weights and input must have the same size."
+    # torch: "Weights and input must have the same size." (An input that is not an
+    # array is refused first, by the loss's own check.)
+    if weight is not None and isinstance(input, np.ndarray):
         v.same_shape(v.array(weight, "weight"), np.shape(input), "weight", "the input's shape")
     return weight
 

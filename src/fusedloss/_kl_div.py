@@ -59,7 +59,7 @@ def _kl_div_with_logits(
         )
 
     return _fused_call(x, original, red, loss_shape, want_grad, grad_output, out, inplace,
-                       (t, None), kernel)
+                       {"target": (t, target)}, kernel)
 
 
 def kl_div_with_logits(

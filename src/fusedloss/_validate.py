@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def float_array(value: object, name: str, allow_complex: bool = False) -> np.nda
 def known_reduction(reduction: object, table: dict[str, int] = REDUCTIONS) -> int | None:
     """The kernels' code for a reduction name in ``table``, or None (the torch layer
     then leaves the call to torch, which raises its own error)."""
-    return table.get(reduction) if type(reduction) is str else None
+    return table.get(reduction) if isinstance(reduction, str) else None
 
 
 def reduction_code(reduction: object, table: dict[str, int] = REDUCTIONS) -> int:
@@ -87,10 +87,20 @@ def reduction_code(reduction: object, table: dict[str, int] = REDUCTIONS) -> int
     return code
 
 
+def as_float(value: object, name: str) -> float:
+    """float(value) for a real number; a Python int beyond float's range is an error
+    naming the argument (float() alone raises an OverflowError that names none)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        raise ValueError(f"{name}: expected a number within float's range, got an int of "
+                         f"{len(str(value))} digits") from None
+
+
 def label_smoothing_value(value: object) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing: expected a float in [0, 1], got {type(value).__name__}")
-    value = float(value)
+    value = as_float(value, "label_smoothing")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing: expected a float in [0, 1], got {value}")
     return value
@@ -129,12 +139,15 @@ def real_number(value: object, name: str, what: str) -> float:
     """A finite real number (not a bool) as a float; ``what`` describes the allowed values."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
-    result = float(value)
+    result = as_float(value, name)
     # Comparisons, not math.isfinite: torch.compile traces them when the value is
     # symbolic (a float argument that changed between calls); NaN fails both.
     if not -math.inf < result < math.inf:
         raise ValueError(f"{name}: expected {what}, got {result}")
     return result
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class CEOptions(NamedTuple):
@@ -155,6 +168,14 @@ def ce_options(
         cap = real_number(softcap, "softcap", "None or a finite number > 0")
         if cap <= 0:
             raise ValueError(f"softcap: expected None or a finite number > 0, got {cap}")
+        # The kernels take tanh of x * (logit_scale / softcap), that factor in the
+        # accumulation dtype: an infinite one would make x = 0 NaN (torch's
+        # (scale x) / cap gives 0), so it must stay within float32's range.
+        if not abs(scale / cap) <= _FLOAT32_MAX:
+            raise ValueError(
+                f"softcap: logit_scale / softcap must lie within float32's range, got "
+                f"logit_scale={scale} and softcap={cap}"
+            )
     zloss = real_number(lse_square_scale, "lse_square_scale", "a finite number >= 0")
     if zloss < 0:
         raise ValueError(f"lse_square_scale: expected a finite number >= 0, got {zloss}")
@@ -216,7 +237,7 @@ def grad_output_value(
         if isinstance(grad_output, (bool, np.bool_)):
             raise TypeError("grad_output: expected a real number, got bool")
         if isinstance(grad_output, numbers.Real):
-            return None, float(grad_output)
+            return None, as_float(grad_output, "grad_output")
         arr = array(grad_output, "grad_output")
         if arr.shape != ():
             raise ValueError(
@@ -239,6 +260,25 @@ def grad_output_value(
     return np.asarray(arr, dtype=accum, order="C"), 1.0
 
 
+def writable(arr: np.ndarray, name: str, why: str = "") -> None:
+    """`arr` can receive results: writeable, and no two of its elements share memory
+    (a zero or overlapping stride, as ``as_strided`` or ``broadcast_to`` make: the
+    last write would win, silently). The test is the standard sufficient one: each
+    dimension's stride, smallest first, spans at least the dimensions inside it."""
+    if not arr.flags.writeable:
+        raise ValueError(f"{name}: array is read-only{why}")
+    if arr.size == 0:
+        return
+    span = arr.itemsize
+    for stride, size in sorted((abs(st), n) for st, n in zip(arr.strides, arr.shape) if n > 1):
+        if stride < span:
+            raise ValueError(
+                f"{name}: its elements overlap in memory (strides {arr.strides}), so results "
+                "written into it would overwrite each other"
+            )
+        span = stride * (size - 1) + span
+
+
 def lse_destination(
     lse_out: object, loss_shape: tuple[int, ...], accum: np.dtype, operands: dict[str, object]
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -248,8 +288,7 @@ def lse_destination(
     if arr.dtype.kind != "f":
         raise TypeError(f"lse_out: expected a floating array, got dtype {arr.dtype}")
     same_shape(arr, loss_shape, "lse_out", "the shape of the unreduced loss")
-    if not arr.flags.writeable:
-        raise ValueError("lse_out: array is read-only")
+    writable(arr, "lse_out")
     for name, other in operands.items():
         if isinstance(other, np.ndarray) and np.may_share_memory(arr, other):
             raise ValueError(f"lse_out: shares memory with {name}")
@@ -280,10 +319,7 @@ def gradient_buffer(
     if inplace:
         if out is not None:
             raise ValueError(f"{out_name}: cannot be combined with inplace=True")
-        if not original.flags.writeable:
-            raise ValueError(
-                f"{input_name}: array is read-only, so inplace=True cannot overwrite it"
-            )
+        writable(original, input_name, ", so inplace=True cannot overwrite it")
         if x.dtype != original.dtype:
             raise TypeError(
                 f"{input_name}: inplace=True needs a native float array, got dtype "
@@ -300,8 +336,7 @@ def gradient_buffer(
             f"{out_name}: expected dtype {x.dtype} (the {input_name}'s), got {out_arr.dtype}"
         )
     same_shape(out_arr, original.shape, out_name, f"the {input_name}'s shape")
-    if not out_arr.flags.writeable:
-        raise ValueError(f"{out_name}: array is read-only")
+    writable(out_arr, out_name)
     if out_arr.flags.c_contiguous and out_arr.dtype.isnative:
         return out_arr, None
     return np.empty_like(x), out_arr
@@ -310,7 +345,7 @@ def gradient_buffer(
 def check_no_overlap(
     out: np.ndarray,
     input: np.ndarray,
-    others: dict[str, np.ndarray | None],
+    others: dict[str, Any],
     input_name: str = "input",
     out_name: str = "out",
 ) -> None:
@@ -324,6 +359,7 @@ def check_no_overlap(
         and out.shape == input.shape
     ):
         raise ValueError(f"{out_name}: overlaps {input_name} without being the same array")
-    for name, other in others.items():
-        if other is not None and np.may_share_memory(out, other):
-            raise ValueError(f"{out_name}: shares memory with {name}")
+    for name, arrays in others.items():  # an array, or a tuple of them (kernel's, caller's)
+        for other in arrays if isinstance(arrays, tuple) else (arrays,):
+            if isinstance(other, np.ndarray) and np.may_share_memory(out, other):
+                raise ValueError(f"{out_name}: shares memory with {name}")

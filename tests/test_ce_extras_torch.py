@@ -271,3 +271,16 @@ def test_defaults_given_explicitly_are_the_plain_call(shape):
     plain = flt.cross_entropy(x, t)
     given = flt.cross_entropy(x, t, logit_scale=1, softcap=None, lse_square_scale=0)
     assert torch.equal(plain, given)
+
+
+@pytest.mark.parametrize("extra", [{"softcap": 3.0}, {"logit_scale": 2.0},
+                                   {"lse_square_scale": 0.1}, {"return_lse": True}])
+def test_integer_logits_raise_torchs_error(extra):
+    """Integer logits: torch's own error, as without the options (scaling or capping
+    them first would turn them into floats and hide it)."""
+    x, t = torch.ones(4, 5, dtype=torch.long), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(NotImplementedError) as theirs:
+        torch.nn.functional.cross_entropy(x, t)
+    with pytest.raises(NotImplementedError) as ours:
+        flt.cross_entropy(x, t, **extra)
+    assert str(ours.value) == str(theirs.value)

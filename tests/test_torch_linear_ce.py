@@ -307,6 +307,34 @@ def test_fallbacks_give_torchs_results_and_errors(rng) -> None:
     assert loss.shape == (8,) and loss.device.type == "meta"
 
 
+def test_llm_options_keep_torchs_argument_errors_and_empty_features(rng) -> None:
+    """With an LLM option set, bad shapes still raise F.linear_cross_entropy's own
+    messages (not those of the matmul the reference path composes), and
+    in_features 0 gives the bias-only loss as torch does."""
+    x, w = torch.randn(4, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3])
+    bad = [
+        ({"input": x, "linear_weight": w[:, :5], "target": t}, "in_features"),
+        ({"input": x, "linear_weight": w, "target": t, "linear_bias": torch.zeros(4)},
+         "linear_bias shape"),
+        ({"input": x.reshape(2, 2, 6), "linear_weight": w, "target": t}, "dimensionality"),
+        ({"input": x[0], "linear_weight": w.reshape(5, 1, 6), "target": t}, "batched input"),
+        ({"input": x, "linear_weight": w, "target": torch.full((4, 5), 0.2, dtype=torch.float64),
+          "ignore_index": 1}, "ignore_index"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            F.linear_cross_entropy(**kwargs)
+        for extra in ({"softcap": 3.0}, {"logit_scale": 2.0}, {"lse_square_scale": 1e-3}):
+            with pytest.raises(RuntimeError, match=message):
+                flt.linear_cross_entropy(**kwargs, **extra)
+    h, w0 = torch.randn(4, 0, dtype=torch.float64), torch.randn(5, 0, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    expected = F.cross_entropy(3.0 * torch.tanh(b.expand(4, 5) / 3.0), t)
+    torch.testing.assert_close(flt.linear_cross_entropy(h, w0, t, linear_bias=b, softcap=3.0),
+                               expected)
+
+
 def test_target_out_of_range_raises_index_error(rng) -> None:
     case = make_case(rng, 8, H, C, np.float64)
     x, w, b, t, _ = _tensors(case)

@@ -84,6 +84,10 @@ def composed(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The options' loss written with torch ops (for what the kernel does not take:
     other devices, dtypes, tensor subclasses, a weight that requires grad, ...)."""
+    if isinstance(input, Tensor) and not input.is_floating_point():
+        # torch's own error (integer logits), which scaling them would hide
+        return F.cross_entropy(input, target, weight, ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
     z = transformed_logits(input, options.extras)
     zloss = options.extras[2] if options.extras else 0.0
     red = "sum" if options.divisor is not None else reduction

@@ -22,6 +22,7 @@ its own errors then).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -100,6 +101,35 @@ def _fusable(input, linear_weight, target, linear_bias, weight, ignore_index,
             and isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing <= 1.0)
 
 
+def _check_like_torch(input, linear_weight, target, linear_bias, ignore_index) -> None:
+    """F.linear_cross_entropy's own checks of the arguments, with its messages, for the
+    reference path with LLM options (which composes F.linear and cross_entropy, whose
+    errors would otherwise speak of matrix products and expanded sizes)."""
+    if not (isinstance(input, Tensor) and isinstance(linear_weight, Tensor)
+            and isinstance(target, Tensor)):
+        return  # torch's own functions raise below
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError("expected linear_weight with dimensionality at least 2, got "
+                           f"{linear_weight.dim()}")
+    if input.shape[-1] != linear_weight.shape[-1]:
+        raise RuntimeError(
+            "expected equal input and linear_weight last dimensions (in_features), "
+            f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively")
+    logits_features = tuple(linear_weight.shape[:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != logits_features:
+        raise RuntimeError(f"expected linear_bias shape {logits_features}, got "
+                           f"{tuple(linear_bias.shape)}")
+    if len(logits_features) > 1 and input.dim() == 1:
+        raise RuntimeError(
+            f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} "
+            f"requires batched input, (N, {input.shape[-1]}), got unbatched input with shape "
+            f"{tuple(input.shape)}")
+    if ignore_index is not None and target.shape == (*input.shape[:-1], *logits_features):
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+
+
 def _reference(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                label_smoothing, options, extras: dict[str, Any]) -> Tensor:
     """torch's own computation (logits materialised), with the LLM options via
@@ -112,8 +142,10 @@ def _reference(input, linear_weight, target, linear_bias, weight, reduction, ign
         )
     from . import torch as flt
 
+    _check_like_torch(input, linear_weight, target, linear_bias, ignore_index)
     out_features = tuple(linear_weight.shape[1:-1])
-    logits = F.linear(input, linear_weight.reshape(-1, linear_weight.shape[-1]),
+    rows = math.prod(linear_weight.shape[:-1])  # (not -1: in_features may be 0)
+    logits = F.linear(input, linear_weight.reshape(rows, linear_weight.shape[-1]),
                       None if linear_bias is None else linear_bias.reshape(-1))
     logits = logits.reshape(*input.shape[:-1], linear_weight.shape[0], *out_features)
     _lce_options.resolve(options, input, linear_weight, target, linear_bias, reduction,

@@ -163,6 +163,17 @@ def test_results_do_not_depend_on_threads():
         fl.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_class_is_exactly_zero(capability, dtype):
+    """One class: p = q = 1, loss and gradient exactly 0 at any temperature, as torch's
+    log_softmax gives (x / T - max, the product rounded before the subtraction)."""
+    x = (np.random.default_rng(1).standard_normal((64, 1)) * 30).astype(dtype)
+    t = x[::-1].copy()
+    for temperature in (1.0, 0.7, 3.0, 10.0, 123.4):
+        loss, grad = fl.kl_div_with_logits_and_grad(x, t, temperature, "none")
+        assert not loss.any() and not grad.any()
+
+
 def test_identical_and_empty():
     x = np.random.default_rng(0).standard_normal((4, 9))
     loss, grad = fl.kl_div_with_logits_and_grad(x, x.copy(), 2.0, "none")

@@ -59,8 +59,9 @@ template <class S> struct KLDivLogits {
   static A floor_max(A m) {  // all -inf: e = 0, not exp(-inf - -inf) = NaN
     return m == -std::numeric_limits<A>::infinity() ? std::numeric_limits<A>::lowest() : m;
   }
-  // v / T - m (a or b; pads, -inf, give -inf).
-  V shifted(V v, V m) const { return v * V::set1(inv_t) - m; }
+  // v / T - m (a or b; pads, -inf, give -inf), the product rounded before the
+  // subtraction as m was (fused into an FMA, the row's max gave T^2 eps, not 0).
+  V shifted(V v, V m) const { return rounded(v * V::set1(inv_t)) - m; }
 
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }

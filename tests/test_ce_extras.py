@@ -292,6 +292,28 @@ def test_lse_out_all_ignored_and_extremes():
     assert np.isnan(lse).all()
 
 
+@pytest.mark.parametrize("classes", [3, 40, 5000])  # small rows, chunked rows, and columns below
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lse_out_infinite_logits_like_torch(capability, classes, dtype):
+    """Positions whose max is infinite: torch.logsumexp's +-inf, or NaN where the
+    position also has a NaN (which the max skips), on rows and columns alike."""
+    torch = pytest.importorskip("torch")
+    inf, nan = np.inf, np.nan
+    heads = [[inf, 0, 1], [-inf, -inf, -inf], [inf, -inf, 2], [inf, inf, 0], [inf, nan, 1],
+             [-inf, nan, -inf], [nan, 1, 2], [1, 2, 3]]
+    x = np.random.default_rng(0).standard_normal((len(heads), classes))
+    for row, head in zip(x, heads):
+        row[:] = -inf if head[0] == -inf and head[2] == -inf else row
+        row[:3] = head
+    x = x.astype(dtype)
+    expected = torch.logsumexp(torch.from_numpy(x).double(), 1).numpy()
+    for logits, target in ((x, np.zeros(len(heads), np.int64)),
+                           (np.ascontiguousarray(x.T[None]), np.zeros((1, len(heads)), np.int64))):
+        lse = np.empty(target.shape, dtype)
+        fl.cross_entropy(logits, target, reduction="none", lse_out=lse)
+        np.testing.assert_allclose(lse.ravel(), expected, rtol=1e-6)  # NaN where NaN
+
+
 # ------------------------------------------------------------------------ bad input
 
 

@@ -122,9 +122,24 @@ template <class S> struct CrossEntropy {
     const double L = double(M) + double(lse);
     return zloss ? lam * L * L : 0.0;
   }
+  // An infinite max is the log-sum-exp itself, as torch.logsumexp gives it (the
+  // exp-sum relative to it is inf - inf = NaN, or 0 / 0 for all -inf), unless
+  // the position has a NaN, which the max skips: then NaN, found by reading the
+  // logits again (such positions only; an in-place gradient has overwritten
+  // them, so there NaN stays, as the loss is).
   void store_lse(int64_t i, bool valid, A M, A lse) const {
-    if (lse_out)
-      lse_out[i] = valid ? static_cast<A>(double(M) + double(lse)) : std::numeric_limits<A>::quiet_NaN();
+    if (!lse_out) return;
+    double L = double(M) + double(lse);
+    if ((M == std::numeric_limits<A>::infinity() || M == -std::numeric_limits<A>::infinity()) &&
+        static_cast<const void*>(g) != static_cast<const void*>(x) && !has_nan(i))
+      L = double(M);
+    lse_out[i] = valid ? static_cast<A>(L) : std::numeric_limits<A>::quiet_NaN();
+  }
+  bool has_nan(int64_t i) const {  // position i's logits (a row, or a column I apart)
+    const S* xp = x + (i / I) * C * I + i % I;
+    for (int64_t c = 0; c < C; ++c)
+      if (to_acc(xp[c * I]) != to_acc(xp[c * I])) return true;
+    return false;
   }
 
   // [Note logit transform]: z (and t, when capped) from loaded logits.

@@ -352,7 +352,8 @@ def cross_entropy(
     LLM options (keywords; the defaults change nothing), all fused into the one pass:
 
     - ``logit_scale``: the softmax runs on ``z = logit_scale * input`` (finite, any sign);
-    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (Gemma-2 capping; None or > 0);
+    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (Gemma-2 capping; None or > 0,
+      with ``logit_scale / softcap`` within float32's range);
     - ``lse_square_scale``: z-loss (PaLM): each position that is not ignored adds
       ``lse_square_scale * logsumexp(z)**2`` to its own loss, not multiplied by ``weight``.
       It is part of the per-position loss: ``reduction="none"`` shows it, "sum" adds it,

@@ -220,7 +220,8 @@ def cross_entropy(
     LLM options (keywords; the defaults change nothing), fused into the kernel:
 
     - ``logit_scale``: the softmax runs on ``z = logit_scale * input``;
-    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (None or > 0);
+    - ``softcap``: then ``z = softcap * tanh(z / softcap)`` (None or > 0, with
+      ``logit_scale / softcap`` within float32's range);
     - ``lse_square_scale``: z-loss: each position that is not ignored adds
       ``lse_square_scale * logsumexp(z)**2`` to its own loss (not multiplied by
       ``weight``); "none" shows it, "mean" divides the total by the usual denominator;

@@ -267,8 +267,8 @@ def writable(arr: np.ndarray, name: str, why: str = "") -> None:
     dimension's stride, smallest first, spans at least the dimensions inside it."""
     if not arr.flags.writeable:
         raise ValueError(f"{name}: array is read-only{why}")
-    if arr.size == 0:
-        return
+    if arr.flags.c_contiguous or arr.flags.f_contiguous or arr.size == 0:
+        return  # (the common case, first)
     span = arr.itemsize
     for stride, size in sorted((abs(st), n) for st, n in zip(arr.strides, arr.shape) if n > 1):
         if stride < span:

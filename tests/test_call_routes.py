@@ -1,11 +1,15 @@
 """Shortcuts for the common call give the bits of the general route.
 
-Two shortcuts keep small calls cheap, and each must be invisible:
+Three shortcuts keep small calls cheap, and each must be invisible:
 
 - ``_api._plain_cross_entropy``: the NumPy API hands the plain call (float
   (N, C) logits, int64 targets, mean/sum, no weight) to the binding's recogniser
   (``_core.cross_entropy_common``), which runs the kernel directly or returns None;
   ``_api._cross_entropy`` is the general route.
+- the elementwise losses' common call (input and target of one float dtype and
+  shape, mean/sum, no weight, grad_output or inplace) goes to
+  ``_core.elementwise_common`` the same way; ``grad_output=1.0`` takes the general
+  route with the same kernel problem, so the bits must agree;
 - the kernel's plain small-row variant (index targets, no weight, smoothing or
   per-row grad_output): a weight of ones takes the general variant instead, and
   multiplying by 1 is exact, so the bits must agree.
@@ -21,7 +25,9 @@ import numpy as np
 import pytest
 
 import fusedloss as fl
+from conftest import elementwise_inputs
 from fusedloss import _api, _core
+from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
 
 SHAPES = [(1, 1), (3, 5), (64, 10), (17, 16), (40, 33), (5, 64), (300, 7), (2, 1000)]
 
@@ -191,3 +197,46 @@ def test_recogniser_hands_back_unusual_arguments() -> None:
     assert common(x[:, :0], t, None, "mean", -100, 0.0, False) is None  # C == 0
     assert common(x.reshape(-1), t, None, "mean", -100, 0.0, False) is None
     assert common(x, t[:4], None, "mean", -100, 0.0, False) is None
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ELEMENTWISE_LOSSES, ids=lambda loss: loss.name)
+def test_elementwise_common_call_matches_general_route(loss: ElementwiseLoss, dtype: Any,
+                                                       reduction: str, capability: str) -> None:
+    fn = getattr(fl, f"{loss.name}_and_grad")
+    forward = getattr(fl, loss.name)
+    for shape in [(), (1,), (7,), (3, 5), (64, 33), (5000,)]:
+        x, t = elementwise_inputs(loss, np.random.default_rng(3), shape, dtype)
+        for options in [{}, *({key: values[-1]} for key, values in loss.options.items())]:
+            ref_loss, ref_grad = fn(x, t, reduction=reduction, grad_output=1.0, **options)
+            loss_value, grad = fn(x, t, reduction=reduction, **options)
+            assert _bits(loss_value) == _bits(ref_loss) and _bits(grad) == _bits(ref_grad)
+            assert _bits(forward(x, t, reduction=reduction, **options)) == _bits(ref_loss)
+            out = np.full_like(x, np.nan)
+            assert fn(x, t, reduction=reduction, out=out, **options)[1] is out
+            assert _bits(out) == _bits(ref_grad)
+
+
+def test_elementwise_recogniser_hands_back_other_calls() -> None:
+    x = np.random.default_rng(4).random((6, 5)).astype(np.float32)
+    t = x[::-1].copy()
+    op = _core.ELEMENTWISE_OPS["mse"]
+    common = _core.elementwise_common
+    assert common(op, x, t, None, "mean", 0.0, True) is not None
+    assert common(op, x, t, None, "none", 0.0, True) is None
+    assert common(op, x, t, None, "batchmean", 0.0, True) is None
+    assert common(op, x, t.astype(np.float64), None, "mean", 0.0, True) is None
+    assert common(op, x, t[:, :4].copy(), None, "mean", 0.0, True) is None
+    assert common(op, x, t.reshape(5, 6), None, "mean", 0.0, True) is None  # same size, not shape
+    assert common(op, x[:, ::2], t[:, ::2], None, "mean", 0.0, True) is None  # strided
+    assert common(op, x, t, x, "mean", 0.0, True) is None  # out is the input: general route
+    assert common(op, x, t, t, "mean", 0.0, True) is None
+    assert common(op, x, t, np.empty((6, 5), np.float64), "mean", 0.0, True) is None
+    assert common(op, x, t, None, "mean", 1, True) is None  # param not a float
+    assert common(op, x.astype(np.float16), t.astype(np.float16), None, "mean", 0.0, True) is None
+    bce = _core.ELEMENTWISE_OPS["binary_cross_entropy"]
+    assert common(bce, x, t, None, "mean", 0.0, True) is not None
+    assert common(bce, x + 1, t, None, "mean", 0.0, True) is None  # outside [0, 1]: general route
+    with pytest.raises(ValueError, match="op"):
+        common(10**6, x, t, None, "mean", 0.0, True)

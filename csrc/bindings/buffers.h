@@ -31,6 +31,13 @@ constexpr int64_t kKeepGilBelow = 4096;
 // (nothing written then). losses.cpp; small_call.cpp takes it too.
 double run_cross_entropy(const CrossEntropyProblem& problem);
 
+// One elementwise kernel call (the GIL kept as above): the kernel's result,
+// domain counts included (the caller raises, or leaves it to the general route).
+ElementwiseResult run_elementwise(const ElementwiseProblem& problem);
+
+// The op of a code from the Python layer's table; ValueError for an unknown one.
+ElementwiseOp to_elementwise_op(int code);
+
 // The storage dtype of `array`; bf16 arrives as uint16 with bfloat16=true.
 DType storage_dtype(const py::array& array, bool bfloat16, const char* name);
 

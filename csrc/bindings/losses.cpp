@@ -31,7 +31,13 @@ double run_cross_entropy(const CrossEntropyProblem& problem) {
   return result.loss;
 }
 
-namespace {
+ElementwiseResult run_elementwise(const ElementwiseProblem& problem) {
+  const KernelTable& kernels = active_kernels();
+  const int threads = get_num_threads();
+  if (problem.n < kKeepGilBelow) return kernels.elementwise(problem, threads);
+  py::gil_scoped_release release;
+  return kernels.elementwise(problem, threads);
+}
 
 ElementwiseOp to_elementwise_op(int code) {
   switch (code) {
@@ -42,6 +48,8 @@ ElementwiseOp to_elementwise_op(int code) {
   }
   throw py::value_error("op: unknown elementwise op code " + std::to_string(code));
 }
+
+namespace {
 
 double cross_entropy(const py::array& input, const py::array& target, const py::object& weight,
                      int64_t ignore_index, double label_smoothing, int reduction_code,
@@ -190,15 +198,7 @@ double elementwise(int op_code, const py::array& input, const py::object& target
   problem.grad_input = buffers.grad_input;
   problem.grad_target = mutable_data_or_null(grad_target);
 
-  const KernelTable& kernels = active_kernels();
-  const int threads = get_num_threads();
-  ElementwiseResult result;
-  if (n < kKeepGilBelow) {
-    result = kernels.elementwise(problem, threads);
-  } else {
-    py::gil_scoped_release release;
-    result = kernels.elementwise(problem, threads);
-  }
+  const ElementwiseResult result = run_elementwise(problem);
   for (const auto& [name, count] : {std::pair{"input", result.input_out_of_domain},
                                      std::pair{"target", result.target_out_of_domain}}) {
     if (count > 0) {

@@ -1,7 +1,10 @@
-// The common NumPy call of cross-entropy, recognised and run here so that a
-// small call costs little more than its kernel (at 64 x 10 the kernel takes
-// about 0.6 us). The Python layer checks weight, grad_output and inplace
-// first; this takes C-contiguous float32 or float64 (N, C) logits, C > 0;
+// The common NumPy calls of cross-entropy and of the elementwise losses,
+// recognised and run here so that a small call costs little more than its
+// kernel (at 64 x 10 the kernel takes about 0.6 us; the elementwise losses'
+// general route cost about 8 us a call). The Python layer checks weight,
+// grad_output and inplace first.
+//
+// Cross-entropy: C-contiguous float32 or float64 (N, C) logits, C > 0;
 // C-contiguous int64 (N,) class indices; reduction "mean" or "sum";
 // ignore_index an int, label_smoothing a float in [0, 1]; out None (a new
 // gradient) or a writeable C-contiguous array of the logits' dtype and shape
@@ -9,6 +12,14 @@
 // It returns (loss as a NumPy scalar of the logits' dtype, gradient or None),
 // or None for any other call, which the general route then checks and runs
 // (same kernel, same bits).
+//
+// Elementwise losses: input and target C-contiguous arrays of one dtype
+// (float32 or float64) and one shape; reduction "mean" or "sum"; the op's
+// parameter a float; out None or a writeable C-contiguous array of that dtype
+// and shape sharing no memory with either (an in-place gradient takes the
+// general route, which checks BCE's domain before overwriting the input). A
+// call whose values lie outside the op's domain returns None: the general
+// route runs it again and raises.
 //
 // Raw CPython where the rest of the bindings use pybind11: a METH_FASTCALL
 // function on borrowed references, the kernel's problem filled from what was
@@ -61,23 +72,47 @@ template <class T> PyObject* numpy_scalar(py::handle type, T value) {
   return scalar;
 }
 
+// "mean" or "sum", exactly str; false for anything else.
+bool mean_or_sum(py::handle reduction, Reduction& red) {
+  if (!PyUnicode_CheckExact(reduction.ptr())) return false;
+  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "mean") == 0) {
+    red = Reduction::Mean;
+  } else if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "sum") == 0) {
+    red = Reduction::Sum;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool same_shape(const py::array& a, const py::array& b) {
+  if (a.ndim() != b.ndim()) return false;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d)
+    if (a.shape(d) != b.shape(d)) return false;
+  return true;
+}
+
+// (loss as a NumPy scalar of the input's dtype, gradient or None).
+py::object loss_and_grad(bool f64, double total, py::object grad) {
+  auto loss = py::reinterpret_steal<py::object>(
+      f64 ? numpy_scalar(float64_type, total) : numpy_scalar(float32_type, static_cast<float>(total)));
+  if (!loss) throw py::error_already_set();
+  py::tuple pair(2);
+  PyTuple_SET_ITEM(pair.ptr(), 0, loss.release().ptr());
+  PyTuple_SET_ITEM(pair.ptr(), 1, grad.release().ptr());
+  return std::move(pair);
+}
+
 // The call's work on borrowed references: the result, or None (not the common call).
 py::object common_call(PyObject* const* args) {
   const py::handle input = args[0], target = args[1], out = args[2], reduction = args[3],
                    ignore_index = args[4], label_smoothing = args[5];
   const bool want_grad = args[6] == Py_True;
   const bool f64 = exact_array(input, float64_dtype);
-  if (!(f64 || exact_array(input, float32_dtype)) || !exact_array(target, int64_dtype) ||
-      !PyUnicode_CheckExact(reduction.ptr()) || !PyLong_CheckExact(ignore_index.ptr()) ||
-      !PyFloat_CheckExact(label_smoothing.ptr())) {
-    return py::none();
-  }
   Reduction red;
-  if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "mean") == 0) {
-    red = Reduction::Mean;
-  } else if (PyUnicode_CompareWithASCIIString(reduction.ptr(), "sum") == 0) {
-    red = Reduction::Sum;
-  } else {
+  if (!(f64 || exact_array(input, float32_dtype)) || !exact_array(target, int64_dtype) ||
+      !mean_or_sum(reduction, red) || !PyLong_CheckExact(ignore_index.ptr()) ||
+      !PyFloat_CheckExact(label_smoothing.ptr())) {
     return py::none();
   }
   int overflow = 0;
@@ -119,25 +154,64 @@ py::object common_call(PyObject* const* args) {
   problem.reduction = red;
   problem.grad_input = grad.is_none() ? nullptr : py::reinterpret_borrow<py::array>(grad).mutable_data();
   problem.grad_output_scalar = 1.0;
-  const double total = run_cross_entropy(problem);
-  auto loss = py::reinterpret_steal<py::object>(
-      f64 ? numpy_scalar(float64_type, total) : numpy_scalar(float32_type, static_cast<float>(total)));
-  if (!loss) throw py::error_already_set();
-  py::tuple pair(2);
-  PyTuple_SET_ITEM(pair.ptr(), 0, loss.release().ptr());
-  PyTuple_SET_ITEM(pair.ptr(), 1, grad.release().ptr());
-  return std::move(pair);
+  return loss_and_grad(f64, run_cross_entropy(problem), std::move(grad));
 }
 
-// cross_entropy_common(input, target, out, reduction, ignore_index,
-// label_smoothing, want_grad), positional only.
-PyObject* cross_entropy_common(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+py::object elementwise_call(PyObject* const* args) {
+  const py::handle op = args[0], input = args[1], target = args[2], out = args[3], reduction = args[4],
+                   param = args[5];
+  const bool want_grad = args[6] == Py_True;
+  const bool f64 = exact_array(input, float64_dtype);
+  const py::handle dtype = f64 ? float64_dtype : float32_dtype;
+  Reduction red;
+  if (!(f64 || exact_array(input, float32_dtype)) || !exact_array(target, dtype) || !mean_or_sum(reduction, red) ||
+      !PyLong_CheckExact(op.ptr()) || !PyFloat_CheckExact(param.ptr())) {
+    return py::none();
+  }
+  const auto x = py::reinterpret_borrow<py::array>(input);
+  const auto t = py::reinterpret_borrow<py::array>(target);
+  const int c_style = py::array::c_style;
+  if (!same_shape(x, t) || !(x.flags() & c_style) || !(t.flags() & c_style)) return py::none();
+  const auto bytes = static_cast<uintptr_t>(x.nbytes());
+  py::object grad = py::none();
+  if (want_grad) {
+    if (out.is_none()) {
+      grad = py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    } else {
+      if (!exact_array(out, dtype)) return py::none();
+      const auto g = py::reinterpret_borrow<py::array>(out);
+      if (!same_shape(g, x) || !(g.flags() & c_style) || !g.writeable() || overlap(g.data(), x.data(), bytes, bytes) ||
+          overlap(g.data(), t.data(), bytes, bytes)) {
+        return py::none();
+      }
+      grad = g;
+    }
+  }
+  ElementwiseProblem problem{};
+  problem.op = to_elementwise_op(static_cast<int>(PyLong_AsLong(op.ptr())));
+  problem.dtype = f64 ? DType::Float64 : DType::Float32;
+  problem.input = x.data();
+  problem.target = t.data();
+  problem.n = static_cast<int64_t>(x.size());
+  problem.param = PyFloat_AS_DOUBLE(param.ptr());
+  problem.scale = 1.0;
+  problem.reduction = red;
+  problem.grad_output_scalar = 1.0;
+  problem.grad_input = grad.is_none() ? nullptr : py::reinterpret_borrow<py::array>(grad).mutable_data();
+  const ElementwiseResult result = run_elementwise(problem);
+  if (result.input_out_of_domain || result.target_out_of_domain) return py::none();
+  return loss_and_grad(f64, result.loss, std::move(grad));
+}
+
+// A METH_FASTCALL function of 7 positional arguments running `call`.
+template <py::object (*call)(PyObject* const*)>
+PyObject* fast_call(const char* name, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 7) {
-    PyErr_Format(PyExc_TypeError, "cross_entropy_common: expected 7 positional arguments, got %zd", nargs);
+    PyErr_Format(PyExc_TypeError, "%s: expected 7 positional arguments, got %zd", name, nargs);
     return nullptr;
   }
   try {
-    return common_call(args).release().ptr();
+    return call(args).release().ptr();
   } catch (py::error_already_set& e) {
     e.restore();
     return nullptr;
@@ -149,6 +223,17 @@ PyObject* cross_entropy_common(PyObject*, PyObject* const* args, Py_ssize_t narg
   }
 }
 
+// cross_entropy_common(input, target, out, reduction, ignore_index,
+// label_smoothing, want_grad), positional only.
+PyObject* cross_entropy_common(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return fast_call<common_call>("cross_entropy_common", args, nargs);
+}
+
+// elementwise_common(op, input, target, out, reduction, param, want_grad), positional only.
+PyObject* elementwise_common(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  return fast_call<elementwise_call>("elementwise_common", args, nargs);
+}
+
 PyMethodDef common_call_def = {
     "cross_entropy_common", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cross_entropy_common)),
     METH_FASTCALL,
@@ -156,6 +241,14 @@ PyMethodDef common_call_def = {
     "--\n\n"
     "The common NumPy cross-entropy call ((N, C) float32/float64 logits, int64 targets,\n"
     "mean or sum): (loss, gradient or None), or None when the call is not that case."};
+
+PyMethodDef elementwise_call_def = {
+    "elementwise_common", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&elementwise_common)),
+    METH_FASTCALL,
+    "elementwise_common(op, input, target, out, reduction, param, want_grad)\n"
+    "--\n\n"
+    "The common NumPy call of an elementwise loss (float32/float64 input and target of one\n"
+    "shape, mean or sum): (loss, gradient or None), or None when the call is not that case."};
 
 }  // namespace
 
@@ -167,9 +260,11 @@ void register_small_call(py::module_& m) {
   float32_dtype = py::dtype::of<float>().release();
   float64_dtype = py::dtype::of<double>().release();
   int64_dtype = py::dtype::of<int64_t>().release();
-  PyObject* fn = PyCFunction_NewEx(&common_call_def, nullptr, m.attr("__name__").ptr());
-  if (!fn) throw py::error_already_set();
-  m.add_object("cross_entropy_common", py::reinterpret_steal<py::object>(fn));
+  for (PyMethodDef* def : {&common_call_def, &elementwise_call_def}) {
+    PyObject* fn = PyCFunction_NewEx(def, nullptr, m.attr("__name__").ptr());
+    if (!fn) throw py::error_already_set();
+    m.add_object(def->ml_name, py::reinterpret_steal<py::object>(fn));
+  }
 }
 
 }  // namespace fusedloss::bindings

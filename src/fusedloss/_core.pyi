@@ -53,6 +53,16 @@ def cross_entropy_common(
     float label_smoothing in [0, 1], out None or a matching writeable array): (loss as a
     NumPy scalar of the logits' dtype, gradient or None); None for any other call."""
 
+def elementwise_common(
+    op: int, input: object, target: object, out: object, reduction: object, param: object,
+    want_grad: bool, /,
+) -> tuple[np.generic, npt.NDArray[np.floating] | None] | None:
+    """The common NumPy call of an elementwise loss (C-contiguous float32/float64 input
+    and target of one dtype and shape, reduction "mean" or "sum", a float param, out None
+    or a matching writeable array sharing no memory with them): (loss as a NumPy scalar
+    of the input's dtype, gradient or None); None for any other call, and for values
+    outside the op's domain (the general route raises)."""
+
 ELEMENTWISE_OPS: dict[str, int]  # kernel op name -> code (from FUSEDLOSS_ELEMENTWISE_OPS)
 
 def elementwise(

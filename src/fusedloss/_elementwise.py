@@ -84,6 +84,12 @@ def _elementwise(
 ) -> tuple[Any, np.ndarray | None]:
     """One elementwise loss: validate, one kernel call, shape the result.
     ``reduction="batchmean"`` (kl_div) is a mean over ``input.shape[0]``."""
+    if weight is None and pos_weight is None and grad_output is None and inplace is False:
+        # The common call, recognised and run by the binding (see small_call.cpp),
+        # or None: then the checks below (same kernel, same bits).
+        common = _core.elementwise_common(OPS[op], input, target, out, reduction, param, want_grad)
+        if common is not None:
+            return common  # type: ignore[no-any-return]
     original, x = _input(input, allow_complex)
     dtype = x.dtype
     t = _target(target, x)

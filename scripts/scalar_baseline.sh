@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-scalar
 . scripts/dev_venv.sh
-dev_venv "$VENV" build/scalar -Ccmake.define.FUSEDLOSS_SCALAR_BASELINE=ON
+# (Only the baseline kernels: the tests run below force that path.)
+dev_venv "$VENV" build/scalar -Ccmake.define.FUSEDLOSS_SCALAR_BASELINE=ON -Ccmake.define.FUSEDLOSS_MAX_ISA=baseline
 grep -q "^FUSEDLOSS_SCALAR_BASELINE:BOOL=ON" build/scalar/CMakeCache.txt || {
   echo "scalar_baseline: build/scalar was not built with FUSEDLOSS_SCALAR_BASELINE" >&2
   exit 2

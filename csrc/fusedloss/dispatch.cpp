@@ -6,6 +6,7 @@
 #include <omp.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -21,6 +22,16 @@ namespace fusedloss {
 namespace {
 
 enum Level { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best level whose kernels were built (CMakeLists.txt: FUSEDLOSS_MAX_ISA
+// may stop a development build short); by default every level of the target.
+#if !defined(FUSEDLOSS_TOP_LEVEL)
+#if defined(FUSEDLOSS_X86)
+#define FUSEDLOSS_TOP_LEVEL 2
+#else
+#define FUSEDLOSS_TOP_LEVEL 0
+#endif
+#endif
 
 #if defined(FUSEDLOSS_X86)
 uint64_t xgetbv0() {
@@ -46,14 +57,17 @@ Level detect() {
 Level detect() { return kBaseline; }
 #endif
 
+// What this CPU supports and this build has.
 Level max_level() {
-  static const Level level = detect();
+  static const Level level = std::min(detect(), static_cast<Level>(FUSEDLOSS_TOP_LEVEL));
   return level;
 }
 
 const KernelTable* table_for(Level level) {
-#if defined(FUSEDLOSS_X86)
+#if FUSEDLOSS_TOP_LEVEL >= 2
   if (level == kAvx512) return &avx512_kernels();
+#endif
+#if FUSEDLOSS_TOP_LEVEL >= 1
   if (level == kAvx2) return &avx2_kernels();
 #endif
   (void)level;

@@ -13,7 +13,8 @@ namespace fusedloss {
 // when that is supported.
 const KernelTable& active_kernels();
 
-// ISAs this CPU and OS can run, best last (always starts with "baseline").
+// ISAs this CPU and OS can run and this build has, best last (always starts
+// with "baseline").
 std::vector<std::string> supported_capabilities();
 
 // Switch the active table (tests force every path this way). Returns false if

@@ -152,6 +152,31 @@ def test_inner_sizes(capability, rng, dtype, inner):
     run_and_check(x, target, weight=weight, label_smoothing=0.05, reduction="none")
 
 
+# Whole column tiles (64 positions and more along inner) take a lean loop when the
+# targets are indices and no smoothing or LLM option is set: weights, ignore_index,
+# every reduction and a per-position grad_output on it, and a NaN logit, which sends
+# its tile back to the general loop (csrc/fusedloss/cross_entropy_columns.h).
+@pytest.mark.parametrize("inner", [64, 65, 130, 200])
+@pytest.mark.parametrize("classes", [1, 5, 21])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_whole_column_tiles(capability, rng, dtype, reduction, classes, inner):
+    x, target, weight = cross_entropy_inputs(
+        rng, (2, classes, inner), dtype, weight=True, ignore_frac=0.2
+    )
+    for w in (None, weight):
+        run_and_check(x, target, weight=w, reduction=reduction)
+    gout = upstream_gradient(rng, target.shape, dtype, reduction)
+    loss, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
+                                           grad_output=gout)
+    check_against_torch(F.cross_entropy, loss, grad, x, target, weight=weight,
+                        reduction=reduction, grad_output=gout)
+    # (at a position that is not ignored: an ignored one's gradient is 0 here, NaN in
+    # torch, test_edge_numerics' known deviation)
+    x[1, classes // 2, np.flatnonzero(target[1] != -100)[-1]] = np.nan
+    run_and_check(x, target, reduction=reduction)
+
+
 # A representative of each target kind and rank, for the tests of the gradient options.
 GRAD_CASES = [
     "weight_smoothing_ignore",

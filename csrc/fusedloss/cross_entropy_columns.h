@@ -264,10 +264,12 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
 // per-position steps are loops over arrays that vectorise. In-process A/B
 // against tile() (AVX2, Zen 3, float32 fwd+grad, the same bits): 1x21x4096
 // 0.88-0.90x the time, 8x21x16384 0.84-0.99x (1 and 2 threads), 4x150x4096
-// 0.85-0.87x; float64 0.89-1.0x. Tried and slower: the exp pass a vector of
-// positions at a time down the classes, and the gradient pass a cache line
-// at a time (1.06-1.36x). A NaN in a sum sends the tile to tile() (nothing
-// has been written yet).
+// 0.85-0.87x; float64 0.89-1.0x. Tried and slower at C = 21 and 150 than the
+// loops here: the exp pass a vector of positions at a time down the classes
+// (1.05-1.21x), or in halves of four vectors (0.98-1.12x); the gradient pass a
+// cache line of positions at a time (0.99-1.21x), or a plain e * a with the
+// target's term put in after (0.94-1.13x). A NaN in a sum sends the tile to
+// tile() (nothing has been written yet).
 template <class S>
 bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
   constexpr int64_t NV = kTile / W;

@@ -334,13 +334,19 @@ template <class S> struct CrossEntropy {
   void rows(int nt);
 
   template <bool Full, bool kPlain> void tile(int64_t o, int64_t j0, A* es) const;
-  // Whole tiles of index targets (every class exact in A and int32) without
-  // smoothing, transform, z-loss or lse_out: tile_lean, which returns false
-  // (having written nothing) where a sum is NaN, for tile() to redo.
-  bool lean_tile() const {
-    return tgt && !q && !smooth && !xf && !zloss && !lse_out &&
-           C <= (sizeof(A) == 8 ? int64_t(INT32_MAX) : int64_t(1) << 24);
+  // Index targets whose every class is exact in A and in int32: a column tile
+  // finds a position's target class with one vector compare per class.
+  bool onehot_targets() const { return tgt && C <= (sizeof(A) == 8 ? int64_t(INT32_MAX) : int64_t(1) << 24); }
+  // A column tile's row, kTile elements from p, asked for into L2 (kWrite: for
+  // the gradient's stores).
+  template <int kWrite> static void prefetch_tile_row(const S* p) {
+    for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + b, kWrite, 2);
   }
+  // Whole tiles of one-hot index targets without smoothing, transform, z-loss
+  // or lse_out: tile_lean, which returns false (having written nothing) where
+  // a sum is NaN, for tile() to redo.
+  bool lean_tile() const { return onehot_targets() && !q && !smooth && !xf && !zloss && !lse_out; }
   bool tile_lean(int64_t o, int64_t j0, A* es) const;
 
   // kPlain: logits as they are, index targets, no smoothing (most calls):

@@ -36,7 +36,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   // targets, past nb), so c == t is one vector compare per class; that needs
   // every class exact in A (float: C <= 2^24) and in int32 (setup narrows t to
   // it, which vectorises), else the scalar gather below.
-  const bool onehot = tgt && C <= (sizeof(A) == 8 ? int64_t(INT32_MAX) : int64_t(1) << 24);
+  const bool onehot = onehot_targets();
   alignas(64) A tb[kTile], wtb[kTile], okb[kTile], xtb[kTile];
   alignas(64) double gob[kTile];
   for (int64_t j = nb; j < kTile; ++j) tb[j] = A(-1), wtb[j] = okb[j] = xtb[j] = A(0), gob[j] = 0;
@@ -97,9 +97,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   for (int64_t cb = 0; cb < C; cb += kFlushClasses) {
     for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
       const V wv = V::set1(wc(c)), cv = V::set1(A(c));
-      if (ahead && gt_)
-        for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
+      if (ahead && gt_) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
       for (int64_t v = 0; v < nv; ++v) {
         V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
         if (xf_) {
@@ -130,9 +128,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
     constexpr bool kInRange = decltype(in_range_tag)::value;
     for (int64_t cb = 0; cb < C; cb += kFlushClasses) {
       for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
-        if (ahead)
-          for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-            __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
+        if (ahead) prefetch_tile_row<0>(xo + c * I + 2 * kTile);
         for (int64_t v = 0; v < nv; ++v) {
           const V xz = V::load(xs + c * ts + v * W);
           const V d = (capped_ ? zof_t(xz) : xz) - mv[v];
@@ -294,9 +290,7 @@ bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
   for (int64_t v = 0; v < NV; ++v) mv[v] = V::set1(std::numeric_limits<A>::lowest());
   const bool ahead = j0 + 3 * kTile <= I;  // as tile(): the rows two tiles on, into L2
   for (int64_t c = 0; c < C; ++c) {
-    if (ahead && gt_)
-      for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-        __builtin_prefetch(reinterpret_cast<const char*>(gt_ + c * I + 2 * kTile) + b, 1, 2);
+    if (ahead && gt_) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
     for (int64_t v = 0; v < NV; ++v) {
       const V xv = vload(xo + c * I + v * W);
       xv.store(xs + c * kTile + v * W);
@@ -324,9 +318,7 @@ bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
       for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
         // x's rows two tiles on, here among the exps as in tile() (all at once
         // after pass 1 measured 1.1-1.2x the time at 8x21x16384).
-        if (ahead)
-          for (int64_t b = 0; b < kTile * int64_t(sizeof(S)); b += 64)
-            __builtin_prefetch(reinterpret_cast<const char*>(xo + c * I + 2 * kTile) + b, 0, 2);
+        if (ahead) prefetch_tile_row<0>(xo + c * I + 2 * kTile);
         for (int64_t v = 0; v < NV; ++v) {
           const V d = V::load(xs + c * kTile + v * W) - mv[v];
           const V e = kInRange ? vexp_in_range(d) : vexp_nonpos(d);

@@ -185,6 +185,22 @@ def test_kernel_routes(capability, rng, two_threads, dtype, shape, probs):
         run_and_check(x, target, reduction="sum", softcap=3.0)
 
 
+# Capped rows shift their exps by the cap instead of the row's max where the cap
+# keeps every exp(z - cap) normal (up to 40 in float, 320 in double): caps on both
+# sides of that bound, on rows that saturate at -cap (every exp at e^(-2 cap)),
+# at +cap, or spread over [-cap, cap], on every row route.
+@pytest.mark.parametrize("softcap", [0.5, 40.0, 41.0, 60.0, 300.0, 400.0])
+@pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_caps_around_the_fixed_shift_bound(capability, rng, two_threads, dtype, shape, softcap):
+    x, target, _ = cross_entropy_inputs(rng, shape, dtype, ignore_frac=0.1, scale=2.0 * softcap)
+    x[0] = -1e4 * softcap  # saturated at -cap
+    x[1] = 1e4 * softcap  # saturated at +cap
+    x[-1] = np.abs(x[-1]) - 3.0 * softcap  # mostly below the cap's knee
+    run_and_check(x, target, reduction="none", softcap=softcap, lse_square_scale=1e-3)
+    run_and_check(x, target, reduction="sum", softcap=softcap, logit_scale=0.7)
+
+
 @pytest.mark.parametrize("options", sorted(OPTION_SETS))
 def test_results_do_not_depend_on_threads(options):
     rng = np.random.default_rng(5)

@@ -3,11 +3,11 @@
 // namespace; see there for the row scheme (chunks, pass 1 / pass 2).
 #pragma once
 
-// Pass 1 over [c0, c1) (c0 a multiple of kStep): the chunk's max, then
-// e = exp(x - m) and its sum, the chunk re-read from L1; es: optional scratch
-// for e, indexed by absolute class. Transformed logits ([Note logit
-// transform]): z from x, t kept in tb (capped), and the second loop reads z
-// back from tb instead of x.
+// Pass 1 over [c0, c1) (c0 a multiple of kStep): the chunk's max m (or the
+// cap, [Note fixed shift]), then e = exp(x - m) and its sum, the chunk re-read
+// from L1; es: optional scratch for e, indexed by absolute class. Transformed
+// logits ([Note logit transform]): z from x, t kept in tb (capped), and the
+// second loop reads z back from tb instead of x.
 template <class S>
 typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es,
                                                             A* tb) const {
@@ -42,10 +42,14 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     return rounded(t * capv);
   };
   const auto kept_t = [tb, c0, capv](int64_t at) { return rounded(V::load(tb + (at - c0)) * capv); };
+  // [Note fixed shift]: the full steps' max comes with their exps, below.
+  const bool fixed = kZ && tb && fixed_shift();
   if constexpr (kZ) {  // (results by value: mk and lo stay in registers below)
-    const MaxMin r = tb ? max_steps(keep_t, c0, e) : max_steps(scaled_z, c0, e);
-    for (int k = 0; k < 4; ++k) mk[k] = r.mx.v[k];
-    lo = r.lo;
+    if (!fixed) {
+      const MaxMin r = tb ? max_steps(keep_t, c0, e) : max_steps(scaled_z, c0, e);
+      for (int k = 0; k < 4; ++k) mk[k] = r.mx.v[k];
+      lo = r.lo;
+    }
   }
   for (int64_t c = kZ ? e : c0; c < c1; c += kStep) {
     V xv[4];
@@ -61,13 +65,16 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
   Part part;
-  part.m = hmax(max4(mk));
+  part.m = hmax(max4(mk));  // fixed: of the partial steps only, so far
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
+  part.top = part.m;
+  if (fixed) part.m = cap;
   const V m = V::set1(part.m);
   // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
-  // take exp's fast path without testing each vector, the same bits.
-  const bool in_range = fast && exp_args_in_range(lo - m);
+  // take exp's fast path without testing each vector, the same bits. Fixed
+  // shift: z - cap >= -2 cap always, and a NaN z gives a NaN e there too.
+  const bool in_range = fixed || (fast && exp_args_in_range(lo - m));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next, the next chunk (rows are contiguous, so after a row's last chunk the
   // next row's first; prefetches never fault). With scratch (rows_pipelined,
@@ -94,8 +101,16 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       }
     };
     if constexpr (kZ) {
-      if (tb) run(kept_t);
-      else run(scaled_z);
+      if (fixed) {
+        V top = V::set1(part.top);
+        if (near) sum = capped_exp_sums<3>(xr, c0, c, e, es, tb, sum, ahead, &top);
+        else sum = capped_exp_sums<2>(xr, c0, c, e, es, tb, sum, ahead, &top);
+        part.top = hmax(top);
+      } else if (tb) {
+        run(kept_t);
+      } else {
+        run(scaled_z);
+      }
     } else {
       run([xr](int64_t at) { return vload(xr + at); });
     }
@@ -181,9 +196,44 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_
   return {{s[0], s[1], s[2], s[3]}};
 }
 
+// [Note fixed shift]: pass 1 over full steps [c, e) of a capped index-target
+// row: t = tanh(zmul x) kept in tb, z = cap t, e = exp(z - cap) added to sum
+// and kept in es (when given), and the max of z into top; the same bits as
+// exp_sums over keep_t, tanh a step at a time (vtanh_n: one range test for
+// four vectors, logits as models make them all within the polynomial's).
+template <class S>
+template <int kHint>
+typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e,
+                                                               A* es, A* tb, Quad sum, const char* ahead,
+                                                               V* top) const {
+  const V zmulv = V::set1(zmul), capv = V::set1(cap);
+  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]}, mx = *top;
+  const auto run = [&](auto store) {
+    for (; c < e; c += kStep) {
+      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
+      V t[4];
+      for (int k = 0; k < 4; ++k) t[k] = vload(xr + c + k * W) * zmulv;
+      vtanh_n<4>(t);
+      for (int k = 0; k < 4; ++k) {
+        t[k].store(tb + (c - c0) + k * W);
+        const V z = rounded(t[k] * capv);
+        mx = vmax(mx, z);
+        const V ev = vexp_in_range(z - capv);
+        s[k] = s[k] + ev;
+        store(c + k * W, ev);
+      }
+    }
+  };
+  if (es) run([es](int64_t at, V v) { v.store(es + at); });
+  else run([](int64_t, V) {});
+  *top = mx;
+  return {{s[0], s[1], s[2], s[3]}};
+}
+
 // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
 // smoothing / probability-target loss sum_c w_c q'_c log p_c. cm: the chunk's
-// max from pass 1; e is read from es or recomputed, the same bits either way;
+// shift m from pass 1; e is read from es or recomputed, the same bits either way;
 // so is t (capped), from tb (indexed from c0) or recomputed.
 template <class S>
 template <bool kSmoothRuns>
@@ -193,7 +243,8 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
   // p = e * F * S / a. The chunk that holds the row's max (every row of one
   // chunk) has exp(m - M) = 1: no exp on the row's chain of latencies.
-  const V F = cm == p.M ? V::set1(p.ra) : vexp(m - M) * V::set1(p.ra);
+  // In double, rounded once: exp(cap - M) may reach e^80 ([Note fixed shift]).
+  const V F = V::set1(cm == p.M ? p.ra : static_cast<A>(::exp(double(cm) - double(p.M)) * double(p.ra)));
   const bool loss = smooth || qr;
   V acc = V::set1(0);
   double accd = 0;

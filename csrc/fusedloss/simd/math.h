@@ -381,25 +381,42 @@ template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_neg_half(V u) {
 // sign put back; 2|x| past exp's overflow gives e = inf and exactly 1. The
 // threshold keeps 2 / (e + 1) <= 0.45, so exp's error reaches the result
 // scaled by at most 0.8. NaN -> NaN. Each half runs only when a lane needs it.
+// tanh's polynomial half, for |x| <= kTanhPolyMax: vtanh's bits there.
+template <class V> FUSEDLOSS_ALWAYS_INLINE V vtanh_small(V x) {
+  using K = MathConsts<typename V::T>;
+  const V s = x * x;
+  V q = V::set1(static_cast<typename V::T>(K::tanh_coef[K::tanh_terms]));
+  for (int k = K::tanh_terms - 1; k >= 0; --k) q = fmadd(q, s, V::set1(static_cast<typename V::T>(K::tanh_coef[k])));
+  return fmadd(x * s, q, x);
+}
+
 template <class V> inline V vtanh(V x) {
   using T = typename V::T;
-  using K = MathConsts<T>;
   const V zero = V::set1(0), a = vabs(x);
   const V lim = V::set1(static_cast<T>(kTanhPolyMax));
   const auto large = nge(lim, a);  // a > lim, or NaN
   V r = zero;
-  if (any(le(a, lim))) {
-    const V s = x * x;
-    V q = V::set1(static_cast<T>(K::tanh_coef[K::tanh_terms]));
-    for (int k = K::tanh_terms - 1; k >= 0; --k) q = fmadd(q, s, V::set1(static_cast<T>(K::tanh_coef[k])));
-    r = fmadd(x * s, q, x);
-  }
+  if (any(le(a, lim))) r = vtanh_small(x);
   if (any(large)) {
     const V one = V::set1(1);
     const V big = one - V::set1(2) / (vexp(a + a) + one);
     r = select(large, select(lt(x, zero), zero - big, big), r);
   }
   return r;
+}
+
+// tanh of kN vectors, in place: the polynomial alone when every lane of all
+// of them is within its range (one test for all), else vtanh each; vtanh's
+// bits either way. A NaN lane may pass the test (the max drops it): the
+// polynomial keeps it NaN.
+template <int kN, class V> FUSEDLOSS_ALWAYS_INLINE void vtanh_n(V* v) {
+  V a = vabs(v[0]);
+  for (int k = 1; k < kN; ++k) a = vmax(a, vabs(v[k]));
+  if (!any(nge(V::set1(static_cast<typename V::T>(kTanhPolyMax)), a))) {
+    for (int k = 0; k < kN; ++k) v[k] = vtanh_small(v[k]);
+  } else {
+    for (int k = 0; k < kN; ++k) v[k] = vtanh(v[k]);
+  }
 }
 
 template <class S> struct VecOf { using type = VF; };

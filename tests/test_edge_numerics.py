@@ -257,6 +257,52 @@ def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str, inner: 
     check("cross_entropy", xk, tk, deviation, reduction=reduction, **kw)
 
 
+# Rows of the chunked kernel shift a chunk's exps by its first step's max plus a
+# lead of 20, accepted when nothing lies more than the lead above the shift, else
+# the chunk runs again with its exact max (cross_entropy.h, [Note lead shift]).
+# Each row: plain logits with, past the first step (the first 32-64 classes),
+# one value this far above them; or the edge values there or in the first step.
+LEAD_ROWS = ["spike_10", "spike_39", "spike_41", "spike_60", "spike_1e4", "spike_1e30",
+             "ninf_later", "ninf_first_step", "ninf_but_one_first", "pinf_later", "nan_later",
+             "low_later", "huge_first_step"]
+
+
+def _lead_row(name: str, x: np.ndarray) -> None:
+    kind, _, arg = name.partition("_")
+    if kind == "spike":
+        x[-7] = x[:64].max() + float(arg)
+    elif name == "ninf_later":
+        x[100::3] = -np.inf
+    elif name == "ninf_first_step":
+        x[:64] = -np.inf
+    elif name == "ninf_but_one_first":
+        x[1:64] = -np.inf
+    elif name == "pinf_later":
+        x[-9] = np.inf
+    elif name == "nan_later":
+        x[-11] = np.nan
+    elif name == "low_later":
+        x[80::5] -= 150.0  # below the shift by more than exp's normal range
+    elif name == "huge_first_step":
+        x[3] = 0.5 * FLT_MAX
+    else:
+        raise AssertionError(name)
+
+
+@pytest.mark.parametrize("reduction", ("none", "mean"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", [300, 5000, 70001])  # one chunk, two, no scratch
+def test_cross_entropy_rows_around_the_lead_shift(classes: int, dtype: Any, reduction: str,
+                                                  capability: str) -> None:
+    rng = np.random.default_rng(classes)
+    x = (rng.standard_normal((len(LEAD_ROWS) + 1, classes)) * 3).astype(dtype)
+    for row, name in zip(x, LEAD_ROWS):
+        _lead_row(name, row)
+    t = rng.integers(0, classes, len(x))
+    t[0] = classes - 7  # the spike of 10 is the target
+    check("cross_entropy", x, t, reduction=reduction)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(

@@ -198,7 +198,9 @@ template <class S> struct CrossEntropy {
   // A row is swept in steps of 4 vectors, chunk by chunk. Pass 1 finds the
   // chunk's max m, then (the chunk now in L1) e = exp(x - m) and its sum, and
   // may store e in scratch; pass 2 writes grad = e * exp(m - M) * a/S - ...
-  // reading e back from cache: one exp per element plus one per chunk.
+  // reading e back from cache: one exp per element plus one per chunk. (m may
+  // instead be a shift known before the max: [Note fixed shift], [Note lead
+  // shift]; then the max comes with the exps.)
   // Without scratch (huge rows, chunk-parallel mode) pass 2 recomputes the
   // very same e from x and m, so both give the same bits.
   static constexpr int64_t kStep = 4 * W;
@@ -226,6 +228,19 @@ template <class S> struct CrossEntropy {
   // every e is as accurate relative to itself as exp(z - max) is, and pass 2
   // multiplies by exp(cap - M) (at most e^80) rounded once with a / S.
   static constexpr A kFixedShiftCap = sizeof(A) == 4 ? A(40) : A(320);
+  // [Note lead shift]: plain index-target rows shift a chunk's exps by the max
+  // of its first step plus kShiftLead, and find the chunk's max during the
+  // exps: no pass for the max alone (A/B on AVX2, Zen 3: forward only
+  // 1024x32000 0.88-0.94x the time, fwd+grad 2048x8192 and 64x32000 0.91-0.95x,
+  // 256x1000 0.96-0.97x, 4096x1000 and 1024x32000 0.99-1.03x, in the noise).
+  // Accepted when every x - shift <= kShiftLead
+  // (each e <= e^20, the sums far from overflow); else the chunk runs again
+  // the exact way (max, then exps). As with the fixed shift, combine() and
+  // pass 2 work from the true max, so the results keep the max-shifted forms
+  // and every e its relative accuracy; pass 2's factor e^(shift - M) a / S lies
+  // within e^+-20 of a / S (subnormal, losing bits, only where a / S is below
+  // about 1e-29: a grad_output or class weight that small).
+  static constexpr A kShiftLead = A(20);
   bool fixed_shift() const { return capped && cap <= kFixedShiftCap; }
   // The single-accumulator sums of a chunk (sum w q', the smoothing / probability
   // loss) go into double every kFlushSteps steps, 32 terms per lane: running
@@ -274,7 +289,7 @@ template <class S> struct CrossEntropy {
   // it; pass 2 reads it when given (else recomputes t from x).
   Part chunk_stats(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
   template <bool kZ>
-  Part chunk_stats_as(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb) const;
+  Part chunk_stats_as(const S* xr, const S* qr, int64_t c0, int64_t c1, A* es, A* tb, bool exact = false) const;
   // Pass 1's max and exp-sums over full steps of index-target rows (see
   // chunk_stats); vectors in and out by value, so that the caller's stay in
   // registers (a pointer to them made its loops keep them in memory).
@@ -285,6 +300,9 @@ template <class S> struct CrossEntropy {
   template <int kHint, bool kInRange, class Z>
   FUSEDLOSS_NOINLINE Quad exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
                                    const char* ahead) const;
+  template <int kHint>
+  FUSEDLOSS_NOINLINE Quad lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
+                                        const char* ahead, V* top) const;
   template <int kHint>
   FUSEDLOSS_NOINLINE Quad capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, A* es, A* tb, Quad sum,
                                           const char* ahead, V* top) const;

@@ -25,12 +25,24 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats(const S* xr, const S
 template <class S>
 template <bool kZ>
 typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, const S* qr, int64_t c0, int64_t c1,
-                                                               A* es, A* tb) const {
+                                                               A* es, A* tb, bool exact) const {
   const A inf = std::numeric_limits<A>::infinity();
   V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
   V lo = V::set1(inf);  // the full steps' minimum of z (see below)
   const bool fast = kZ || (!qr && !xf);  // index targets, and logits as they are or kZ's
   const int64_t e = fast ? c0 + (c1 - c0) / kStep * kStep : c0;
+  // [Note lead shift]: plain logits' full steps, shifted by the first step's
+  // max plus the lead (not finite: the exact way).
+  A lead_shift = 0;
+  bool lead = false;
+  if constexpr (!kZ) {
+    if (fast && !exact && e > c0) {
+      V first[4];
+      load_step(xr, c0, c1, -inf, first);
+      lead_shift = hmax(max4(first)) + kShiftLead;
+      lead = std::isfinite(lead_shift);
+    }
+  }
   // z at class `at` for those loops, as zof and zof_t make it, rounded as the
   // general loops and pass 2 round it; the factors held by value (the stores
   // into tb and es might alias the members).
@@ -51,7 +63,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       lo = r.lo;
     }
   }
-  for (int64_t c = kZ ? e : c0; c < c1; c += kStep) {
+  for (int64_t c = kZ || lead ? e : c0; c < c1; c += kStep) {
     V xv[4];
     if (xf) {
       V tv[4];
@@ -69,12 +81,13 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   part.top = part.m;
   if (fixed) part.m = cap;
+  if (lead) part.m = lead_shift;
   const V m = V::set1(part.m);
   // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
   // take exp's fast path without testing each vector, the same bits. Fixed
   // shift: z - cap >= -2 cap always, and a NaN z gives a NaN e there too.
-  const bool in_range = fixed || (fast && exp_args_in_range(lo - m));
+  const bool in_range = fixed || (fast && !lead && exp_args_in_range(lo - m));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next, the next chunk (rows are contiguous, so after a row's last chunk the
   // next row's first; prefetches never fault). With scratch (rows_pipelined,
@@ -111,6 +124,14 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       } else {
         run(scaled_z);
       }
+    } else if (lead) {
+      V top = V::set1(part.top);
+      if (near) sum = lead_exp_sums<3>(xr, c0, c, e, m, es, sum, ahead, &top);
+      else sum = lead_exp_sums<2>(xr, c0, c, e, m, es, sum, ahead, &top);
+      part.top = hmax(top);
+      // Too far above the shift (or NaN): the exact way. Any exp past its range
+      // has not been used for anything else yet.
+      if (!(part.top - lead_shift <= kShiftLead)) return chunk_stats_as<kZ>(xr, qr, c0, c1, es, tb, true);
     } else {
       run([xr](int64_t at) { return vload(xr + at); });
     }
@@ -193,6 +214,46 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_
   };
   if (es) run([es](int64_t at, V v) { v.store(es + at); });
   else run([](int64_t, V) {});
+  return {{s[0], s[1], s[2], s[3]}};
+}
+
+// [Note lead shift]: pass 1 over full steps [c, e) of a plain index-target
+// row: e = exp(x - m) added to sum and kept in es (when given), and the max of
+// x into top. x - m may be positive (up to the lead, else the caller starts
+// again the exact way); a step with a lane below exp's normal range takes
+// the tested exp (vexp_nonpos: its bits for the lanes in range, as pass 2's
+// recomputation gives them).
+template <class S>
+template <int kHint>
+typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m,
+                                                             A* es, Quad sum, const char* ahead, V* top) const {
+  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]}, mx = *top;
+  const V least = V::set1(MathConsts<A>::normal_lo);
+  const auto run = [&](auto store) {
+    for (; c < e; c += kStep) {
+      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
+      V d[4];
+      for (int k = 0; k < 4; ++k) {
+        const V xv = vload(xr + c + k * W);
+        mx = vmax(mx, xv);
+        d[k] = xv - m;
+      }
+      V ev[4];
+      if (!any(nge(vmin(vmin(d[0], d[1]), vmin(d[2], d[3])), least))) {
+        for (int k = 0; k < 4; ++k) ev[k] = vexp_in_range(d[k]);
+      } else {
+        for (int k = 0; k < 4; ++k) ev[k] = vexp_nonpos(d[k]);
+      }
+      for (int k = 0; k < 4; ++k) {
+        s[k] = s[k] + ev[k];
+        store(c + k * W, ev[k]);
+      }
+    }
+  };
+  if (es) run([es](int64_t at, V v) { v.store(es + at); });
+  else run([](int64_t, V) {});
+  *top = mx;
   return {{s[0], s[1], s[2], s[3]}};
 }
 

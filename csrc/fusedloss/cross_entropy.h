@@ -215,7 +215,8 @@ template <class S> struct CrossEntropy {
   // chunks are combined in double.
   static constexpr int64_t kChunk = 128 * kStep;
   // One chunk's shift m of its exps, exp-sum (rel. to m), max of z, sum w q'.
-  // m is the max, or the cap ([Note fixed shift]).
+  // m is the max, or a shift chosen before it ([Note fixed shift], [Note lead
+  // shift]).
   struct Part { A m, s, top; double q; };
   // [Note fixed shift]: capped logits lie in [-cap, cap], so for a cap up to
   // kFixedShiftCap exp(z - cap) is normal for every z (e^-80 > 1.2e-38 in
@@ -233,9 +234,8 @@ template <class S> struct CrossEntropy {
   // exps: no pass for the max alone (A/B on AVX2, Zen 3: forward only
   // 1024x32000 0.88-0.94x the time, fwd+grad 2048x8192 and 64x32000 0.91-0.95x,
   // 256x1000 0.96-0.97x, 4096x1000 and 1024x32000 0.99-1.03x, in the noise).
-  // Accepted when every x - shift <= kShiftLead
-  // (each e <= e^20, the sums far from overflow); else the chunk runs again
-  // the exact way (max, then exps). As with the fixed shift, combine() and
+  // Accepted when every x - shift <= kShiftLead (each e <= e^20, the sums far
+  // from overflow); else the chunk runs again the exact way (max, then exps). As with the fixed shift, combine() and
   // pass 2 work from the true max, so the results keep the max-shifted forms
   // and every e its relative accuracy; pass 2's factor e^(shift - M) a / S lies
   // within e^+-20 of a / S (subnormal, losing bits, only where a / S is below

@@ -375,21 +375,22 @@ template <class V> FUSEDLOSS_ALWAYS_INLINE V vlog1p_neg_half(V u) {
   return u_plus_u2_poly(u, MathConsts<float>::log1p_neg_half);
 }
 
+// tanh's polynomial half, for |x| <= kTanhPolyMax: vtanh's bits there.
+template <class V> FUSEDLOSS_ALWAYS_INLINE V vtanh_small(V x) {
+  using T = typename V::T;
+  using K = MathConsts<T>;
+  const V s = x * x;
+  V q = V::set1(static_cast<T>(K::tanh_coef[K::tanh_terms]));
+  for (int k = K::tanh_terms - 1; k >= 0; --k) q = fmadd(q, s, V::set1(static_cast<T>(K::tanh_coef[k])));
+  return fmadd(x * s, q, x);
+}
+
 // tanh(x) (the logit softcap). |x| <= 0.625: x + x^3 Q(x^2), Q a Chebyshev fit
 // of (tanh(a) - a) / a^3 in a^2 (mpmath.chebyfit; float degree 5, double
 // degree 11; tanh(-0) gives +0). |x| > 0.625: 1 - 2 / (e^2|x| + 1) with the
 // sign put back; 2|x| past exp's overflow gives e = inf and exactly 1. The
 // threshold keeps 2 / (e + 1) <= 0.45, so exp's error reaches the result
 // scaled by at most 0.8. NaN -> NaN. Each half runs only when a lane needs it.
-// tanh's polynomial half, for |x| <= kTanhPolyMax: vtanh's bits there.
-template <class V> FUSEDLOSS_ALWAYS_INLINE V vtanh_small(V x) {
-  using K = MathConsts<typename V::T>;
-  const V s = x * x;
-  V q = V::set1(static_cast<typename V::T>(K::tanh_coef[K::tanh_terms]));
-  for (int k = K::tanh_terms - 1; k >= 0; --k) q = fmadd(q, s, V::set1(static_cast<typename V::T>(K::tanh_coef[k])));
-  return fmadd(x * s, q, x);
-}
-
 template <class V> inline V vtanh(V x) {
   using T = typename V::T;
   const V zero = V::set1(0), a = vabs(x);

@@ -300,6 +300,9 @@ template <class S> struct CrossEntropy {
   template <int kHint, bool kInRange, class Z>
   FUSEDLOSS_NOINLINE Quad exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
                                    const char* ahead) const;
+  template <int kHint, class Step>
+  FUSEDLOSS_ALWAYS_INLINE Quad shifted_exp_sums(Step step, int64_t c0, int64_t c, int64_t e, A* es, Quad sum,
+                                                const char* ahead) const;
   template <int kHint>
   FUSEDLOSS_NOINLINE Quad lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
                                         const char* ahead, V* top) const;

@@ -77,7 +77,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
   Part part;
-  part.m = hmax(max4(mk));  // fixed: of the partial steps only, so far
+  part.m = hmax(max4(mk));  // fixed or lead: of the partial steps only, so far
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   part.top = part.m;
   if (fixed) part.m = cap;
@@ -217,34 +217,20 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_
   return {{s[0], s[1], s[2], s[3]}};
 }
 
-// [Note lead shift]: pass 1 over full steps [c, e) of a plain index-target
-// row: e = exp(x - m) added to sum and kept in es (when given), and the max of
-// x into top. x - m may be positive (up to the lead, else the caller starts
-// again the exact way); a step with a lane below exp's normal range takes
-// the tested exp (vexp_nonpos: its bits for the lanes in range, as pass 2's
-// recomputation gives them).
+// Pass 1 over full steps [c, e) with a shift chosen before the max ([Note
+// fixed shift], [Note lead shift]): step(c, ev) gives the step's four vectors
+// of e (and keeps its own max), each added to sum and kept in es when given.
 template <class S>
-template <int kHint>
-typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m,
-                                                             A* es, Quad sum, const char* ahead, V* top) const {
-  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]}, mx = *top;
-  const V least = V::set1(MathConsts<A>::normal_lo);
+template <int kHint, class Step>
+typename CrossEntropy<S>::Quad CrossEntropy<S>::shifted_exp_sums(Step step, int64_t c0, int64_t c, int64_t e,
+                                                                A* es, Quad sum, const char* ahead) const {
+  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]};
   const auto run = [&](auto store) {
     for (; c < e; c += kStep) {
       for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
         __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
-      V d[4];
-      for (int k = 0; k < 4; ++k) {
-        const V xv = vload(xr + c + k * W);
-        mx = vmax(mx, xv);
-        d[k] = xv - m;
-      }
       V ev[4];
-      if (!any(nge(vmin(vmin(d[0], d[1]), vmin(d[2], d[3])), least))) {
-        for (int k = 0; k < 4; ++k) ev[k] = vexp_in_range(d[k]);
-      } else {
-        for (int k = 0; k < 4; ++k) ev[k] = vexp_nonpos(d[k]);
-      }
+      step(c, ev);
       for (int k = 0; k < 4; ++k) {
         s[k] = s[k] + ev[k];
         store(c + k * W, ev[k]);
@@ -253,43 +239,63 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64
   };
   if (es) run([es](int64_t at, V v) { v.store(es + at); });
   else run([](int64_t, V) {});
-  *top = mx;
   return {{s[0], s[1], s[2], s[3]}};
 }
 
-// [Note fixed shift]: pass 1 over full steps [c, e) of a capped index-target
-// row: t = tanh(zmul x) kept in tb, z = cap t, e = exp(z - cap) added to sum
-// and kept in es (when given), and the max of z into top; the same bits as
-// exp_sums over keep_t, tanh a step at a time (vtanh_n: one range test for
-// four vectors, logits as models make them all within the polynomial's).
+// [Note lead shift]: a step of a plain index-target row, e = exp(x - m) and
+// the max of x into top. x - m may be positive (up to the lead, else the
+// caller starts again the exact way); a step with a lane below exp's normal
+// range takes the tested exp (vexp_nonpos: its bits for the lanes in range,
+// as pass 2's recomputation gives them).
+template <class S>
+template <int kHint>
+typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m,
+                                                             A* es, Quad sum, const char* ahead, V* top) const {
+  V mx = *top;
+  const V least = V::set1(MathConsts<A>::normal_lo);
+  const auto step = [&](int64_t at, V* ev) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
+    V d[4];
+    for (int k = 0; k < 4; ++k) {
+      const V xv = vload(xr + at + k * W);
+      mx = vmax(mx, xv);
+      d[k] = xv - m;
+    }
+    if (!any(nge(vmin(vmin(d[0], d[1]), vmin(d[2], d[3])), least))) {
+      for (int k = 0; k < 4; ++k) ev[k] = vexp_in_range(d[k]);
+    } else {
+      for (int k = 0; k < 4; ++k) ev[k] = vexp_nonpos(d[k]);
+    }
+  };
+  sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead);
+  *top = mx;
+  return sum;
+}
+
+// [Note fixed shift]: a step of a capped index-target row, t = tanh(zmul x)
+// kept in tb, z = cap t, e = exp(z - cap), and the max of z into top; the same
+// bits as exp_sums over keep_t, tanh a step at a time (vtanh_n: one range test
+// for four vectors, logits as models make them all within the polynomial's).
 template <class S>
 template <int kHint>
 typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e,
                                                                A* es, A* tb, Quad sum, const char* ahead,
                                                                V* top) const {
   const V zmulv = V::set1(zmul), capv = V::set1(cap);
-  V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]}, mx = *top;
-  const auto run = [&](auto store) {
-    for (; c < e; c += kStep) {
-      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
-      V t[4];
-      for (int k = 0; k < 4; ++k) t[k] = vload(xr + c + k * W) * zmulv;
-      vtanh_n<4>(t);
-      for (int k = 0; k < 4; ++k) {
-        t[k].store(tb + (c - c0) + k * W);
-        const V z = rounded(t[k] * capv);
-        mx = vmax(mx, z);
-        const V ev = vexp_in_range(z - capv);
-        s[k] = s[k] + ev;
-        store(c + k * W, ev);
-      }
+  V mx = *top;
+  const auto step = [&](int64_t at, V* ev) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
+    V t[4];
+    for (int k = 0; k < 4; ++k) t[k] = vload(xr + at + k * W) * zmulv;
+    vtanh_n<4>(t);
+    for (int k = 0; k < 4; ++k) {
+      t[k].store(tb + (at - c0) + k * W);
+      const V z = rounded(t[k] * capv);
+      mx = vmax(mx, z);
+      ev[k] = vexp_in_range(z - capv);
     }
   };
-  if (es) run([es](int64_t at, V v) { v.store(es + at); });
-  else run([](int64_t, V) {});
+  sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead);
   *top = mx;
-  return {{s[0], s[1], s[2], s[3]}};
+  return sum;
 }
 
 // Pass 2 over [c0, c1): gradient written once, and the chunk's part of the
@@ -302,9 +308,10 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
                                    const A* es, const A* tb, const S* pf) const {
   const A inf = std::numeric_limits<A>::infinity();
   const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
-  // p = e * F * S / a. The chunk that holds the row's max (every row of one
-  // chunk) has exp(m - M) = 1: no exp on the row's chain of latencies.
-  // In double, rounded once: exp(cap - M) may reach e^80 ([Note fixed shift]).
+  // p = e * F * S / a. A chunk shifted by the row's max (every row of one
+  // chunk, unless shifted before its max) has exp(m - M) = 1: no exp on the
+  // row's chain of latencies. Else in double, rounded once: exp(cap - M) may
+  // reach e^80 ([Note fixed shift]).
   const V F = V::set1(cm == p.M ? p.ra : static_cast<A>(::exp(double(cm) - double(p.M)) * double(p.ra)));
   const bool loss = smooth || qr;
   V acc = V::set1(0);

@@ -485,7 +485,7 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
       nothing_weighed = tgt[i] == pr.ignore_index || w[tgt[i]] == A(0);
   if (pr.reduction == Reduction::Mean && nothing_weighed) denom = std::numeric_limits<double>::quiet_NaN();
   k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
-  k.stream = pr.grad_input && pr.outer * pr.classes * pr.inner * int64_t(sizeof(S)) >= kStreamBytes;
+  k.stream = pr.grad_input && pr.inner == 1 && stream_rows(pr.outer, pr.classes * int64_t(sizeof(S)));  // rows only
   k.loss_out = static_cast<A*>(pr.loss);
   k.capped = pr.softcap > 0;
   k.xf = k.capped || pr.logit_scale != 1.0;

@@ -335,7 +335,7 @@ template <class S> double kl_div_logits_typed(const KLDivLogitsProblem& pr, int 
   k.x = static_cast<const S*>(pr.input);
   k.t = static_cast<const S*>(pr.target);
   k.g = static_cast<S*>(pr.grad_input);
-  k.stream = pr.grad_input && N * pr.classes * int64_t(sizeof(S)) >= kStreamBytes;
+  k.stream = pr.grad_input && stream_rows(N, pr.classes * int64_t(sizeof(S)));
   k.N = N;
   k.C = pr.classes;
   k.T = pr.temperature;

@@ -234,7 +234,7 @@ template <class S> struct MultiMargin {
   MultiMargin(const ClassLossProblem& pr, const PositionOut<A>& o)
       : x(static_cast<const S*>(pr.input)), tgt(pr.target), w(static_cast<const A*>(pr.weight)),
         g(static_cast<S*>(pr.grad_input)), N(pr.outer), C(pr.classes), margin(static_cast<A>(pr.margin)), p(pr.p),
-        stream(g && N * C * int64_t(sizeof(S)) >= kStreamBytes), out(o) {}
+        stream(g && stream_rows(N, C * int64_t(sizeof(S)))), out(o) {}
 
   static double denominator(const ClassLossProblem& pr, int64_t) { return double(pr.outer); }
 

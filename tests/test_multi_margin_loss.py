@@ -299,8 +299,9 @@ def test_bad_gradient_arguments_name_the_argument(kwargs, error, name):
 @pytest.mark.parametrize("p", [1, 2])
 def test_streamed_gradient(capability, restore_threads, p):
     """A gradient beyond the caches (>= 24 MiB in rows of >= 6 KiB: non-temporal
-    stores, rows off the vector grid), float32, against torch float64 on a sample of its rows (each row's
-    result depends on that row only; the mean divides by all of them)."""
+    stores, rows off the vector grid), float32, against torch float64 on a sample of
+    its rows (each row's result depends on that row only; the mean divides by all of
+    them)."""
     rows, classes = 1023, 16411
     rng = np.random.default_rng(p)
     x = rng.standard_normal((rows, classes), dtype=np.float32)

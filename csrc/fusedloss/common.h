@@ -1,23 +1,25 @@
 // Helpers every loss family shares: heap scratch, fixed-order sums, the
-// streaming-store threshold and writer.
+// streaming-store thresholds and writer.
 //
 // Included inside a per-ISA namespace (kernels_isa.cpp) after simd/math.h,
 // before the loss headers; includes nothing itself.
 #pragma once
 
-constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs this big bypass the caches
+// Elementwise losses and nll_loss (one contiguous run of stores a thread):
+// outputs this big bypass the caches.
+constexpr int64_t kStreamBytes = int64_t(64) << 20;
 
-// Row kernels (cross-entropy and kl_div_with_logits rows): a gradient of
-// kStreamRowsBytes or more bypasses the caches when its rows hold at least
-// kStreamRowMinBytes. A row's run of streaming stores begins and ends inside a
-// cache line (and cross-entropy's breaks around the target's step), and a
-// partly written line leaves the write-combining buffer as a partial write;
-// in short rows they come often enough that streaming measured slower than
-// cached stores. Measured (fwd+grad, float32,
-// AVX2 Zen 3 with a 32 MiB L3, 2 threads, streamed against cached stores):
-// C = 256, 600, 1000, 1500 at 37-125 MiB 1.3-1.9x the time; C = 2000-8192 at
-// 31-32 MiB 0.8-0.95x; C = 2048 at 16 MiB 0.93-1.4x (logits and gradient fit
-// in L3 together), hence 24 MiB.
+// Row kernels (cross-entropy and kl_div_with_logits rows, multi_margin_loss):
+// a gradient of kStreamRowsBytes or more bypasses the caches when its rows hold
+// at least kStreamRowMinBytes. A row's run of streaming stores begins and ends
+// inside a cache line (and cross-entropy's breaks around the target's step;
+// multi_margin_loss writes the target's value after it), and a partly written
+// line leaves the write-combining buffer as a partial write; in short rows they
+// come often enough that streaming measured slower than cached stores.
+// Measured (cross-entropy fwd+grad, float32, AVX2 Zen 3 with a 32 MiB L3, 2
+// threads, streamed against cached stores): C = 256, 600, 1000, 1500 at 37-125
+// MiB 1.3-1.9x the time; C = 2000-8192 at 31-32 MiB 0.8-0.95x; C = 2048 at 16
+// MiB 0.93-1.4x (logits and gradient fit in L3 together), hence 24 MiB.
 constexpr int64_t kStreamRowsBytes = int64_t(24) << 20;
 constexpr int64_t kStreamRowMinBytes = int64_t(6) << 10;
 inline bool stream_rows(int64_t rows, int64_t row_bytes) {

@@ -739,6 +739,16 @@ def test_import_fusedloss_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_import_with_an_older_torch_says_which_torch_it_needs():
+    """A torch before 2.13 (no F.linear_cross_entropy) gets an ImportError naming the
+    version, not an AttributeError from inside the layer."""
+    code = ("import torch; from torch.torch_version import TorchVersion; "
+            "torch.__version__ = TorchVersion('2.11.0+cu130'); import fusedloss.torch")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "ImportError: fusedloss.torch needs torch 2.13 or newer (found 2.11.0+cu130)" in out.stderr
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_cpu_autocast_dtypes_like_torch(dtype, reduction):

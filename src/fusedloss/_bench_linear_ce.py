@@ -66,6 +66,8 @@ def contender(name: str, torch: Any, x: np.ndarray, w: np.ndarray, y: np.ndarray
     elif name == "unfused":
         fn = lambda: F.cross_entropy(xt @ wt.T, yt)  # noqa: E731
     else:
+        if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+            return None  # a torch before 2.13 has no chunked path
         options = torch.nn.LinearCrossEntropyOptions()
         fn = lambda: F.linear_cross_entropy(xt, wt, yt, options=options)  # noqa: E731
 

@@ -55,7 +55,15 @@ one. Set it to 0 to run every problem on fusedloss's kernel.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+# The drop-ins follow torch 2.13 (F.linear_cross_entropy, nn.LinearCrossEntropyLoss and
+# its options are new there): say so, rather than fail on a missing name further in.
+_TORCH_NEEDED = "2.13"
+if torch.__version__ < _TORCH_NEEDED:
+    raise ImportError(f"fusedloss.torch needs torch {_TORCH_NEEDED} or newer (found {torch.__version__}); "
+                      "pip install 'fusedloss[torch]' installs the tested release")
+
+import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn
 from torch.nn import _reduction as _Reduction
 

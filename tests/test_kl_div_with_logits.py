@@ -34,10 +34,11 @@ SHAPES = [(7, 5), (5, 97), (1, 1), (13,), (3, 1000)]
 
 
 def kl_reference(x, t, temperature=1.0, reduction="batchmean"):
-    per_row = temperature**2 * F.kl_div(
-        F.log_softmax(x / temperature, -1), F.log_softmax(t / temperature, -1),
-        log_target=True, reduction="none",
-    ).sum(-1)
+    # F.kl_div(log_q, log_p, log_target=True)'s terms, 0 where p = 0 (0 log 0 = 0;
+    # F.kl_div gives NaN there): test_batchmean_is_torchs compares with it directly.
+    log_q, log_p = F.log_softmax(x / temperature, -1), F.log_softmax(t / temperature, -1)
+    p = log_p.exp()
+    per_row = temperature**2 * torch.where(p == 0, 0.0, p * (log_p - log_q)).sum(-1)
     if reduction == "none":
         return per_row
     rows = x.shape[0] if x.dim() == 2 else 1
@@ -99,6 +100,30 @@ def test_batchmean_is_torchs(rng):
                           F.log_softmax(torch.from_numpy(t) / T, 1), log_target=True,
                           reduction="batchmean")
     np.testing.assert_allclose(fl.kl_div_with_logits(x, t, T), float(ref), rtol=1e-13)
+
+
+# A teacher that rules classes out (-inf logits: a masked vocabulary, top-k logits):
+# p log p = 0 there, also where the student is -inf too. Rows past one chunk (2048 to
+# 4096 classes) take the full steps' tested loop, short ones the partial step.
+@pytest.mark.parametrize("shape", [(5, 37), (3, 5000), (1, 9)], ids=str)
+@pytest.mark.parametrize("dtype", REAL_DTYPES)
+def test_teacher_minus_inf_adds_nothing(capability, rng, dtype, shape):
+    x, t = inputs(rng, shape, dtype)
+    masked = rng.random(shape) < 0.5
+    masked[..., 0] = False  # every row keeps a class
+    t[masked] = -np.inf
+    x[masked & (rng.random(shape) < 0.3)] = -np.inf
+    for reduction in ("none", "sum"):
+        loss = fl.kl_div_with_logits(x, t, 2.0, reduction)
+        assert np.all(np.isfinite(loss))
+        run_and_check(x, t, temperature=2.0, reduction=reduction)
+
+
+def test_student_minus_inf_where_teacher_is_not_is_inf(capability):
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, 1.0, 2.0]])
+    t = np.array([[0.0, 0.5, -np.inf], [0.0, 1.0, 2.0]])
+    loss, grad = fl.kl_div_with_logits_and_grad(x, t, reduction="none")
+    assert loss[0] == np.inf and np.isfinite(loss[1]) and np.all(np.isfinite(grad))
 
 
 # The kernel's routes: rows with the exps kept in scratch, rows without (C past its
@@ -310,9 +335,14 @@ def test_torch_custom_op_passes_opcheck():
 
 def test_torch_other_routes_use_the_same_formula():
     x, t = torch_pair((4, 9), torch.float64)
+    t[:, 3:6] = -math.inf  # p = 0 there: 0 on every route
     ours = torch.func.grad(lambda x: flt.kl_div_with_logits(x, t, 2.0))(x)
     ref = torch.func.grad(lambda x: kl_reference(x, t, 2.0))(x)
     torch.testing.assert_close(ours, ref)
+    for route in (flt.kl_div_with_logits, torch.func.functionalize(flt.kl_div_with_logits)):
+        loss = route(x, t, 2.0, "none")
+        assert torch.isfinite(loss).all()
+        torch.testing.assert_close(loss, kl_reference(x, t, 2.0, "none"))
     meta = flt.kl_div_with_logits(x.to("meta"), t.to("meta"), 2.0, "none")
     assert meta.shape == (4,) and meta.is_meta
     empty = torch.zeros(0, 3)

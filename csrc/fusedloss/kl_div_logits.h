@@ -62,6 +62,10 @@ template <class S> struct KLDivLogits {
   // v / T - m (a or b; pads, -inf, give -inf), the product rounded before the
   // subtraction as m was (fused into an FMA, the row's max gave T^2 eps, not 0).
   V shifted(V v, V m) const { return rounded(v * V::set1(inv_t)) - m; }
+  // b - a as B's factor of f = e^b: 0 where f is 0, so that a class the teacher
+  // rules out (t = -inf: a masked or top-k teacher; pad lanes) adds p log p = 0
+  // to the sum, not 0 * inf = NaN; a NaN stays NaN (f is NaN there).
+  static V log_ratio(V f, V b, V a) { return select(eq(f, V::set1(0)), V::set1(0), b - a); }
 
   int64_t chunks() const { return (C + kChunk - 1) / kChunk; }
   int64_t chunk_end(int64_t c0) const { return c0 + kMin(kChunk, C - c0); }
@@ -112,7 +116,7 @@ template <class S> struct KLDivLogits {
     // The full steps in a loop of their own, without the pad lanes' tests and
     // with the scratch store chosen once (the partial step below adds its
     // terms the same way).
-    const auto full = [&](auto store, auto exp) {
+    const auto full = [&](auto store, auto exp, auto tested_lanes) {
       V sx_ = sx, st_ = st, b_ = bv;  // locals: the scratch stores cannot alias them
       for (; c < full_end; c += kStep) {
         // While the exps run, memory would idle: ask for what follows (this row,
@@ -125,7 +129,11 @@ template <class S> struct KLDivLogits {
         const V d0 = shifted(vload(tr + c), mt), d1 = shifted(vload(tr + c + W), mt);
         const V e0 = exp(a0), e1 = exp(a1), f0 = exp(d0), f1 = exp(d1);
         sx_ = sx_ + (e0 + e1), st_ = st_ + (f0 + f1);
-        b_ = b_ + fmadd(f0, d0 - a0, f1 * (d1 - a1));
+        if constexpr (decltype(tested_lanes)::value) {  // some a or b outside exp's range: -inf there?
+          b_ = b_ + fmadd(f0, log_ratio(f0, d0, a0), f1 * log_ratio(f1, d1, a1));
+        } else {
+          b_ = b_ + fmadd(f0, d0 - a0, f1 * (d1 - a1));
+        }
         store(c, e0, f0), store(c + W, e1, f1);
         if ((c - c0) / kStep % kFlushSteps == kFlushSteps - 1) flush(sx_, st_, b_);
       }
@@ -135,10 +143,10 @@ template <class S> struct KLDivLogits {
     const auto drop = [](int64_t, V, V) {};
     const auto fast = [](V v) FUSEDLOSS_ALWAYS_INLINE_LAMBDA { return vexp_in_range(v); };
     const auto tested = [](V v) FUSEDLOSS_ALWAYS_INLINE_LAMBDA { return vexp_nonpos(v); };
-    if (ex && in_range) full(keep, fast);
-    else if (ex) full(keep, tested);
-    else if (in_range) full(drop, fast);
-    else full(drop, tested);
+    if (ex && in_range) full(keep, fast, std::false_type{});
+    else if (ex) full(keep, tested, std::true_type{});
+    else if (in_range) full(drop, fast, std::false_type{});
+    else full(drop, tested, std::true_type{});
     // The partial step: its two vectors' terms (0 in lanes past c1) in the same order.
     if (c < c1) {
       V e[2], f[2], bt[2];
@@ -146,7 +154,7 @@ template <class S> struct KLDivLogits {
         const int64_t off = c + k * W, n = c1 - off;
         const V a = shifted(ld(xr + off, n, -inf), mx), b = shifted(ld(tr + off, n, -inf), mt);
         e[k] = vexp_nonpos_first(a, n), f[k] = vexp_nonpos_first(b, n);
-        bt[k] = n >= W ? b - a : select(first_lanes<V>(n), b - a, V::set1(0));
+        bt[k] = log_ratio(f[k], b, a);  // pad lanes: f = 0
         if (ex && n > 0) e[k].store(ex + off), f[k].store(et + off);
       }
       sx = sx + (e[0] + e[1]), st = st + (f[0] + f[1]);

@@ -73,7 +73,9 @@ def kl_div_with_logits(
 
     per row ``T**2 * sum_j p_j * (log p_j - log q_j)`` with ``p = softmax(target / T)``,
     ``q = softmax(input / T)``, i.e. ``T**2 * F.kl_div(F.log_softmax(input / T),
-    F.log_softmax(target / T), log_target=True)`` summed over classes.
+    F.log_softmax(target / T), log_target=True)`` summed over classes. A class with
+    ``p_j = 0`` (a teacher logit of ``-inf``: a masked vocabulary, top-k logits) adds
+    ``0 log 0 = 0``, where ``F.kl_div`` with ``log_target=True`` gives NaN.
 
     reduction: "batchmean" (default) and "mean" divide the sum over rows by N (for this
     row-wise loss they are the same; note that ``F.kl_div``'s elementwise "mean" would

@@ -116,10 +116,12 @@ def _composed(
 ) -> Tensor:
     """The same loss with torch ops (other devices and dtypes, subclasses, empty input,
     TorchScript: kl_div_with_logits's signature and defaults)."""
-    per_row = F.kl_div(
-        F.log_softmax(input / temperature, -1), F.log_softmax(target / temperature, -1),
-        reduction="none", log_target=True,
-    ).sum(-1) * temperature**2
+    log_q = F.log_softmax(input / temperature, -1)
+    log_p = F.log_softmax(target / temperature, -1)
+    p = log_p.exp()
+    # p log p = 0 where p = 0 (a target of -inf), as in the kernel; F.kl_div with
+    # log_target=True gives 0 * inf = NaN there.
+    per_row = torch.where(p == 0, 0.0, p * (log_p - log_q)).sum(-1) * temperature**2
     if reduction == "none":
         return per_row
     total = per_row.sum()
@@ -138,7 +140,9 @@ def kl_div_with_logits(
     ``(N, C)`` (or one ``(C,)`` row) of the same shape. Equals
     ``T**2 * F.kl_div(F.log_softmax(input / T, -1), F.log_softmax(target / T, -1),
     log_target=True)`` summed per row, then: "batchmean" (default) and "mean" divide by
-    N (for this row-wise loss they are the same), "sum", "none" (per row).
+    N (for this row-wise loss they are the same), "sum", "none" (per row). A class
+    with ``p_j = 0`` (a teacher logit of ``-inf``: a masked vocabulary, top-k logits)
+    adds ``0 log 0 = 0``, where ``F.kl_div`` with ``log_target=True`` gives NaN.
 
     Gradient flows to ``input`` only: ``T * (q - p)`` per row. The target logits are
     constants, as a teacher's are: no gradient reaches them even if they require grad

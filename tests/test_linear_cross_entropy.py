@@ -102,13 +102,14 @@ def test_one_unbatched_token(rng, reduction, probs) -> None:
     check_result(ours, case, reduction, go)
 
 
+@pytest.mark.parametrize("probs", [False, True], ids=["index", "probs"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_no_tokens(rng, dtype, reduction, bias) -> None:
+def test_no_tokens(rng, dtype, reduction, bias, probs) -> None:
     """N = 0: no chunk runs; the weight and bias gradients are zeros, as torch's
     (the weight gradient's buffer is otherwise first written by a chunk)."""
-    case = make_case(rng, 0, H, C, dtype, bias=bias)
+    case = make_case(rng, 0, H, C, dtype, bias=bias, probs=probs)
     ours = fl.linear_cross_entropy_and_grad(case.x, case.w, case.target, reduction=reduction,
                                             **_options(case))
     check_result(ours, case, reduction)

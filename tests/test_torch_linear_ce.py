@@ -492,6 +492,45 @@ def test_second_backward_like_torch(rng, reduction, allow_retain_graph) -> None:
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_allow_retain_graph_backward_again_like_torch(rng, reduction) -> None:
+    """With allow_retain_graph=True torch's chunked op keeps its gradients: backward
+    after backward, no retain_graph asked, adds them again each time."""
+    case = make_case(rng, 9, 8, 11, np.float64)
+    options = nn.LinearCrossEntropyOptions(allow_retain_graph=True)
+    grads = []
+    for fn in (flt.linear_cross_entropy, F.linear_cross_entropy):
+        x, w, b, t, _ = _tensors(case)
+        loss = fn(x, w, t, linear_bias=b, reduction=reduction, options=options)
+        loss.backward()
+        once = (x.grad.clone(), w.grad.clone(), b.grad.clone())
+        loss.backward()
+        (loss * 2).backward()  # a new upstream gradient, the kept gradients unchanged
+        for g, g1 in zip((x.grad, w.grad, b.grad), once):
+            torch.testing.assert_close(g, 4 * g1, rtol=1e-12, atol=1e-14)
+        grads.append(once)
+    for a, r in zip(*grads):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=str)
+def test_options_acc_dtype_checked_like_torch(rng, dtype) -> None:
+    """acc_dtype changes nothing here, but one that torch refuses for the input's dtype
+    raises torch's RuntimeError."""
+    case = make_case(rng, 6, 4, 5, np.float32)
+    x, w, _, t, _ = _tensors(case)
+    x, w = x.detach().to(dtype), w.detach().to(dtype)
+    for acc in (None, torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        options = nn.LinearCrossEntropyOptions(acc_dtype=acc)
+        theirs = _outcome(lambda: F.linear_cross_entropy(x, w, t, options=options))[0]
+        ours = _outcome(lambda: flt.linear_cross_entropy(x, w, t, options=options))[0]
+        if isinstance(theirs, Exception):
+            assert type(ours) is type(theirs) and str(ours) == str(theirs)
+        else:
+            assert not isinstance(ours, Exception), ours
+
+
 def test_torch_compile_dynamic_batch_and_changing_num_items() -> None:
     """dynamic=True over changing batch sizes, and a float num_items_in_batch that
     changes per call (symbolic after the first change), both under fullgraph:

@@ -120,7 +120,7 @@ def target_rows(target: Any, shapes: Shapes, dtype: np.dtype, ignore_index: int)
     if kind == "f":
         v.same_shape(t, shapes.logits_shape, "target", "class probabilities: the logits' shape")
         v.no_class_to_ignore(ignore_index)
-        return np.ascontiguousarray(t, dtype=dtype).reshape(shapes.tokens, -1)
+        return np.ascontiguousarray(t, dtype=dtype).reshape(shapes.tokens, shapes.classes * shapes.inner)
     raise TypeError(
         "target: expected integer class indices or floating class probabilities, "
         f"got dtype {t.dtype}"

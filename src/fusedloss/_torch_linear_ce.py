@@ -223,7 +223,8 @@ def linear_cross_entropy(
     elif any(needs):
         loss = LinearCrossEntropyFunction.apply(
             input, linear_weight, linear_bias, target.contiguous(), weight, num_items, cfg,
-            float32_loss, chunked is not None and chunked.backward_once)
+            float32_loss, chunked is not None and chunked.backward_once,
+            chunked is not None and chunked.backward_again)
     else:
         loss = forward_chunks(input, linear_weight, linear_bias, target.contiguous(), weight,
                               num_items, cfg, needs, float32_loss)[0]

@@ -197,19 +197,26 @@ _BACKWARD_TWICE = (  # torch 2.13's words (its chunked op with allow_retain_grap
 class LinearCrossEntropyFunction(torch.autograd.Function):
     """Eager route: gradients from the forward pass, scaled in place in backward
     (unless the graph is retained); reduction none recomputes in backward.
-    ``backward_once``: a second backward raises, as torch's chunked op does."""
+    ``backward_once``: a second backward raises, as torch's chunked op does;
+    ``backward_again``: the gradients stay with the graph (not as saved tensors,
+    which the first backward frees) and each backward gives them, as torch's
+    chunked op with ``allow_retain_graph=True``."""
 
     @staticmethod
-    def forward(ctx, x, w, b, target, weight, num_items, cfg, float32_loss, backward_once):
+    def forward(ctx, x, w, b, target, weight, num_items, cfg, float32_loss, backward_once,
+                backward_again):
         ctx.set_materialize_grads(False)
         ctx.cfg = cfg
         ctx.backward_once = backward_once
         ctx.backward_done = False
+        ctx.kept = None
         needs = (x.requires_grad, w.requires_grad, b is not None and b.requires_grad)
         loss, gx, gw, gb = forward_chunks(x, w, b, target, weight, num_items, cfg, needs,
                                           float32_loss)
         if cfg.reduction == chunks.NONE:
             ctx.save_for_backward(x, w, b, target, weight)
+        elif backward_again:
+            ctx.kept = (gx, gw, gb)
         else:
             ctx.save_for_backward(gx, gw, gb)
         return loss
@@ -217,7 +224,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         if grad_loss is None:
-            return (None,) * 9
+            return (None,) * 10
         if ctx.backward_once and ctx.backward_done:
             raise RuntimeError(_BACKWARD_TWICE)
         ctx.backward_done = True
@@ -227,12 +234,13 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
             needs = tuple(ctx.needs_input_grad[:3])
             grads = backward_chunks(grad_loss, x, w, b, target, weight, cfg, needs)
         else:
+            kept = ctx.kept is not None  # read again by the next backward: not scaled in place
             grads = tuple(
-                None if g is None else _ops.scale_grad(g, grad_loss, cfg.reduction, False, True)
-                for g in ctx.saved_tensors
+                None if g is None else _ops.scale_grad(g, grad_loss, cfg.reduction, False, not kept)
+                for g in (ctx.kept if kept else ctx.saved_tensors)
             )
         grads = _ops._guard_double_backward(*grads)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 # ------------------------------------------------------------- custom ops

@@ -10,11 +10,13 @@ observe, whichever way the loss is computed here.
   and an AttributeError for something that is not options (a TypeError here, naming
   ``options``). Its chunked op then returns the loss in the input's dtype even under
   autocast, and, with ``allow_retain_graph=False`` and reduction mean / sum, consumes
-  its saved gradients: a second backward raises.
+  its saved gradients: a second backward raises; with ``allow_retain_graph=True`` it
+  keeps them, and every further backward (no ``retain_graph`` needed) adds them again.
 - The chunk size torch resolves is the one used here, except under
   ``chunking_method="auto"`` without ``batch_chunk_size`` (torch's per-device pick),
   where ``chunk_bytes`` decides. ``acc_policy`` and ``acc_dtype`` change nothing: half
-  input is always computed in float32 and the weight's gradient accumulated in float32.
+  input is always computed in float32 and the weight's gradient accumulated in float32
+  (an ``acc_dtype`` torch refuses for the input's dtype raises its RuntimeError).
 - Under ``torch.compile`` torch's warnings are not given (a warning breaks the graph;
   torch's own call fails under ``fullgraph=True``) and a second backward works, as
   torch's does there (it forces ``allow_retain_graph=True``).
@@ -36,6 +38,7 @@ class Chunked:
 
     chunk_tokens: int  # tokens per chunk; 0: from chunk_bytes
     backward_once: bool  # a second backward through the graph raises, as torch's
+    backward_again: bool  # a second backward works without retain_graph, as torch's
 
 
 def _torch_ignores(linear_weight: Tensor, target: Tensor, reduction: str,
@@ -73,6 +76,12 @@ def resolve(options: Any, input: Tensor, linear_weight: Tensor, target: Tensor,
             "linear_cross_entropy: options must be a torch.nn.LinearCrossEntropyOptions "
             f"or None, got {type(options).__name__}"
         )
+    acc = options.acc_dtype
+    if acc is not None and acc != input.dtype and not (
+            input.dtype in (torch.float16, torch.bfloat16) and acc == torch.float32):
+        raise RuntimeError(  # torch 2.13's check and words
+            "linear_cross_entropy supports float32 acc_dtype with float16/bfloat16 inputs, "
+            f"but got {acc} acc_dtype and {input.dtype} inputs.")
     chunk_tokens = 0
     if options.chunking_method != "auto" or options.batch_chunk_size is not None:
         chunk_tokens = options._adjust(  # torch's own resolution (and errors)
@@ -81,4 +90,6 @@ def resolve(options: Any, input: Tensor, linear_weight: Tensor, target: Tensor,
             dtype=input.dtype, device=input.device,
         ).batch_chunk_size
     # (else torch's per-device pick, which cannot fail: chunk_bytes decides here)
-    return Chunked(chunk_tokens, not options.allow_retain_graph and reduction != "none")
+    mean_or_sum = reduction != "none"
+    return Chunked(chunk_tokens, mean_or_sum and not options.allow_retain_graph,
+                   mean_or_sum and options.allow_retain_graph)

@@ -461,6 +461,10 @@ def test_kl_div_mean_warns_like_torch():
                 call(f, m)
             caught.append([(w.category, str(w.message)) for w in record])
         assert caught[0] == caught[1] and len(caught[0]) == 1
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        flt.kl_div(x, t)
+    assert record[0].filename == __file__  # the caller's line, as torch's warning
     for reduction in ("batchmean", "sum", "none"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -603,6 +607,7 @@ def test_bad_arguments_raise_like_torch(loss):
     cases = [{"reduction": "avg"}, {"reduction": None}, {"reduction": "batchmean"}]
     cases += [{k: -1.0} for k in loss.options if k in ("delta", "beta")]
     cases += [{k: 0.0} for k in loss.options if k == "delta"]
+    cases += [{k: v} for k in loss.options if k == "log_target" for v in ("no", 1, np.bool_(True))]
     for kwargs in cases:
         _same_as_torch(loss, x, t, **kwargs)
     _same_as_torch(loss, x, [[0.5] * 6] * 4)

@@ -248,8 +248,12 @@ def kl_div(
             "size.'batchmean' divides only by the batch size, and aligns with the KL div math "
             "definition.'mean' will be changed to behave the same as 'batchmean' in the next "
             "major release.",
-            stacklevel=2,
+            stacklevel=3,  # the caller's line: torch_twin's wrapper stands between
         )
+    if not isinstance(log_target, bool):  # torch's check (after its warning): a truthy string is no flag
+        kind = type(log_target)
+        name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        raise TypeError(f"kl_div(): argument 'log_target' must be bool, not {name}")
 
     def fallback() -> Tensor:
         with warnings.catch_warnings():

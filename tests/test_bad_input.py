@@ -243,7 +243,7 @@ def _elementwise_cases() -> list[Bad]:
         for bad in bad_reductions:
             add((ok(), ok_target()), {"reduction": bad}, ValueError, "reduction", repr(bad))
         for key, values in loss.options.items():
-            for what, (bad, error) in _bad_option_values(values).items():
+            for what, (bad, error) in _bad_option_values(values, key in INFINITY_ALLOWED).items():
                 add((ok(), ok_target()), {key: bad}, error, key, what)
         params = inspect.signature(fn).parameters
         for key in ("weight", "pos_weight"):
@@ -258,10 +258,15 @@ def _elementwise_cases() -> list[Bad]:
     return cases
 
 
-def _bad_option_values(values: tuple[Any, ...]) -> dict[str, tuple[Any, type[Exception]]]:
+# Options torch takes at +inf (Huber's delta: 0.5 d^2 everywhere; SmoothL1's beta: 0).
+INFINITY_ALLOWED = ("delta", "beta")
+
+
+def _bad_option_values(values: tuple[Any, ...], inf_ok: bool = False
+                       ) -> dict[str, tuple[Any, type[Exception]]]:
     """Bad values for an option whose valid sample values are ``values`` (the first is
     torch's default): the wrong type, and for a number: negative, zero (unless a sample
-    value), NaN, infinite and an int beyond float's range."""
+    value), NaN, infinite (unless ``inf_ok``) and an int beyond float's range."""
     if isinstance(values[0], bool):
         return {"int": (1, TypeError), "str": ("True", TypeError), "None": (None, TypeError)}
     bad: dict[str, tuple[Any, type[Exception]]] = {
@@ -272,6 +277,8 @@ def _bad_option_values(values: tuple[Any, ...]) -> dict[str, tuple[Any, type[Exc
     }
     if 0.0 not in values:
         bad["zero"] = (0.0, ValueError)
+    if inf_ok:
+        del bad["inf"]
     return bad
 
 

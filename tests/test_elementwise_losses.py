@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import fusedloss as fl
 from fusedloss._losses import ELEMENTWISE_LOSSES, ElementwiseLoss
@@ -181,3 +183,34 @@ def test_binary_cross_entropy_with_logits_is_stable_for_large_logits():
     value, grad = fl.binary_cross_entropy_with_logits_and_grad(x, t, reduction="none")
     np.testing.assert_allclose(value, [200.0, 50.0, 50.0, 200.0, 0.0], rtol=1e-6)
     np.testing.assert_allclose(grad, [-1.0, -1.0, 1.0, 1.0, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_binary_cross_entropy_with_logits_pos_weight_zero_cancels_to_zero(capability, dtype):
+    """pos_weight 0 and x << 0: (1 - t) x + (1 - t) softplus(-x), two equal products of
+    opposite sign, add up to exactly 0, as torch's (not an FMA's rounding error)."""
+    x = np.array([-1e4, -1e10, -3e5, -1e4], dtype)
+    t = np.array([0.3, 0.3, 0.7, 0.1], dtype)
+    value = fl.binary_cross_entropy_with_logits(x, t, reduction="none", pos_weight=np.zeros(4, dtype))
+    ref = F.binary_cross_entropy_with_logits(torch.from_numpy(x), torch.from_numpy(t), reduction="none",
+                                             pos_weight=torch.zeros(4, dtype=torch.from_numpy(x).dtype))
+    np.testing.assert_array_equal(value, ref.numpy())
+    np.testing.assert_array_equal(value, 0)
+
+
+@pytest.mark.parametrize("name,key", [("huber_loss", "delta"), ("smooth_l1_loss", "beta")])
+@pytest.mark.parametrize("dtype", REAL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_infinite_delta_and_beta_as_torch(name, key, dtype, capability, rng):
+    """delta / beta = inf, which torch takes: Huber is 0.5 d^2 everywhere, SmoothL1 0.
+    (Values whose square overflows float32 are left out: torch's 0.5 d d / beta is
+    inf / inf = NaN there.)"""
+    x = (rng.standard_normal(50) * 5).astype(dtype)
+    t = (rng.standard_normal(50) * 5).astype(dtype)
+    loss, grad = getattr(fl, name + "_and_grad")(x, t, reduction="none", **{key: np.inf})
+    xt = torch.from_numpy(x).requires_grad_(True)
+    ref = getattr(F, name)(xt, torch.from_numpy(t), reduction="none", **{key: np.inf})
+    (ref_grad,) = torch.autograd.grad(ref.sum(), xt)
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(grad, ref_grad.numpy(), rtol=4 * np.finfo(dtype).eps)
+    with pytest.raises(ValueError, match=key):
+        getattr(fl, name)(x, t, **{key: np.nan})

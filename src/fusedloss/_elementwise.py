@@ -10,7 +10,6 @@ complex input).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -59,9 +58,9 @@ def _positive(value: Any, name: str, allow_zero: bool) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = v.as_float(value, name)
-    if not (value >= 0.0 if allow_zero else value > 0.0) or math.isinf(value):
+    if not (value >= 0.0 if allow_zero else value > 0.0):  # NaN too; +inf is torch's too
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a finite number {bound}, got {value}")
+        raise ValueError(f"{name}: expected a number {bound}, got {value}")
     return value
 
 

@@ -160,14 +160,17 @@ struct BceWithLogitsOp : OpDefaults {
 // With pos_weight p, torch's forms (binary_cross_entropy_with_logits and its
 // backward formulas in derivatives.yaml): loss (1 - t) x + (1 + (p - 1) t)
 // softplus(-x), gradient (p t + 1 - t) sigmoid(x) - p t, target gradient
-// log_sigmoid(-x) - p log_sigmoid(x) = p softplus(-x) - softplus(x).
+// log_sigmoid(-x) - p log_sigmoid(x) = p softplus(-x) - softplus(x). The loss's
+// two products are rounded before they are added, as torch's: where they cancel
+// (p = 0 and x << 0: both are (1 - t) |x|) the sum is 0, not an FMA's rounding
+// error of one of them (a negative loss, -1.2e-4 at x = -1e4).
 struct BceWithLogitsPosWeightOp : OpDefaults {
   template <class V> static OpOut<V> eval(V x, V t, V pw, const OpConsts<V>&) {
     const SoftplusParts<V> sp(x);
     const V one = V::set1(1);
     const V spn = sp.softplus_neg(x);
     const V pt = pw * t;
-    const V loss = (one - t) * x + ((pw - one) * t + one) * spn;
+    const V loss = rounded((one - t) * x) + rounded(((pw - one) * t + one) * spn);
     const V gx = (pt + one - t) * sp.sigmoid(x) - pt;
     const V gt = pw * spn - sp.softplus(x);
     return {loss, gx, gt};

@@ -86,6 +86,60 @@ template <class A> int64_t factor_run(const Broadcast& b, int64_t i, int64_t end
   return kMin(end, i + b.repeat - i % b.repeat);
 }
 
+// How the common call's chunks (below) touch memory, from the arrays' size
+// (the thresholds above): nothing asked for ahead; the gradient asked for;
+// input, target and gradient asked for; input and target asked for and the
+// gradient streamed past the caches.
+enum class ElemMemory { Plain, WritesAhead, AllAhead, ReadsAheadStreamed };
+
+// The common call (no target gradient, no per-element loss or upstream
+// gradient, weight and pos_weight constant over the block; a target array, or
+// one target value (the GAN objective) in arrays small enough to need no
+// prefetching) over whole chunks of kElemLaneTerms vectors in [i0, i1): the
+// generic loop's terms in its order (one float accumulator a chunk, flushed
+// to double), so the same bits.
+// Its own loop, out of line (inlined into the block's lambda, its vectors
+// spilled), with the store and prefetch choices fixed at compile time, where
+// the generic loop tests them per vector and sets up each run of factors.
+// In-process A/B against the generic loop alone (AVX2, Zen 3, 2 threads,
+// float32, fwd+grad): BCE, BCE with logits and KL at 10^7 0.84-0.96x the
+// time, at 10^6 0.72-0.84x, BCE at 3x10^7 (streamed) 0.77-0.81x, the GAN
+// objective at 65536 0.77-0.81x; MSE, L1, Huber, SmoothL1 0.92-1.0x.
+template <class S, class Op, bool kGrad, ElemMemory kMem, bool kTargetArray = true>
+FUSEDLOSS_NOINLINE double elementwise_chunks(const S* x, const S* t, vec_t<S> tc, S* gx, int64_t i0, int64_t i1,
+                          vec_t<S> wconst, vec_t<S> g, vec_t<S> pw, const OpConsts<vec_t<S>>& k,
+                          decltype(lt(vec_t<S>::set1(0), vec_t<S>::set1(0)))& bad) {
+  using V = vec_t<S>;
+  constexpr int64_t W = V::W, kChunk = kElemLaneTerms * W;
+  constexpr bool kReadsAhead = kMem == ElemMemory::AllAhead || kMem == ElemMemory::ReadsAheadStreamed;
+  constexpr bool kWritesAhead = kGrad && (kMem == ElemMemory::WritesAhead || kMem == ElemMemory::AllAhead);
+  auto mask = bad;
+  double sum = 0;
+  for (int64_t s0 = i0; s0 < i1; s0 += kChunk) {
+    V acc = V::set1(0);
+    for (int64_t i = s0; i < s0 + kChunk; i += W) {
+      if constexpr (kReadsAhead) {
+        __builtin_prefetch(reinterpret_cast<const char*>(x + i) + kElemPrefetchBytes, 0, 1);
+        if constexpr (kTargetArray) __builtin_prefetch(reinterpret_cast<const char*>(t + i) + kElemPrefetchBytes, 0, 1);
+      }
+      if constexpr (kWritesAhead) __builtin_prefetch(reinterpret_cast<char*>(gx + i) + kElemPrefetchBytes, 1, 1);
+      V tv = tc;
+      if constexpr (kTargetArray) tv = vload(t + i);
+      const V xv = vload(x + i);
+      const OpOut<V> o = Op::eval(xv, tv, pw, k);
+      if constexpr (Op::kChecksDomain) mask = mask | Op::out_of_domain(xv) | Op::out_of_domain(tv);
+      if constexpr (kGrad) {
+        const V gv = o.gx * g;
+        if (!(kMem == ElemMemory::ReadsAheadStreamed && vstream(gx + i, gv))) vstore(gx + i, gv);
+      }
+      acc = acc + o.loss * wconst;
+    }
+    sum += double(hsum(acc));
+  }
+  bad = mask;
+  return sum;
+}
+
 template <class S, class Op> ElementwiseResult elementwise_typed(const ElementwiseProblem& pr, int threads) {
   using A = acc_t<S>;
   using V = vec_t<S>;
@@ -133,7 +187,36 @@ template <class S, class Op> ElementwiseResult elementwise_typed(const Elementwi
     const auto flag_bad = [&bad](V xv, V tv) {
       if constexpr (Op::kChecksDomain) bad = bad | Op::out_of_domain(xv) | Op::out_of_domain(tv);
     };
-    for (int64_t s0 = i0; s0 < i1; s0 += kElemLaneTerms * W) {
+    int64_t c0 = i0;  // where the generic loop starts
+    if (plain && (tp || (!pfr && !pfg))) {
+      const A *wp, *pwp;
+      A wc, pwc;
+      const int64_t end = factor_run(pwb, i0, factor_run(wb, i0, i1, wp, wc), pwp, pwc);
+      if (!wp && !pwp && end == i1) {
+        const int64_t full = i0 + (i1 - i0) / (kElemLaneTerms * W) * (kElemLaneTerms * W);
+        const V wconst = V::set1(wc * scale), g = wconst * gs, pw = V::set1(pwc);
+        const auto chunks = [&](auto grad, auto mem) {
+          return elementwise_chunks<S, Op, decltype(grad)::value, decltype(mem)::value>(
+              xp, tp, tc, gxp, i0, full, wconst, g, pw, kk, bad);
+        };
+        using M = ElemMemory;
+        using Plain = std::integral_constant<M, M::Plain>;
+        using AllAhead = std::integral_constant<M, M::AllAhead>;
+        if (!tp) {  // small: Plain (the condition above)
+          const auto one_target = [&](auto grad) {
+            return elementwise_chunks<S, Op, decltype(grad)::value, M::Plain, false>(
+                xp, tp, tc, gxp, i0, full, wconst, g, pw, kk, bad);
+          };
+          sum = gxp ? one_target(std::true_type{}) : one_target(std::false_type{});
+        } else if (!gxp) sum = pfr ? chunks(std::false_type{}, AllAhead{}) : chunks(std::false_type{}, Plain{});
+        else if (st) sum = chunks(std::true_type{}, std::integral_constant<M, M::ReadsAheadStreamed>{});
+        else if (pfr) sum = chunks(std::true_type{}, AllAhead{});
+        else if (pfg) sum = chunks(std::true_type{}, std::integral_constant<M, M::WritesAhead>{});
+        else sum = chunks(std::true_type{}, Plain{});
+        c0 = full;
+      }
+    }
+    for (int64_t s0 = c0; s0 < i1; s0 += kElemLaneTerms * W) {
       const int64_t s1 = kMin(i1, s0 + kElemLaneTerms * W);
       V acc = V::set1(0);  // memory-bound: one accumulator is enough
       for (int64_t r0 = s0; r0 < s1;) {

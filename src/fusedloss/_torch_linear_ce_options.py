@@ -76,12 +76,6 @@ def resolve(options: Any, input: Tensor, linear_weight: Tensor, target: Tensor,
             "linear_cross_entropy: options must be a torch.nn.LinearCrossEntropyOptions "
             f"or None, got {type(options).__name__}"
         )
-    acc = options.acc_dtype
-    if acc is not None and acc != input.dtype and not (
-            input.dtype in (torch.float16, torch.bfloat16) and acc == torch.float32):
-        raise RuntimeError(  # torch 2.13's check and words
-            "linear_cross_entropy supports float32 acc_dtype with float16/bfloat16 inputs, "
-            f"but got {acc} acc_dtype and {input.dtype} inputs.")
     chunk_tokens = 0
     if options.chunking_method != "auto" or options.batch_chunk_size is not None:
         chunk_tokens = options._adjust(  # torch's own resolution (and errors)
@@ -90,6 +84,12 @@ def resolve(options: Any, input: Tensor, linear_weight: Tensor, target: Tensor,
             dtype=input.dtype, device=input.device,
         ).batch_chunk_size
     # (else torch's per-device pick, which cannot fail: chunk_bytes decides here)
+    acc = options.acc_dtype
+    if acc is not None and acc != input.dtype and not (
+            input.dtype in (torch.float16, torch.bfloat16) and acc == torch.float32):
+        raise RuntimeError(  # torch 2.13's check (its op's, after _adjust) and words
+            "linear_cross_entropy supports float32 acc_dtype with float16/bfloat16 inputs, "
+            f"but got {acc} acc_dtype and {input.dtype} inputs.")
     mean_or_sum = reduction != "none"
     return Chunked(chunk_tokens, mean_or_sum and not options.allow_retain_graph,
                    mean_or_sum and options.allow_retain_graph)

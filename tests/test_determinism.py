@@ -3,7 +3,8 @@
 DESIGN.md: reductions are done in fixed-size blocks combined in a fixed order, so the
 loss and the gradient must not depend on ``fl.set_num_threads``. The shapes are big
 enough for every parallel path: many rows (512 x 4096), few rows with a huge C that
-the kernel splits (4 x 262144), the K-dim layout (8 x 21 x 64 x 64) and a 10^6-element
+the kernel splits (4 x 262144), the K-dim layout (8 x 21 x 64 x 64, and 4 x 21 x 128 x
+128, whose gradient streams in tiles shifted onto the line grid) and a 10^6-element
 input of every elementwise loss. 1-4 threads oversubscribe a 2-core machine on purpose.
 """
 
@@ -67,7 +68,7 @@ def _run_all_threads(call: Callable[[], tuple[Any, ...]]) -> None:
                 assert a == b, f"result {i} differs with {n} threads (repeat {repeat})"
 
 
-CE_SHAPES = [(512, 4096), (4, 262144), (8, 21, 64, 64)]
+CE_SHAPES = [(512, 4096), (4, 262144), (8, 21, 64, 64), (4, 21, 128, 128)]
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

@@ -7,6 +7,13 @@ AVX-512 paths stream through shifted vectors (two results joined per aligned sto
 masked stores at each row's ends). C = 50001 puts the row starts at every offset
 modulo the vector width; ``out=`` one element past a 64-byte boundary shifts row 0
 as well. Each case is ~26 MB of logits.
+
+K-dim input (N, C, d1..dk): a gradient of 4 MiB or more (kStreamColumnsBytes)
+whose class rows are whole 64-byte lines streams too, its column tiles shifted
+onto the line grid: a first short tile of the lanes before the grid, then whole
+tiles, then a short one where the row ends. ``out=`` k elements past a 64-byte
+boundary sets that first tile's length (0 for k = 0); an inner size that is not
+a whole number of lines does not stream (the control).
 """
 
 from __future__ import annotations
@@ -60,3 +67,61 @@ def test_streamed_kl_div_with_logits_gradient_matches_torch(classes: int, capabi
     loss, grad = fl.kl_div_with_logits_and_grad(x, t, 2.0, out=out)
     assert grad is out
     check(x, t, loss, grad, temperature=2.0)
+
+
+COLUMN_SHAPES = {np.float32: (4, 21, 128, 128), np.float64: (2, 21, 128, 128)}  # 5.5 MB each
+COLUMN_OPTIONS = {
+    "plain": {},
+    "weight-ignore": {"weight": True, "ignore_index": 3},
+    "smoothing": {"label_smoothing": 0.2},
+    "probabilities": {"probabilities": True},
+    "none-grad-output": {"reduction": "none"},
+    "inplace": {"inplace": True},
+}
+
+
+@pytest.mark.parametrize("option", list(COLUMN_OPTIONS))
+@pytest.mark.parametrize("past", [0, 1, 5, 7])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_column_gradient_matches_torch(dtype: Any, past: int, option: str,
+                                                capability: str) -> None:
+    opts = dict(COLUMN_OPTIONS[option])
+    rng = np.random.default_rng(13 + past)
+    shape = COLUMN_SHAPES[dtype]
+    n, c = shape[0], shape[1]
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    kwargs: dict[str, Any] = {}
+    if opts.pop("probabilities", False):
+        t = rng.random(shape).astype(dtype)
+        t /= t.sum(axis=1, keepdims=True)
+    else:
+        t = rng.integers(0, c, (n, *shape[2:]))
+        t[:, :, ::7] = opts.get("ignore_index", 0)
+    if opts.pop("weight", False):
+        kwargs["weight"] = rng.random(c).astype(dtype) + 0.5
+    if "ignore_index" in opts:
+        kwargs["ignore_index"] = opts.pop("ignore_index")
+    kwargs.update({k: v for k, v in opts.items() if k != "inplace"})
+    if kwargs.get("reduction") == "none":
+        kwargs["grad_output"] = rng.standard_normal((n, *shape[2:])).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(x.size * itemsize + 128, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64 + past * itemsize
+    buf = raw[start:start + x.size * itemsize].view(dtype).reshape(shape)
+    if opts.get("inplace"):
+        buf[...] = x
+        loss, grad = fl.cross_entropy_and_grad(buf, t, inplace=True, **kwargs)
+    else:
+        loss, grad = fl.cross_entropy_and_grad(x, t, out=buf, **kwargs)
+    assert grad is buf
+    check_against_torch(F.cross_entropy, loss, grad, x, t, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unstreamed_columns_match_torch(dtype: Any, capability: str) -> None:
+    """Rows of 16380 elements (not whole lines): cached stores, the same tiles as ever."""
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((COLUMN_SHAPES[dtype][0], 21, 16380)) * 3).astype(dtype)
+    t = rng.integers(0, 21, (x.shape[0], 16380))
+    loss, grad = fl.cross_entropy_and_grad(x, t)
+    check_against_torch(F.cross_entropy, loss, grad, x, t)

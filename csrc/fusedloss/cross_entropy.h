@@ -49,7 +49,8 @@ template <class S> struct CrossEntropy {
   Reduction red;
   const A* go_arr;          // per-position upstream gradient (None), or nullptr
   double go_scalar;         // upstream gradient, already / D for Mean
-  bool stream;              // gradient far bigger than the caches: non-temporal stores
+  bool stream;              // gradient bigger than the caches (stream_rows, stream_columns): non-temporal stores
+  int64_t lead;             // columns: positions before the first whole tile (streaming: on the line grid)
   A* loss_out;              // per-position loss, or nullptr
   double* pos_loss;         // per-position loss for the reduction, or nullptr
   // [Note logit transform]
@@ -189,6 +190,11 @@ template <class S> struct CrossEntropy {
   static void stx(S* p, int64_t n, V v) {
     if (n >= W) vstore(p, v);
     else store_n(p, n, v);
+  }
+  // A whole tile's gradient vector: streamed where the gradient streams
+  // (columns() puts whole tiles on the 64-byte grid then), else stored.
+  static void stg(S* p, V v, bool streamed) {
+    if (!(streamed && vstream(p, v))) vstore(p, v);
   }
   static void zero(S* p, int64_t n) {
     for (int64_t c = 0; c < n; c += W) stx(p + c, n - c, V::set1(0));
@@ -378,7 +384,7 @@ template <class S> struct CrossEntropy {
   void rows_chunked(int nt);
   void rows(int nt);
 
-  template <bool Full, bool kPlain> void tile(int64_t o, int64_t j0, A* es) const;
+  template <bool Full, bool kPlain> void tile(int64_t o, int64_t j0, int64_t nb, A* es) const;
   // Index targets whose every class is exact in A and in int32: a column tile
   // finds a position's target class with one vector compare per class.
   bool onehot_targets() const { return tgt && C <= (sizeof(A) == 8 ? int64_t(INT32_MAX) : int64_t(1) << 24); }
@@ -394,14 +400,18 @@ template <class S> struct CrossEntropy {
   bool lean_tile() const { return onehot_targets() && !q && !smooth && !xf && !zloss && !lse_out; }
   bool tile_lean(int64_t o, int64_t j0, A* es) const;
 
+  // Column tiles per outer index: a first tile of `lead` positions (0: none),
+  // then kTile at a time, the last one short where I ends.
+  int64_t tiles_per_outer() const { return (lead > 0) + (I - lead + kTile - 1) / kTile; }
   // kPlain: logits as they are, index targets, no smoothing (most calls):
   // the tile's loops compiled without the tests for the other options.
   void tile_at(int64_t it, int64_t per, A* es) const {
-    const int64_t o = it / per, j0 = (it % per) * kTile;
+    const int64_t o = it / per, k = it % per - (lead > 0);
+    const int64_t j0 = k < 0 ? 0 : lead + k * kTile, nb = k < 0 ? lead : kMin(kTile, I - j0);
     const bool plain = !xf && !q && !smooth;
-    if (I - j0 >= kTile && lean_tile() && tile_lean(o, j0, es)) return;
-    if (I - j0 >= kTile) plain ? tile<true, true>(o, j0, es) : tile<true, false>(o, j0, es);
-    else plain ? tile<false, true>(o, j0, es) : tile<false, false>(o, j0, es);
+    if (nb == kTile && lean_tile() && tile_lean(o, j0, es)) return;
+    if (nb == kTile) plain ? tile<true, true>(o, j0, nb, es) : tile<true, false>(o, j0, nb, es);
+    else plain ? tile<false, true>(o, j0, nb, es) : tile<false, false>(o, j0, nb, es);
   }
 
   void columns(int nt);
@@ -485,7 +495,14 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
       nothing_weighed = tgt[i] == pr.ignore_index || w[tgt[i]] == A(0);
   if (pr.reduction == Reduction::Mean && nothing_weighed) denom = std::numeric_limits<double>::quiet_NaN();
   k.go_scalar = pr.reduction == Reduction::Mean ? pr.grad_output_scalar / denom : pr.grad_output_scalar;
-  k.stream = pr.grad_input && pr.inner == 1 && stream_rows(pr.outer, pr.classes * int64_t(sizeof(S)));  // rows only
+  if (pr.inner == 1) {
+    k.stream = pr.grad_input && stream_rows(pr.outer, pr.classes * int64_t(sizeof(S)));
+  } else {
+    // Columns: whole tiles start where the gradient's rows cross the line grid.
+    k.stream = pr.grad_input && stream_columns(k.g, npos * pr.classes, pr.inner);
+    const int64_t past = k.stream ? lanes_past_grid<64>(k.g) : 0;
+    k.lead = past ? 64 / int64_t(sizeof(S)) - past : 0;
+  }
   k.loss_out = static_cast<A*>(pr.loss);
   k.capped = pr.softcap > 0;
   k.xf = k.capped || pr.logit_scale != 1.0;

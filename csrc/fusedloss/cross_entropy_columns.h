@@ -14,14 +14,15 @@
 // Full: kTile positions, a compile-time trip count (registers, no tails).
 template <class S>
 template <bool Full, bool kPlain>
-void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
+void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   constexpr int64_t NV = kTile / W;
   // Members the loops use, as locals: the vector stores may alias anything, so
   // the members were loaded again after each store (I for every address).
   const int64_t I = this->I, C = this->C;
+  const bool streamed = stream;
   // The options, constant false where kPlain says so.
   const bool xf_ = !kPlain && xf, capped_ = !kPlain && capped, smooth_ = !kPlain && smooth;
-  const int64_t nb = Full ? kTile : kMin(kTile, I - j0), nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
+  const int64_t nb = Full ? kTile : nb_, nv = Full ? NV : (nb + W - 1) / W, base = o * C * I + j0;
   const int64_t ts = nv * W;
   const int64_t i0 = o * I + j0;
   const S* xo = x + base;
@@ -97,7 +98,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
   for (int64_t cb = 0; cb < C; cb += kFlushClasses) {
     for (int64_t c = cb; c < kMin(C, cb + kFlushClasses); ++c) {
       const V wv = V::set1(wc(c)), cv = V::set1(A(c));
-      if (ahead && gt_) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
+      if (ahead && gt_ && !streamed) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
       for (int64_t v = 0; v < nv; ++v) {
         V xv = ldx(xo + c * I + v * W, nb - v * W, A(0));
         if (xf_) {
@@ -190,7 +191,9 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
       const V cv = V::set1(A(c));
       for (int64_t v = 0; v < nv; ++v) {
         const V e = V::load(es + c * ts + v * W);
-        stx(gt_ + c * I + v * W, nb - v * W, fmsub(e, av[v], select(eq(tv[v], cv), bv[v], V::set1(0))));
+        const V gv = fmsub(e, av[v], select(eq(tv[v], cv), bv[v], V::set1(0)));
+        if (Full) stg(gt_ + c * I + v * W, gv, streamed);
+        else stx(gt_ + c * I + v * W, nb - v * W, gv);
       }
     }
   } else if (need_pass2()) {
@@ -217,7 +220,9 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, A* es) const {
           if (gt_) {
             if (onehot) gv = select(eq(tv[v], cv), fmsub(e, av[v], bv[v]), gv);
             if (capped_) gv = gv * dtanh(xz);
-            stx(gt_ + off, n, select(eq(okv[v], V::set1(0)), V::set1(0), gv));
+            gv = select(eq(okv[v], V::set1(0)), V::set1(0), gv);
+            if (Full) stg(gt_ + off, gv, streamed);
+            else stx(gt_ + off, n, gv);
           }
         }
       }
@@ -270,6 +275,7 @@ template <class S>
 bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
   constexpr int64_t NV = kTile / W;
   const int64_t I = this->I, C = this->C, base = o * C * I + j0, i0 = o * I + j0;
+  const bool streamed = stream;
   const S* xo = x + base;
   S* gt_ = g ? g + base : nullptr;
   A* xs = es + C * kTile;
@@ -290,7 +296,7 @@ bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
   for (int64_t v = 0; v < NV; ++v) mv[v] = V::set1(std::numeric_limits<A>::lowest());
   const bool ahead = j0 + 3 * kTile <= I;  // as tile(): the rows two tiles on, into L2
   for (int64_t c = 0; c < C; ++c) {
-    if (ahead && gt_) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
+    if (ahead && gt_ && !streamed) prefetch_tile_row<1>(gt_ + c * I + 2 * kTile);
     for (int64_t v = 0; v < NV; ++v) {
       const V xv = vload(xo + c * I + v * W);
       xv.store(xs + c * kTile + v * W);
@@ -359,7 +365,7 @@ bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
       const V cv = V::set1(A(c));
       for (int64_t v = 0; v < NV; ++v) {
         const V e = V::load(es + c * kTile + v * W);
-        vstore(gt_ + c * I + v * W, fmsub(e, av[v], select(eq(tv[v], cv), bv[v], V::set1(0))));
+        stg(gt_ + c * I + v * W, fmsub(e, av[v], select(eq(tv[v], cv), bv[v], V::set1(0))), streamed);
       }
     }
   }
@@ -375,7 +381,7 @@ bool CrossEntropy<S>::tile_lean(int64_t o, int64_t j0, A* es) const {
 
 template <class S>
 void CrossEntropy<S>::columns(int nt) {
-  const int64_t per = (I + kTile - 1) / kTile, tiles = N * per;
+  const int64_t per = tiles_per_outer(), tiles = N * per;
   // A tile's scratch: e, the logits' copy (C x its vectors each, fewer than
   // kTile's when I is small) and tile_lean's block sums.
   const int64_t each = (2 * C + (C + kFlushClasses - 1) / kFlushClasses) * kMin(kTile, (I + W - 1) / W * W);
@@ -383,6 +389,7 @@ void CrossEntropy<S>::columns(int nt) {
   Scratch<A> es(int64_t(nt) * each);
   if (nt <= 1) {
     for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, es.p);
+    if (stream) stream_fence();
     return;
   }
 #pragma omp parallel num_threads(nt)
@@ -390,5 +397,6 @@ void CrossEntropy<S>::columns(int nt) {
     A* mine = es.p + omp_get_thread_num() * each;
 #pragma omp for schedule(static)
     for (int64_t it = 0; it < tiles; ++it) tile_at(it, per, mine);
+    if (stream) stream_fence();
   }
 }

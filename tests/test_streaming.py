@@ -125,3 +125,32 @@ def test_unstreamed_columns_match_torch(dtype: Any, capability: str) -> None:
     t = rng.integers(0, 21, (x.shape[0], 16380))
     loss, grad = fl.cross_entropy_and_grad(x, t)
     check_against_torch(F.cross_entropy, loss, grad, x, t)
+
+
+@pytest.mark.parametrize("option", ["smoothing", "z-loss", "probabilities", "softcap-none"])
+def test_streamed_column_bits_do_not_depend_on_the_buffer(option: str, capability: str) -> None:
+    """Where the gradient streams, its address sets the column tiles: every placement of
+    ``out=`` (and the forward-only loss, which never streams) gives the same bits."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((8, 21, 8192)) * 3  # float64, 11 MB
+    t: np.ndarray = rng.integers(0, 21, (8, 8192))
+    kwargs: dict[str, Any] = {
+        "smoothing": {"label_smoothing": 0.1},
+        "z-loss": {"lse_square_scale": 1e-2},
+        "probabilities": {},
+        "softcap-none": {"softcap": 5.0, "reduction": "none"},
+    }[option]
+    if option == "probabilities":
+        t = rng.random(x.shape)
+        t /= t.sum(axis=1, keepdims=True)
+    results = []
+    for past in range(8):
+        raw = np.empty(x.nbytes + 128, dtype=np.uint8)
+        start = (-raw.ctypes.data) % 64 + past * 8
+        out = raw[start:start + x.nbytes].view(np.float64).reshape(x.shape)
+        results.append(fl.cross_entropy_and_grad(x, t, out=out, **kwargs))
+    forward_only = fl.cross_entropy(x, t, **kwargs)
+    for loss, grad in results:
+        np.testing.assert_array_equal(loss, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+    np.testing.assert_array_equal(forward_only, results[0][0])

@@ -75,6 +75,14 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   // Each loop over C below runs in blocks of kFlushClasses, flushing after
   // each (the first block's flush sets the double sums: nothing to zero).
   alignas(64) double sd[kTile], qd[kTile], accd[kTile];
+  // [Note per-position loops]: the steps per position below run over all kTile
+  // lanes, a trip count the compiler knows, so every lane gets the same
+  // vector code whatever the tile's length (a partial tile's lanes in a loop
+  // to nb got a scalar remainder, whose contractions gave other last bits in
+  // double: the same position in a whole and a partial tile differed, and
+  // streaming shifts the tiles with the gradient's address). Lanes past the
+  // tile hold harmless values and are never written out.
+  for (int64_t j = nv * W; j < kTile; ++j) sd[j] = 1, qd[j] = accd[j] = 0;
   const auto flush = [nv](V* acc, double* to, bool first) {
     alignas(64) A part[kTile];
     for (int64_t v = 0; v < nv; ++v) acc[v].store(part + v * W), acc[v] = V::set1(0);
@@ -154,6 +162,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
     mv[v].store(mb + v * W);
     if (onehot) xtv[v].store(xtb + v * W);
   }
+  for (int64_t j = nv * W; j < kTile; ++j) lseb[j] = mb[j] = A(0);
   // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - bb * [c == t],
   // bb the whole [c == t] term (Pos::bt). Invalid lanes
   // may hold anything: their gradient is zeroed by okb, their loss unused.
@@ -161,7 +170,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   // As coefs(): times gs, z-loss's 2 lam LSE on p's coefficient.
   const auto zl = [&](int64_t j, double go) { return go * (2 * lam) * (double(mb[j]) + double(lseb[j])); };
   if (tgt) {
-    for (int64_t j = 0; j < nb; ++j) {
+    for (int64_t j = 0; j < kTile; ++j) {  // [Note per-position loops]
       const double go = gob[j] * gs;
       double a = p_coef(go, wtb[j]);
       if (zloss) a += zl(j, go);
@@ -170,7 +179,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
       bb[j] = static_cast<A>(target_coef(go, wtb[j]));
     }
   } else {
-    for (int64_t j = 0; j < nb; ++j) {
+    for (int64_t j = 0; j < kTile; ++j) {
       const double go = gob[j] * gs;
       double a = go * qd[j];
       if (zloss) a += zl(j, go);
@@ -241,14 +250,14 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   alignas(64) double lb[kTile];
   if (tgt) {
     const double ome = double(one_m_eps);
-    for (int64_t j = 0; j < nb; ++j) {
+    for (int64_t j = 0; j < kTile; ++j) {  // [Note per-position loops]
       double l = ome * wtb[j] * (double(lseb[j]) - double(xtb[j] - mb[j]));
       if (smooth_) l -= eps_c_d * accd[j];  // accd is set only then
       if (zloss) l += zloss_term(mb[j], lseb[j]);
-      lb[j] = tgt[i0 + j] != ignore ? l : 0.0;
+      lb[j] = okb[j] != A(0) ? l : 0.0;  // okb: not ignored
     }
   } else {
-    for (int64_t j = 0; j < nb; ++j) lb[j] = zloss ? zloss_term(mb[j], lseb[j]) - accd[j] : -accd[j];
+    for (int64_t j = 0; j < kTile; ++j) lb[j] = zloss ? zloss_term(mb[j], lseb[j]) - accd[j] : -accd[j];
   }
   for (int64_t j = 0; j < nb && lse_out; ++j) store_lse(i0 + j, !tgt || tgt[i0 + j] != ignore, mb[j], lseb[j]);
   if (loss_out)

@@ -131,10 +131,10 @@ struct BceOp : OpDefaults {
   template <class V> static auto out_of_domain(V v) { return nge(v, V::set1(0)) | gt(v, V::set1(1)); }
   template <class V> static OpOut<V> eval(V x, V t, V, const OpConsts<V>&) {
     const V lo = V::set1(-100), one = V::set1(1);
-    // One of log x and log(1 - x) is log1p of an exact u in [-0.5, 0] (x - 1
-    // for x >= 0.5, Sterbenz; -x below), the other the log of v = 1 - x or x.
+    // One of log x and log(1 - x) is the log of v = min(x, 1 - x) (1 - x is
+    // exact for x >= 0.5, Sterbenz), the other log1p(-v), u = -v in [-0.5, 0].
     const auto upper = ge(x, V::set1(0.5));
-    const V u = select(upper, x - one, V::set1(0) - x), v = select(upper, one - x, x);
+    const V v = vmin(x, one - x), u = V::set1(0) - v;
     const V near = log1p_neg_half(u), far = vlog<true>(v);  // v in [0, 0.5], or NaN
     const V ln_x = select(upper, near, far), ln_1mx = select(upper, far, near);
     const V log_x = vmax(ln_x, lo), log_1mx = vmax(ln_1mx, lo);

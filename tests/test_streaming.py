@@ -13,7 +13,8 @@ whose class rows are whole 64-byte lines streams too, its column tiles shifted
 onto the line grid: a first short tile of the lanes before the grid, then whole
 tiles, then a short one where the row ends. ``out=`` k elements past a 64-byte
 boundary sets that first tile's length (0 for k = 0); an inner size that is not
-a whole number of lines does not stream (the control).
+a whole number of lines does not stream (the control). The one-lane scalar
+baseline, whose tiles are shorter than a line, never streams columns.
 """
 
 from __future__ import annotations

@@ -31,14 +31,16 @@ inline bool stream_rows(int64_t rows, int64_t row_bytes) {
 // 64-byte grid so that every streamed line is written whole (a line written in
 // parts leaves the write-combining buffer as partial writes, slower than cached
 // stores; cached stores read each line before writing it). Only where it can
-// be: float or double, each class's row a whole number of lines.
+// be: float or double, each class's row a whole number of lines, and a tile
+// (tile_bytes) at least a line, so the first tile's lanes before the grid fit
+// in it (not on the scalar baseline, whose tile of 8 lanes is shorter).
 // Measured (fwd+grad, float32, AVX2 Zen 3, 1 and 2 threads, median of 30
 // alternating pairs, the same bits): 8x21x16384 (11 MB) 0.81-0.87x the time,
 // 4x150x4096 (9.8 MB) 0.80-0.86x; 2x21x16384 (2.75 MB) 0.98-1.04x, 1x21x16384
 // (1.4 MB, in L2 + L3) 1.36-1.45x, hence 4 MiB.
 constexpr int64_t kStreamColumnsBytes = int64_t(4) << 20;
-template <class S> inline bool stream_columns(const S* g, int64_t total, int64_t inner) {
-  return sizeof(S) >= 4 && total * int64_t(sizeof(S)) >= kStreamColumnsBytes &&
+template <class S> inline bool stream_columns(const S* g, int64_t total, int64_t inner, int64_t tile_bytes) {
+  return sizeof(S) >= 4 && tile_bytes >= 64 && total * int64_t(sizeof(S)) >= kStreamColumnsBytes &&
          inner * int64_t(sizeof(S)) % 64 == 0 && lanes_past_grid<64>(g) >= 0;
 }
 

@@ -498,12 +498,9 @@ CrossEntropyResult cross_entropy_typed(const CrossEntropyProblem& pr, int thread
   if (pr.inner == 1) {
     k.stream = pr.grad_input && stream_rows(pr.outer, pr.classes * int64_t(sizeof(S)));
   } else {
-    // Columns: whole tiles start where the gradient's rows cross the line grid,
-    // so the first tile's `lead` lanes (less than a line) must fit in one tile:
-    // not on the scalar baseline, whose tile of kTile = 8 lanes (and stores)
-    // are shorter than a line.
-    k.stream = pr.grad_input && CrossEntropy<S>::kTile * int64_t(sizeof(S)) >= 64 &&
-               stream_columns(k.g, npos * pr.classes, pr.inner);
+    // Columns: whole tiles start where the gradient's rows cross the line grid.
+    k.stream = pr.grad_input &&
+               stream_columns(k.g, npos * pr.classes, pr.inner, CrossEntropy<S>::kTile * int64_t(sizeof(S)));
     const int64_t past = k.stream ? lanes_past_grid<64>(k.g) : 0;
     k.lead = past ? 64 / int64_t(sizeof(S)) - past : 0;
   }

@@ -283,6 +283,79 @@ def test_lse_out(capability, rng, dtype, case):
     np.testing.assert_array_equal(lse2, lse)
 
 
+# (N, C, inner) shapes over every kernel route: small rows, rows in chunks, and
+# columns (C small enough for the tiles' one-hot compare, and not).
+CONFIDENT_SHAPES = [(8, 1, 1), (8, 7, 1), (4, 3000, 1), (3, 1, 37), (3, 7, 37), (2, 300, 37)]
+
+
+CONFIDENT_OPTIONS = {
+    "plain": {},
+    "zloss": {"lse_square_scale": 3e-5},
+    "softcap_zloss": {"softcap": 30.0, "lse_square_scale": 3e-5},  # the fixed shift (cap <= 40)
+}
+
+
+@pytest.mark.parametrize("options", sorted(CONFIDENT_OPTIONS))
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", CONFIDENT_SHAPES, ids=str)
+def test_confident_positions_keep_their_digits(capability, rng, shape, weighted, options):
+    """float32 where the target's probability rounds to 1 (one class, or a target
+    logit of 30, the rest in [-1, 1]): the loss is about e^-30 C (plus z-loss's lam LSE^2) and
+    the target lane's gradient z-loss's 2 lam LSE p minus nearly nothing. Each
+    position's loss and target-lane gradient must be as accurate as torch's float32
+    (2x its error, or 4 ULP of the value itself): the suite's array-wide tolerance
+    would hide an error of the ulp of 1 on a value of 1e-10 or 1e-3 (a float
+    coefficient or exp-sum rounded before the cancellation)."""
+    n, c, inner = shape
+    x = rng.uniform(-1, 1, (n, c, inner)).astype(np.float32)
+    target = rng.integers(0, c, (n, inner))
+    np.put_along_axis(x, target[:, None, :], 30.0, axis=1)
+    if inner == 1:
+        x, target = x[:, :, 0], target[:, 0]
+    kwargs = {**CONFIDENT_OPTIONS[options], "reduction": "none"}
+    if weighted:
+        kwargs["weight"] = rng.uniform(0.5, 2, c).astype(np.float32)
+    wide = torch_loss_and_grad(ce_extras_reference, x, target, compute_dtype=np.float64, **kwargs)
+    low = torch_loss_and_grad(ce_extras_reference, x, target, compute_dtype=np.float32, **kwargs)
+    loss, grad = fl.cross_entropy_and_grad(x, target, **kwargs)
+    lane = lambda g: np.take_along_axis(np.asarray(g, np.float64), np.expand_dims(target, 1), axis=1)
+    for what, ours, ref, torch32 in [("loss", loss, wide.loss, low.loss),
+                                     ("target-lane gradient", lane(grad), lane(wide.grad), lane(low.grad))]:
+        ours, ref, torch32 = (np.asarray(a, np.float64) for a in (ours, ref, torch32))
+        bound = np.maximum(2 * np.abs(torch32 - ref), 4 * np.finfo(np.float32).eps * np.abs(ref))
+        assert np.all(np.abs(ours - ref) <= bound), (what, np.max(np.abs(ours - ref) / bound))
+
+
+def softmax_relative_errors(grad, wide, target):
+    """|grad / ref - 1| of every element but the targets' (there grad is p - 1)."""
+    keep = np.ones(grad.shape, bool)
+    np.put_along_axis(keep, np.expand_dims(target, 1), False, axis=1)
+    ref = np.asarray(wide, np.float64)[keep]
+    return np.abs(np.asarray(grad, np.float64)[keep] - ref) / np.abs(ref)
+
+
+@pytest.mark.parametrize("softcap", [None, 15.0, 30.0, 50.0])
+@pytest.mark.parametrize("shape", [(8, 300), (4, 5000), (2, 300, 9)], ids=str)
+def test_each_probability_as_accurate_as_torchs(capability, shape, softcap):
+    """float32 rows long enough for the chunked kernel, whose exps are shifted before
+    the max is known ([Note lead shift], [Note fixed shift]): each gradient element
+    p_c relative to the float64 one, median and 99th percentile over the array,
+    within 1.25x torch's float32, whose exps are shifted by the max (a shift 20 above
+    the first step's max, or the cap itself, gives 2x and 1.7x torch's median error)."""
+    rng = np.random.default_rng(sum(shape) + int(softcap or 0))
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    target = rng.integers(0, shape[1], (shape[0], *shape[2:]))
+    kwargs = {"reduction": "sum", "softcap": softcap}
+    wide = torch_loss_and_grad(ce_extras_reference, x, target, compute_dtype=np.float64, **kwargs)
+    low = torch_loss_and_grad(ce_extras_reference, x, target, compute_dtype=np.float32, **kwargs)
+    _, grad = fl.cross_entropy_and_grad(x, target, **kwargs)
+    ours = softmax_relative_errors(grad, wide.grad, target)
+    torchs = softmax_relative_errors(low.grad, wide.grad, target)
+    for q in (50, 99):
+        assert np.percentile(ours, q) <= 1.25 * np.percentile(torchs, q), (
+            q, np.percentile(ours, q), np.percentile(torchs, q))
+
+
 @pytest.mark.parametrize("layout", ["float16", "float64_for_float32", "strided"])
 def test_lse_out_any_float_array(rng, layout):
     x, target, _ = cross_entropy_inputs(rng, (6, 9), np.float32, ignore_frac=0.3)

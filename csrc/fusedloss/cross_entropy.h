@@ -72,6 +72,7 @@ template <class S> struct CrossEntropy {
     // exactly, as torch's softmax - 1 does.
     A xt, wt, lse, a, cw, bt;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - bt*[c == t]
     A M, ra;                  // rows: row max, a / S (p*a = exp(x - M) * ra)
+    A rt, rz;                 // ra's parts for the target lane (target_grad): without z-loss, and z-loss's
     double go, Q;
   };
 
@@ -110,12 +111,32 @@ template <class S> struct CrossEntropy {
       p.bt = static_cast<A>(target_coef(go, p.wt));
       p.cw = static_cast<A>(go * eps_c_d);
     } else {
-      a = go * p.Q;
+      // From go as rounded into cw: p a and cw w_c q'_c are then the same
+      // product where p is 1 (C = 1, or one confident class), and cancel
+      // exactly, as in torch's softmax sum(w q) - w q.
       p.cw = static_cast<A>(go);
+      a = double(p.cw) * p.Q;
     }
-    if (zloss) a += go * (2 * lam) * (double(p.M) + double(p.lse));  // d(lam LSE^2)/dz = 2 lam LSE p
-    p.a = static_cast<A>(a);
-    p.ra = static_cast<A>(a / sum);
+    const double az = zloss ? zloss_coef(go, p.M, p.lse) : 0.0;
+    const double a_all = zloss ? a + az : a;  // (not + 0.0: a -0 stays -0)
+    p.a = static_cast<A>(a_all);
+    p.ra = static_cast<A>(a_all / sum);
+    p.rt = zloss ? static_cast<A>(a / sum) : p.ra;
+    p.rz = static_cast<A>(az / sum);
+  }
+  // z-loss's share of p's coefficient: d(lam LSE^2)/dz = 2 lam LSE p.
+  double zloss_coef(double go, A M, A lse) const { return go * (2 * lam) * (double(M) + double(lse)); }
+
+  // [Note z-loss target lane]: the target lane's gradient, e rt - b, plus e rz
+  // with z-loss. z-loss's share of p's coefficient (rz) stays apart from the
+  // rest (rt), as in torch's sum of the two gradients: folded into one float
+  // coefficient it was rounded to the ulp of w_t, which then survived the
+  // cancellation e rt - b where p rounds to 1 (C = 1, confident rows), an
+  // absolute error of 6e-8 in float32 on a term of size 2 lam LSE. Elsewhere
+  // the sum of the two (ra) is used: no cancellation there.
+  V target_grad(V e, V rt, V rz, V b) const {
+    const V g = fmsub(e, rt, b);
+    return zloss ? fmadd(e, rz, g) : g;
   }
 
   // The z-loss term and lse_out of a position with log-sum-exp M + lse.
@@ -223,29 +244,38 @@ template <class S> struct CrossEntropy {
   // One chunk's shift m of its exps, exp-sum (rel. to m), max of z, sum w q'.
   // m is the max, or a shift chosen before it ([Note fixed shift], [Note lead
   // shift]).
-  struct Part { A m, s, top; double q; };
+  // A chunk's stats: its exps' shift m (its max, or a shift: [Note fixed
+  // shift], [Note lead shift]), their sum s, its max top, and the e of top
+  // as s holds it (et, where m is a shift; combine()); q: sum w q'.
+  struct Part { A m, s, top, et; double q; };
   // [Note fixed shift]: capped logits lie in [-cap, cap], so for a cap up to
-  // kFixedShiftCap exp(z - cap) is normal for every z (e^-80 > 1.2e-38 in
-  // float): pass 1 of an index-target row takes the cap as its shift and
-  // finds the max during the exps, with no pass for the max alone (that pass
-  // was a third of a capped row's time; with tanh a step at a time, fwd+grad
-  // 1024x32000 softcap 30 took 0.77-0.82x the time on AVX2, 128x128256
-  // 0.82x, 4096x1000 0.90x). combine() rescales the sums to the true
-  // max in double, so lse, the loss and log p keep the max-shifted forms;
-  // every e is as accurate relative to itself as exp(z - max) is, and pass 2
-  // multiplies by exp(cap - M) (at most e^80) rounded once with a / S.
+  // kFixedShiftCap exp(z - shift) is normal for any z and any shift among them
+  // (e^+-80 in float): pass 1 of an index-target row takes the max of its
+  // first step's z as its shift and finds the max during the exps, with no
+  // pass for the max alone (that pass was a third of a capped row's time;
+  // with tanh a step at a time, fwd+grad 1024x32000 softcap 30 took
+  // 0.77-0.82x the time on AVX2, 128x128256 0.82x, 4096x1000 0.90x). Accepted
+  // as the lead shift is (z - shift <= kShiftLead, else the exact way), for
+  // the same reasons: combine() rescales the sums to the true max in double,
+  // so lse, the loss and log p keep the max-shifted forms, pass 2 multiplies
+  // by exp(shift - M) <= 1 rounded once with a / S, and z - shift is exact
+  // near the max (the cap itself as the shift would leave z - cap ~ -20 to
+  // -60, rounded to 2e-6: p at twice torch's error at softcap 30).
   static constexpr A kFixedShiftCap = sizeof(A) == 4 ? A(40) : A(320);
   // [Note lead shift]: plain index-target rows shift a chunk's exps by the max
-  // of its first step plus kShiftLead, and find the chunk's max during the
-  // exps: no pass for the max alone (A/B on AVX2, Zen 3: forward only
-  // 1024x32000 0.88-0.94x the time, fwd+grad 2048x8192 and 64x32000 0.91-0.95x,
-  // 256x1000 0.96-0.97x, 4096x1000 and 1024x32000 0.99-1.03x, in the noise).
-  // Accepted when every x - shift <= kShiftLead (each e <= e^20, the sums far
-  // from overflow); else the chunk runs again the exact way (max, then exps). As with the fixed shift, combine() and
-  // pass 2 work from the true max, so the results keep the max-shifted forms
-  // and every e its relative accuracy; pass 2's factor e^(shift - M) a / S lies
-  // within e^+-20 of a / S (subnormal, losing bits, only where a / S is below
-  // about 1e-29: a grad_output or class weight that small).
+  // of its first step, and find the chunk's max during the exps: no pass for
+  // the max alone (A/B on AVX2, Zen 3: forward only 1024x32000 0.88-0.94x the
+  // time, fwd+grad 2048x8192 and 64x32000 0.91-0.95x, 256x1000 0.96-0.97x,
+  // 4096x1000 and 1024x32000 0.99-1.03x, in the noise). Accepted when every
+  // x - shift <= kShiftLead (each e <= e^20, the sums far from overflow); else
+  // the chunk runs again the exact way (max, then exps). As with the fixed
+  // shift, combine() and pass 2 work from the true max, so the results keep
+  // the max-shifted forms; pass 2's factor e^(shift - M) a / S lies within
+  // e^-20 of a / S (subnormal, losing bits, only where a / S is below about
+  // 1e-29: a grad_output or class weight that small). The shift is a max of
+  // the logits themselves, so x - shift is exact (Sterbenz) for the logits
+  // near the max, whose p matter (a shift 20 above that max would leave
+  // x - shift ~ -20, rounded to 1e-6, and p with it: 8 ULP in float).
   static constexpr A kShiftLead = A(20);
   bool fixed_shift() const { return capped && cap <= kFixedShiftCap; }
   // The single-accumulator sums of a chunk (sum w q', the smoothing / probability
@@ -313,8 +343,8 @@ template <class S> struct CrossEntropy {
   FUSEDLOSS_NOINLINE Quad lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
                                         const char* ahead, V* top) const;
   template <int kHint>
-  FUSEDLOSS_NOINLINE Quad capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, A* es, A* tb, Quad sum,
-                                          const char* ahead, V* top) const;
+  FUSEDLOSS_NOINLINE Quad capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, A* tb,
+                                          Quad sum, const char* ahead, V* top) const;
 
   // kSmoothRuns: rows with label smoothing and index targets, their common steps
   // by grad_run_smooth (an instantiation of their own: with that branch in the
@@ -338,9 +368,22 @@ template <class S> struct CrossEntropy {
     A mx = parts[0].top;
     for (int64_t k = 1; k < nch; ++k) mx = parts[k].top > mx ? parts[k].top : mx;
     double s = 0, qs = 0;
+    bool top_done = false;
     for (int64_t k = 0; k < nch; ++k) {
-      s += parts[k].m == mx ? double(parts[k].s) : double(parts[k].s) * ::exp(double(parts[k].m) - double(mx));
-      qs += parts[k].q;
+      const Part& pk = parts[k];
+      if (!top_done && pk.top == mx && pk.m != mx) {
+        // The (first) chunk holding the row's max, its exps shifted by m:
+        // the max's own e^(top - m) e^(m - M) counts as exactly 1, as in
+        // sum exp(x - M), and only the rest of the chunk's sum is rescaled.
+        // Else that e's rounding (an ULP) stayed in S, hence in lse, the
+        // loss and p: where one logit dominates (p near 1), 6e-8 in float
+        // on a loss and a target gradient of 1e-10 (torch's sum keeps its 1).
+        s += (double(pk.s) - double(pk.et)) * ::exp(double(pk.m) - double(mx)) + 1.0;
+        top_done = true;
+      } else {
+        s += pk.m == mx ? double(pk.s) : double(pk.s) * ::exp(double(pk.m) - double(mx));
+      }
+      qs += pk.q;
     }
     p.M = mx;
     p.lse = static_cast<A>(::log(s));

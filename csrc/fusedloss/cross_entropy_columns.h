@@ -166,34 +166,35 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   // Coefficients (in double, as coefs()): grad = e * ra - cw * w_c q'_c - bb * [c == t],
   // bb the whole [c == t] term (Pos::bt). Invalid lanes
   // may hold anything: their gradient is zeroed by okb, their loss unused.
-  alignas(64) A rab[kTile], cwb[kTile], bb[kTile];
-  // As coefs(): times gs, z-loss's 2 lam LSE on p's coefficient.
-  const auto zl = [&](int64_t j, double go) { return go * (2 * lam) * (double(mb[j]) + double(lseb[j])); };
+  // rtb, rzb: the target lane's parts of rab ([Note z-loss target lane]).
+  alignas(64) A rab[kTile], cwb[kTile], bb[kTile], rtb[kTile], rzb[kTile];
   if (tgt) {
     for (int64_t j = 0; j < kTile; ++j) {  // [Note per-position loops]
       const double go = gob[j] * gs;
-      double a = p_coef(go, wtb[j]);
-      if (zloss) a += zl(j, go);
-      rab[j] = okb[j] != A(0) ? static_cast<A>(a / sd[j]) : A(0);  // 0 where ignored: see the lean pass
+      const double a = p_coef(go, wtb[j]), az = zloss ? zloss_coef(go, mb[j], lseb[j]) : 0.0;
+      const bool ok = okb[j] != A(0);  // else 0: see the lean pass
+      rab[j] = ok ? static_cast<A>((zloss ? a + az : a) / sd[j]) : A(0);
+      rtb[j] = !zloss ? rab[j] : ok ? static_cast<A>(a / sd[j]) : A(0);
+      rzb[j] = ok ? static_cast<A>(az / sd[j]) : A(0);
       cwb[j] = static_cast<A>(go * eps_c_d);
       bb[j] = static_cast<A>(target_coef(go, wtb[j]));
     }
   } else {
     for (int64_t j = 0; j < kTile; ++j) {
       const double go = gob[j] * gs;
-      double a = go * qd[j];
-      if (zloss) a += zl(j, go);
-      rab[j] = static_cast<A>(a / sd[j]);
       cwb[j] = static_cast<A>(go);
-      bb[j] = A(0);
+      double a = double(cwb[j]) * qd[j];  // as coefs()
+      if (zloss) a += zloss_coef(go, mb[j], lseb[j]);
+      rab[j] = static_cast<A>(a / sd[j]);
+      bb[j] = rtb[j] = rzb[j] = A(0);
     }
   }
-  for (int64_t j = nb; j < kTile; ++j) rab[j] = cwb[j] = bb[j] = A(0);
+  for (int64_t j = nb; j < kTile; ++j) rab[j] = cwb[j] = bb[j] = rtb[j] = rzb[j] = A(0);
   // Plain tiles with every exp in range and no NaN sum: e is finite, and an
   // ignored lane's coefficient 0 makes its gradient e 0 - 0 = +0 without the
   // select of the general pass; the target's term comes in as b [c == t], an
   // FMA with 0 elsewhere (the same bits as the general pass's product).
-  if (kPlain && in_range && !nan_sum && onehot && gt_) {
+  if (kPlain && in_range && !nan_sum && onehot && gt_ && !zloss) {  // z-loss: the target lane's own terms
     V av[NV], bv[NV];
     for (int64_t v = 0; v < nv; ++v) av[v] = V::load(rab + v * W), bv[v] = V::load(bb + v * W);
     for (int64_t c = 0; c < C; ++c) {
@@ -227,7 +228,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
             gv = fmsub(e, av[v], cwv[v] * wq);
           }
           if (gt_) {
-            if (onehot) gv = select(eq(tv[v], cv), fmsub(e, av[v], bv[v]), gv);
+            if (onehot) gv = select(eq(tv[v], cv), target_grad(e, V::load(rtb + v * W), V::load(rzb + v * W), bv[v]), gv);
             if (capped_) gv = gv * dtanh(xz);
             gv = select(eq(okv[v], V::set1(0)), V::set1(0), gv);
             if (Full) stg(gt_ + off, gv, streamed);
@@ -242,7 +243,7 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
     for (int64_t j = 0; j < nb; ++j) {
       if (okb[j] == A(0)) continue;
       const int64_t t = tgt[i0 + j];
-      V gt = fmsub(V::set1(es[t * ts + j]), V::set1(rab[j]), V::set1(bb[j]));
+      V gt = target_grad(V::set1(es[t * ts + j]), V::set1(rtb[j]), V::set1(rzb[j]), V::set1(bb[j]));
       if (capped_) gt = gt * dtanh(V::set1(xs[t * ts + j]));
       put(gt_ + t * I + j, lane0(gt));
     }

@@ -32,14 +32,14 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   const bool fast = kZ || (!qr && !xf);  // index targets, and logits as they are or kZ's
   const int64_t e = fast ? c0 + (c1 - c0) / kStep * kStep : c0;
   // [Note lead shift]: plain logits' full steps, shifted by the first step's
-  // max plus the lead (not finite: the exact way).
+  // max (not finite: the exact way).
   A lead_shift = 0;
   bool lead = false;
   if constexpr (!kZ) {
     if (fast && !exact && e > c0) {
       V first[4];
       load_step(xr, c0, c1, -inf, first);
-      lead_shift = hmax(max4(first)) + kShiftLead;
+      lead_shift = hmax(max4(first));
       lead = std::isfinite(lead_shift);
     }
   }
@@ -54,10 +54,18 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     return rounded(t * capv);
   };
   const auto kept_t = [tb, c0, capv](int64_t at) { return rounded(V::load(tb + (at - c0)) * capv); };
-  // [Note fixed shift]: the full steps' max comes with their exps, below.
-  const bool fixed = kZ && tb && fixed_shift();
+  // [Note fixed shift]: the full steps' max comes with their exps, below,
+  // shifted by the max of the first step's z.
+  const bool fixed = kZ && tb && fixed_shift() && !exact && e > c0;
+  A fixed_at = 0;
   if constexpr (kZ) {  // (results by value: mk and lo stay in registers below)
-    if (!fixed) {
+    if (fixed) {
+      V z[4];
+      for (int k = 0; k < 4; ++k) z[k] = vload(xr + c0 + k * W) * zmulv;
+      vtanh_n<4>(z);  // capped_exp_sums' z
+      for (int k = 0; k < 4; ++k) z[k] = rounded(z[k] * capv);
+      fixed_at = hmax(max4(z));
+    } else {
       const MaxMin r = tb ? max_steps(keep_t, c0, e) : max_steps(scaled_z, c0, e);
       for (int k = 0; k < 4; ++k) mk[k] = r.mx.v[k];
       lo = r.lo;
@@ -80,13 +88,13 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   part.m = hmax(max4(mk));  // fixed or lead: of the partial steps only, so far
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   part.top = part.m;
-  if (fixed) part.m = cap;
+  if (fixed) part.m = fixed_at;
   if (lead) part.m = lead_shift;
   const V m = V::set1(part.m);
   // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
   // take exp's fast path without testing each vector, the same bits. Fixed
-  // shift: z - cap >= -2 cap always, and a NaN z gives a NaN e there too.
+  // shift: |z - shift| <= 2 cap always, and a NaN z gives a NaN e there too.
   const bool in_range = fixed || (fast && !lead && exp_args_in_range(lo - m));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next, the next chunk (rows are contiguous, so after a row's last chunk the
@@ -116,9 +124,11 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     if constexpr (kZ) {
       if (fixed) {
         V top = V::set1(part.top);
-        if (near) sum = capped_exp_sums<3>(xr, c0, c, e, es, tb, sum, ahead, &top);
-        else sum = capped_exp_sums<2>(xr, c0, c, e, es, tb, sum, ahead, &top);
+        if (near) sum = capped_exp_sums<3>(xr, c0, c, e, m, es, tb, sum, ahead, &top);
+        else sum = capped_exp_sums<2>(xr, c0, c, e, m, es, tb, sum, ahead, &top);
         part.top = hmax(top);
+        // As for the lead shift: too far above the shift (or NaN), the exact way.
+        if (!(part.top - fixed_at <= kShiftLead)) return chunk_stats_as<kZ>(xr, qr, c0, c1, es, tb, true);
       } else if (tb) {
         run(kept_t);
       } else {
@@ -167,6 +177,9 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     }
   }
   part.s = hsum((sum.v[0] + sum.v[1]) + (sum.v[2] + sum.v[3]));
+  // The max's e as the sums took it (exp_sums' bits: vexp_nonpos's in range;
+  // top - m lies in [0, kShiftLead]), for combine().
+  part.et = part.m != part.top && std::isfinite(part.top) ? lane0(vexp_nonpos(V::set1(part.top - part.m))) : A(1);
   part.q = qd + double(hsum(qa));
   return part;
 }
@@ -272,13 +285,13 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64
 }
 
 // [Note fixed shift]: a step of a capped index-target row, t = tanh(zmul x)
-// kept in tb, z = cap t, e = exp(z - cap), and the max of z into top; the same
+// kept in tb, z = cap t, e = exp(z - m), and the max of z into top; the same
 // bits as exp_sums over keep_t, tanh a step at a time (vtanh_n: one range test
 // for four vectors, logits as models make them all within the polynomial's).
 template <class S>
 template <int kHint>
 typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e,
-                                                               A* es, A* tb, Quad sum, const char* ahead,
+                                                               V m, A* es, A* tb, Quad sum, const char* ahead,
                                                                V* top) const {
   const V zmulv = V::set1(zmul), capv = V::set1(cap);
   V mx = *top;
@@ -290,7 +303,7 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int
       t[k].store(tb + (at - c0) + k * W);
       const V z = rounded(t[k] * capv);
       mx = vmax(mx, z);
-      ev[k] = vexp_in_range(z - capv);
+      ev[k] = vexp_in_range(z - m);
     }
   };
   sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead);
@@ -310,9 +323,11 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
   const V M = V::set1(p.M), cw = V::set1(p.cw), lse = V::set1(p.lse), m = V::set1(cm);
   // p = e * F * S / a. A chunk shifted by the row's max (every row of one
   // chunk, unless shifted before its max) has exp(m - M) = 1: no exp on the
-  // row's chain of latencies. Else in double, rounded once: exp(cap - M) may
-  // reach e^80 ([Note fixed shift]).
-  const V F = V::set1(cm == p.M ? p.ra : static_cast<A>(::exp(double(cm) - double(p.M)) * double(p.ra)));
+  // row's chain of latencies. Else in double, rounded once (exp(m - M) may be
+  // far below A's range where another chunk holds the max).
+  const double f = cm == p.M ? 1.0 : ::exp(double(cm) - double(p.M));
+  const auto shifted = [&](A r) { return cm == p.M ? r : static_cast<A>(f * double(r)); };
+  const V F = V::set1(shifted(p.ra));
   const bool loss = smooth || qr;
   V acc = V::set1(0);
   double accd = 0;
@@ -371,7 +386,12 @@ double CrossEntropy<S>::chunk_grad(const S* xr, const S* qr, S* gr, int64_t c0, 
     if (gr && tgt && p.t >= c && p.t < c + kStep) {  // the target lane: minus b
       alignas(64) A eb[4 * W];
       for (int k = 0; k < 4 && c + k * W < c1; ++k) e[k].store(eb + k * W);
-      V gt = fmsub(V::set1(eb[p.t - c]), F, V::set1(p.bt));
+      // A target at the row's max (the only place p can near 1) takes e =
+      // exp(0) = 1 and the unshifted coefficients, so e rt - b cancels as in
+      // torch's p - 1: e exp(m - M) differs from 1 by ULPs where m is a shift.
+      const bool at_max = p.xt == p.M;
+      V gt = at_max ? target_grad(V::set1(1), V::set1(p.rt), V::set1(p.rz), V::set1(p.bt))
+                    : target_grad(V::set1(eb[p.t - c]), V::set1(shifted(p.rt)), V::set1(shifted(p.rz)), V::set1(p.bt));
       if (capped) {
         alignas(64) A tt[4 * W];
         for (int k = 0; k < 4; ++k) tv[k].store(tt + k * W);
@@ -672,7 +692,8 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
     }
     const double acc = smooth || q ? double(hsum(la)) : 0.0;  // else la is 0
     if (gr && tgt) {
-      V gt = fmsub(V::set1(eb[j][p.t]), ra, V::set1(p.bt));
+      const A S1 = kDoubleRatio ? A(1) : sums[j];  // as ras: divided above where not in coefs()
+      V gt = target_grad(V::set1(eb[j][p.t]), V::set1(p.rt / S1), V::set1(p.rz / S1), V::set1(p.bt));
       if (capped) gt = gt * dtanh(V::set1(tz[j][p.t]));
       put(gr + p.t, lane0(gt));
     }

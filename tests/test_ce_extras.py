@@ -340,8 +340,9 @@ def test_each_probability_as_accurate_as_torchs(capability, shape, softcap):
     """float32 rows long enough for the chunked kernel, whose exps are shifted before
     the max is known ([Note lead shift], [Note fixed shift]): each gradient element
     p_c relative to the float64 one, median and 99th percentile over the array,
-    within 1.25x torch's float32, whose exps are shifted by the max (a shift 20 above
-    the first step's max, or the cap itself, gives 2x and 1.7x torch's median error)."""
+    within 1.5x torch's float32, whose exps are shifted by the max (a shift 20 above
+    the first step's max, or the cap itself, gives 2.1-2.3x torch's median error;
+    the shift at the first step's max 0.2-1.13x on AVX2, the most at softcap 30)."""
     rng = np.random.default_rng(sum(shape) + int(softcap or 0))
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     target = rng.integers(0, shape[1], (shape[0], *shape[2:]))
@@ -352,7 +353,7 @@ def test_each_probability_as_accurate_as_torchs(capability, shape, softcap):
     ours = softmax_relative_errors(grad, wide.grad, target)
     torchs = softmax_relative_errors(low.grad, wide.grad, target)
     for q in (50, 99):
-        assert np.percentile(ours, q) <= 1.25 * np.percentile(torchs, q), (
+        assert np.percentile(ours, q) <= 1.5 * np.percentile(torchs, q), (
             q, np.percentile(ours, q), np.percentile(torchs, q))
 
 

@@ -67,10 +67,10 @@ template <class S> struct CrossEntropy {
     int64_t t;
     // log p_c = (x_c - M) - lse: formed from the max-shifted logit, as torch
     // does, so the rounding is that of small numbers, not of |M| (~1000).
-    // bt: the whole [c == t] coefficient, b + cw w_t, formed in double as `a`
-    // is, so that one class (C = 1, or every other weight 0) gives p a - bt = 0
-    // exactly, as torch's softmax - 1 does.
-    A xt, wt, lse, a, cw, bt;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - bt*[c == t]
+    // bt: the whole [c == t] coefficient, b + cw w_t, formed in double as p's
+    // coefficient a is, so that one class (C = 1, or every other weight 0)
+    // gives p a - bt = 0 exactly, as torch's softmax - 1 does.
+    A xt, wt, lse, cw, bt;  // lse here is log(sum exp(x - M)); grad = p*a - cw*w_c*(q'_c) - bt*[c == t]
     A M, ra;                  // rows: row max, a / S (p*a = exp(x - M) * ra)
     A rt, rz;                 // ra's parts for the target lane (target_grad): without z-loss, and z-loss's
     double go, Q;
@@ -117,15 +117,19 @@ template <class S> struct CrossEntropy {
       p.cw = static_cast<A>(go);
       a = double(p.cw) * p.Q;
     }
-    const double az = zloss ? zloss_coef(go, p.M, p.lse) : 0.0;
-    const double a_all = zloss ? a + az : a;  // (not + 0.0: a -0 stays -0)
-    p.a = static_cast<A>(a_all);
-    p.ra = static_cast<A>(a_all / sum);
-    p.rt = zloss ? static_cast<A>(a / sum) : p.ra;
-    p.rz = static_cast<A>(az / sum);
+    const PCoef r = p_over_sum(a, zloss ? zloss_coef(go, p.M, p.lse) : 0.0, sum);
+    p.ra = r.ra, p.rt = r.rt, p.rz = r.rz;
   }
   // z-loss's share of p's coefficient: d(lam LSE^2)/dz = 2 lam LSE p.
   double zloss_coef(double go, A M, A lse) const { return go * (2 * lam) * (double(M) + double(lse)); }
+  // p's coefficient over the exp-sum, from a and z-loss's share az (coefs()
+  // and the column tiles): whole (ra, every lane) and in the target lane's two
+  // parts (rt, rz: [Note z-loss target lane]).
+  struct PCoef { A ra, rt, rz; };
+  PCoef p_over_sum(double a, double az, double sum) const {
+    const A ra = static_cast<A>((zloss ? a + az : a) / sum);  // (not a + 0.0: a -0 stays -0)
+    return {ra, zloss ? static_cast<A>(a / sum) : ra, static_cast<A>(az / sum)};
+  }
 
   // [Note z-loss target lane]: the target lane's gradient, e rt - b, plus e rz
   // with z-loss. z-loss's share of p's coefficient (rz) stays apart from the
@@ -241,13 +245,10 @@ template <class S> struct CrossEntropy {
   // lane keeps the exp-sum within ~1e-6 even on the one-lane baseline path;
   // chunks are combined in double.
   static constexpr int64_t kChunk = 128 * kStep;
-  // One chunk's shift m of its exps, exp-sum (rel. to m), max of z, sum w q'.
-  // m is the max, or a shift chosen before it ([Note fixed shift], [Note lead
-  // shift]).
-  // A chunk's stats: its exps' shift m (its max, or a shift: [Note fixed
-  // shift], [Note lead shift]), their sum s, its max top, and the e of top
-  // as s holds it (et, where m is a shift; combine()); q: sum w q'.
-  struct Part { A m, s, top, et; double q; };
+  // One chunk's shift m of its exps (its max, or a shift chosen before it:
+  // [Note fixed shift], [Note lead shift]), their sum s (rel. to m), its max
+  // of z top, and sum w q'.
+  struct Part { A m, s, top; double q; };
   // [Note fixed shift]: capped logits lie in [-cap, cap], so for a cap up to
   // kFixedShiftCap exp(z - shift) is normal for any z and any shift among them
   // (e^+-80 in float): pass 1 of an index-target row takes the max of its
@@ -378,7 +379,10 @@ template <class S> struct CrossEntropy {
         // Else that e's rounding (an ULP) stayed in S, hence in lse, the
         // loss and p: where one logit dominates (p near 1), 6e-8 in float
         // on a loss and a target gradient of 1e-10 (torch's sum keeps its 1).
-        s += (double(pk.s) - double(pk.et)) * ::exp(double(pk.m) - double(mx)) + 1.0;
+        // et: that e as the sums took it (exp_sums' bits, vexp_nonpos's in
+        // range; a shifted chunk's top - m lies in [0, kShiftLead], finite).
+        const A et = lane0(vexp_nonpos(V::set1(pk.top - pk.m)));
+        s += (double(pk.s) - double(et)) * ::exp(double(pk.m) - double(mx)) + 1.0;
         top_done = true;
       } else {
         s += pk.m == mx ? double(pk.s) : double(pk.s) * ::exp(double(pk.m) - double(mx));

@@ -171,11 +171,10 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
   if (tgt) {
     for (int64_t j = 0; j < kTile; ++j) {  // [Note per-position loops]
       const double go = gob[j] * gs;
-      const double a = p_coef(go, wtb[j]), az = zloss ? zloss_coef(go, mb[j], lseb[j]) : 0.0;
-      const bool ok = okb[j] != A(0);  // else 0: see the lean pass
-      rab[j] = ok ? static_cast<A>((zloss ? a + az : a) / sd[j]) : A(0);
-      rtb[j] = !zloss ? rab[j] : ok ? static_cast<A>(a / sd[j]) : A(0);
-      rzb[j] = ok ? static_cast<A>(az / sd[j]) : A(0);
+      const double az = zloss ? zloss_coef(go, mb[j], lseb[j]) : 0.0;
+      // 0 where ignored: see the lean pass
+      const PCoef r = okb[j] != A(0) ? p_over_sum(p_coef(go, wtb[j]), az, sd[j]) : PCoef{A(0), A(0), A(0)};
+      rab[j] = r.ra, rtb[j] = r.rt, rzb[j] = r.rz;
       cwb[j] = static_cast<A>(go * eps_c_d);
       bb[j] = static_cast<A>(target_coef(go, wtb[j]));
     }
@@ -183,9 +182,8 @@ void CrossEntropy<S>::tile(int64_t o, int64_t j0, int64_t nb_, A* es) const {
     for (int64_t j = 0; j < kTile; ++j) {
       const double go = gob[j] * gs;
       cwb[j] = static_cast<A>(go);
-      double a = double(cwb[j]) * qd[j];  // as coefs()
-      if (zloss) a += zloss_coef(go, mb[j], lseb[j]);
-      rab[j] = static_cast<A>(a / sd[j]);
+      const double az = zloss ? zloss_coef(go, mb[j], lseb[j]) : 0.0;
+      rab[j] = p_over_sum(double(cwb[j]) * qd[j], az, sd[j]).ra;  // a as coefs() forms it
       bb[j] = rtb[j] = rzb[j] = A(0);
     }
   }

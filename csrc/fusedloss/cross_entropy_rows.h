@@ -177,9 +177,6 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     }
   }
   part.s = hsum((sum.v[0] + sum.v[1]) + (sum.v[2] + sum.v[3]));
-  // The max's e as the sums took it (exp_sums' bits: vexp_nonpos's in range;
-  // top - m lies in [0, kShiftLead]), for combine().
-  part.et = part.m != part.top && std::isfinite(part.top) ? lane0(vexp_nonpos(V::set1(part.top - part.m))) : A(1);
   part.q = qd + double(hsum(qa));
   return part;
 }

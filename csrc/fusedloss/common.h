@@ -44,15 +44,18 @@ template <class S> inline bool stream_columns(const S* g, int64_t total, int64_t
          inner * int64_t(sizeof(S)) % 64 == 0 && lanes_past_grid<64>(g) >= 0;
 }
 
-// Heap scratch without std:: templates ([Note ODR across ISA builds], kernels_isa.cpp).
+// Heap scratch without std:: templates ([Note ODR across ISA builds], kernels_isa.cpp),
+// from the calling thread's kept blocks where one fits (scratch_pool.cpp).
 // Allocation failure throws std::bad_alloc (MemoryError in Python), so it is
 // never constructed inside a parallel region, where an exception cannot leave.
 template <class T> struct Scratch {
-  T* p = nullptr;
-  explicit Scratch(int64_t n) : p(static_cast<T*>(malloc(sizeof(T) * static_cast<size_t>(n > 0 ? n : 1)))) {
+  size_t capacity = 0;  // (before p: p's initialiser sets it)
+  T* p;
+  explicit Scratch(int64_t n)
+      : p(static_cast<T*>(::fusedloss::scratch_acquire(sizeof(T) * static_cast<size_t>(n > 0 ? n : 1), capacity))) {
     if (!p) throw std::bad_alloc();
   }
-  ~Scratch() { free(p); }
+  ~Scratch() { ::fusedloss::scratch_release(p, capacity); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
   T& operator[](int64_t i) { return p[i]; }

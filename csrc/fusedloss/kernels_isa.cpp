@@ -45,6 +45,7 @@
 #include <utility>
 
 #include "fusedloss/kernels.h"
+#include "fusedloss/scratch_pool.h"
 
 namespace fusedloss {
 namespace FUSEDLOSS_ISA {

@@ -81,6 +81,16 @@ def run_and_check(x, target, **kwargs):
     return ref
 
 
+def check_with_grad_output(rng, x, target, weight, reduction):
+    """The fused call with a random grad_output against torch; returns the loss."""
+    go = upstream_gradient(rng, target.shape, x.dtype, reduction)
+    loss, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
+                                           grad_output=go)
+    check_against_torch(F.cross_entropy, loss, grad, x, target, weight=weight,
+                        reduction=reduction, grad_output=go)
+    return loss
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
@@ -131,11 +141,7 @@ def test_medium_rows(capability, rng, dtype, reduction, weighted, classes):
     x, target, weight = cross_entropy_inputs(rng, (37, classes), dtype, weight=weighted,
                                              ignore_frac=0.2)
     run_and_check(x, target, reduction=reduction, weight=weight)
-    go = upstream_gradient(rng, target.shape, dtype, reduction)
-    loss, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
-                                           grad_output=go)
-    check_against_torch(F.cross_entropy, loss, grad, x, target, weight=weight,
-                        reduction=reduction, grad_output=go)
+    loss = check_with_grad_output(rng, x, target, weight, reduction)
     np.testing.assert_array_equal(fl.cross_entropy(x, target, weight=weight, reduction=reduction),
                                   loss, err_msg="the loss alone differs from the fused call's")
     x[3, 5] = np.nan
@@ -198,11 +204,7 @@ def test_whole_column_tiles(capability, rng, dtype, reduction, classes, inner):
     )
     for w in (None, weight):
         run_and_check(x, target, weight=w, reduction=reduction)
-    gout = upstream_gradient(rng, target.shape, dtype, reduction)
-    loss, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
-                                           grad_output=gout)
-    check_against_torch(F.cross_entropy, loss, grad, x, target, weight=weight,
-                        reduction=reduction, grad_output=gout)
+    check_with_grad_output(rng, x, target, weight, reduction)
     # (at a position that is not ignored: an ignored one's gradient is 0 here, NaN in
     # torch, test_edge_numerics' known deviation)
     x[1, classes // 2, np.flatnonzero(target[1] != -100)[-1]] = np.nan

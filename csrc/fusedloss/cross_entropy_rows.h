@@ -709,20 +709,16 @@ template <class S>
 void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
   constexpr A inf = std::numeric_limits<A>::infinity();
   const int64_t C = this->C, full = C / kStep * kStep, len = padded(), nb = r1 - r0;
-  alignas(64) A Ms[kRowBlock], sums[kRowBlock], lses[kRowBlock], ras[kRowBlock], xts[kRowBlock], wts[kRowBlock];
-  double gos[kRowBlock];  // the upstream gradient, times gs, as coefs() forms a, b and ra
-  double sumd[kRowBlock];  // the exp-sum in double, for ra (sums: rounded to A, for the log)
-  bool ok[kRowBlock];
+  Pos pos[kRowBlock];  // setup()'s, then coefs()'s: the chunk path's per-row arithmetic
+  alignas(64) A sums[kRowBlock], lses[kRowBlock];
+  double sumd[kRowBlock];  // the exp-sum in double, for coefs() (sums: rounded to A, for the log)
   for (int64_t j = 0; j < kRowBlock; ++j) {
-    Ms[j] = A(0), sums[j] = A(1), xts[j] = A(0), wts[j] = A(1), gos[j] = 0, sumd[j] = 1, ok[j] = false;
+    sums[j] = A(1), sumd[j] = 1;
     if (j >= nb) continue;
     const int64_t r = r0 + j;
     const S* xr = x + r * C;
-    ok[j] = tgt[r] != ignore;
-    if (!ok[j]) continue;
-    xts[j] = to_acc(xr[tgt[r]]);  // read before anything is written (in-place safe)
-    wts[j] = wc(tgt[r]);
-    gos[j] = (red == Reduction::None && go_arr ? double(go_arr[r]) : go_scalar) * gs;  // as setup()
+    pos[j] = setup(r, xr, 1);  // the target logit read before anything is written (in-place safe)
+    if (!pos[j].valid) continue;
     V mk[4] = {V::set1(-inf), V::set1(-inf), V::set1(-inf), V::set1(-inf)};
     V lo = V::set1(inf);
     int64_t c = 0;
@@ -737,7 +733,7 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
     }
     A M = hmax(max4(mk));
     if (M == -inf) M = std::numeric_limits<A>::lowest();  // all -inf: e = 0, as chunk_stats
-    Ms[j] = M;
+    pos[j].M = M;
     const V m = V::set1(M);
     A* e = g ? eb + j * len : nullptr;
     V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
@@ -775,26 +771,27 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
     sums[j] = static_cast<A>(sd);
   }
   for (int v = 0; v < kRowBlock; v += int(W)) vlog(V::load(sums + v)).store(lses + v);
-  for (int64_t j = 0; j < kRowBlock; ++j) ras[j] = p_over_sum(p_coef(gos[j], wts[j]), 0.0, sumd[j]).ra;
   for (int64_t j = 0; j < nb; ++j) {
     const int64_t r = r0 + j;
     S* gr = g ? g + r * C : nullptr;
-    if (!ok[j]) {
+    Pos& p = pos[j];
+    if (!p.valid) {
       if (gr) zero(gr, C);
-      store_loss(r, 0.0);
+      finish(r, p, 0.0);
       continue;
     }
+    p.lse = lses[j];
+    coefs(p, sumd[j]);
     if (gr) {
       const A* e = eb + j * len;
-      const V ra = V::set1(ras[j]);
+      const V ra = V::set1(p.ra);
       int64_t c = 0;
       for (; c < full; c += kStep)
         for (int k = 0; k < 4; ++k) vstore(gr + c + k * W, V::load(e + c + k * W) * ra);
       for (; c < C; c += W) stx(gr + c, C - c, V::load(e + c) * ra);
-      const A b = static_cast<A>(target_coef(gos[j], wts[j]));
-      put(gr + tgt[r], lane0(fmsub(V::set1(e[tgt[r]]), ra, V::set1(b))));
+      put(gr + p.t, lane0(target_grad(V::set1(e[p.t]), V::set1(p.rt), V::set1(p.rz), V::set1(p.bt))));
     }
-    store_loss(r, double(one_m_eps) * wts[j] * (double(lses[j]) - double(xts[j] - Ms[j])));  // as finish()
+    finish(r, p, 0.0);
   }
 }
 

@@ -257,9 +257,9 @@ def test_cross_entropy_edges_kdim(edge: str, dtype: Any, reduction: str, inner: 
     check("cross_entropy", xk, tk, deviation, reduction=reduction, **kw)
 
 
-# Rows of the chunked kernel shift a chunk's exps by its first step's max plus a
-# lead of 20, accepted when nothing lies more than the lead above the shift, else
-# the chunk runs again with its exact max (cross_entropy.h, [Note lead shift]).
+# Rows of the chunked kernel, whose chunks once took their first step's max as the
+# shift of their exps (running again with the exact max where anything lay more
+# than 20 above it; capped rows still do: cross_entropy.h, [Note fixed shift]).
 # Each row: plain logits with, past the first step (the first 32-64 classes),
 # one value this far above them; or the edge values there or in the first step.
 LEAD_ROWS = ["spike_10", "spike_39", "spike_41", "spike_60", "spike_1e4", "spike_1e30",

@@ -230,8 +230,8 @@ template <class S> struct CrossEntropy {
   // chunk's max m, then (the chunk now in L1) e = exp(x - m) and its sum, and
   // may store e in scratch; pass 2 writes grad = e * exp(m - M) * a/S - ...
   // reading e back from cache: one exp per element plus one per chunk. (m may
-  // instead be a shift known before the max: [Note fixed shift], [Note lead
-  // shift]; then the max comes with the exps.)
+  // instead be a shift known before the max: [Note fixed shift]; then the max
+  // comes with the exps.)
   // Without scratch (huge rows, chunk-parallel mode) pass 2 recomputes the
   // very same e from x and m, so both give the same bits.
   static constexpr int64_t kStep = 4 * W;
@@ -241,14 +241,12 @@ template <class S> struct CrossEntropy {
   // independent vectors per class measured faster on AVX2 (Zen 3, 1 thread,
   // fwd+grad: 1x21x4096 0.92-0.97x the time of four, 4x150x16384 0.87x).
   static constexpr int64_t kTile = (kVecRegisters >= 32 ? 4 : 8) * W;
-  // Elements of a row reduced as one unit: 128 terms per float accumulator
-  // lane keeps the exp-sum within ~1e-6 even on the one-lane baseline path;
+  // Elements of a row reduced as one unit (its max, the shift of its exps);
   // chunks are combined in double.
   static constexpr int64_t kChunk = 128 * kStep;
   // One chunk's shift m of its exps (its max, or a shift chosen before it:
-  // [Note fixed shift], [Note lead shift]), their sum s (rel. to m), its max
-  // of z top, and sum w q'.
-  struct Part { A m, s, top; double q; };
+  // [Note fixed shift]), their sum s (rel. to m), its max of z top, and sum w q'.
+  struct Part { A m; double s; A top; double q; };
   // [Note fixed shift]: capped logits lie in [-cap, cap], so for a cap up to
   // kFixedShiftCap exp(z - shift) is normal for any z and any shift among them
   // (e^+-80 in float): pass 1 of an index-target row takes the max of its
@@ -256,27 +254,22 @@ template <class S> struct CrossEntropy {
   // pass for the max alone (that pass was a third of a capped row's time;
   // with tanh a step at a time, fwd+grad 1024x32000 softcap 30 took
   // 0.77-0.82x the time on AVX2, 128x128256 0.82x, 4096x1000 0.90x). Accepted
-  // as the lead shift is (z - shift <= kShiftLead, else the exact way), for
-  // the same reasons: combine() rescales the sums to the true max in double,
+  // where z - shift <= kShiftLead (below), else the exact way:
+  // combine() rescales the sums to the true max in double,
   // so lse, the loss and log p keep the max-shifted forms, pass 2 multiplies
   // by exp(shift - M) <= 1 rounded once with a / S, and z - shift is exact
   // near the max (the cap itself as the shift would leave z - cap ~ -20 to
   // -60, rounded to 2e-6: p at twice torch's error at softcap 30).
   static constexpr A kFixedShiftCap = sizeof(A) == 4 ? A(40) : A(320);
-  // [Note lead shift]: plain index-target rows shift a chunk's exps by the max
-  // of its first step, and find the chunk's max during the exps: no pass for
-  // the max alone (A/B on AVX2, Zen 3: forward only 1024x32000 0.88-0.94x the
-  // time, fwd+grad 2048x8192 and 64x32000 0.91-0.95x, 256x1000 0.96-0.97x,
-  // 4096x1000 and 1024x32000 0.99-1.03x, in the noise). Accepted when every
-  // x - shift <= kShiftLead (each e <= e^20, the sums far from overflow); else
-  // the chunk runs again the exact way (max, then exps). As with the fixed
-  // shift, combine() and pass 2 work from the true max, so the results keep
-  // the max-shifted forms; pass 2's factor e^(shift - M) a / S lies within
-  // e^-20 of a / S (subnormal, losing bits, only where a / S is below about
-  // 1e-29: a grad_output or class weight that small). The shift is a max of
-  // the logits themselves, so x - shift is exact (Sterbenz) for the logits
-  // near the max, whose p matter (a shift 20 above that max would leave
-  // x - shift ~ -20, rounded to 1e-6, and p with it: 8 ULP in float).
+  // A shift chosen before the max is accepted where every z - shift <=
+  // kShiftLead (each e <= e^20, the sums far from overflow); else the chunk
+  // runs again the exact way (max, then exps). A lead shift for plain rows
+  // (the max of a chunk's first step, the chunk's max found during the exps)
+  // saved forward-only 1024x32000 8-9% of its time on AVX2, but where the
+  // chunk's max lies far above that shift, x - shift is rounded for the
+  // logits near it (whose p matter): the gradient reached 4x torch's float32
+  // error at C = 5000. The capped logits' fixed shift measured no less
+  // accurate than the exact way (tanh's rounding dominates there).
   static constexpr A kShiftLead = A(20);
   bool fixed_shift() const { return capped && cap <= kFixedShiftCap; }
   // The single-accumulator sums of a chunk (sum w q', the smoothing / probability
@@ -284,6 +277,23 @@ template <class S> struct CrossEntropy {
   // over a whole chunk (512 per lane) they lost up to ~1e-5 at C = 8192.
   static constexpr int64_t kFlushSteps = 8;
   static bool last_of_flush_block(int64_t c, int64_t c0) { return (c - c0) / kStep % kFlushSteps == kFlushSteps - 1; }
+  // The exp-sum's four accumulators, added into d at the end of each flush
+  // block: 8 terms per lane. Kept in float over a whole chunk (128 per lane)
+  // the sum was within ~1e-6, 8 ULP of p where one logit dominates (gradient
+  // 1.8x torch's float32 error at C = 2049).
+  FUSEDLOSS_ALWAYS_INLINE static void flush_sums(V* s, double& d) {
+    d += double(hsum((s[0] + s[1]) + (s[2] + s[3])));
+    for (int k = 0; k < 4; ++k) s[k] = V::set1(0);
+  }
+  // Loops over steps that flush: an outer loop over flush blocks (counted
+  // from c0) and an inner one over a block's steps up to block_end(), then
+  // flush_sums() where block_done(); a test per step took forward-only
+  // 1024x32000 1.01-1.03x the time on AVX2.
+  static int64_t block_end(int64_t c0, int64_t c, int64_t e) {
+    constexpr int64_t kBlock = kFlushSteps * kStep;
+    return kMin(e, c0 + ((c - c0) / kBlock + 1) * kBlock);
+  }
+  static bool block_done(int64_t c0, int64_t c) { return (c - c0) % (kFlushSteps * kStep) == 0; }
 
   // Loads [c, c + kStep); lanes at or past c1 read as pad.
   void load_step(const S* p, int64_t c, int64_t c1, A pad, V* v) const {
@@ -336,16 +346,13 @@ template <class S> struct CrossEntropy {
   FUSEDLOSS_NOINLINE MaxMin max_steps(Z z, int64_t c0, int64_t e) const;
   template <int kHint, bool kInRange, class Z>
   FUSEDLOSS_NOINLINE Quad exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
-                                   const char* ahead) const;
+                                   const char* ahead, double* sd) const;
   template <int kHint, class Step>
   FUSEDLOSS_ALWAYS_INLINE Quad shifted_exp_sums(Step step, int64_t c0, int64_t c, int64_t e, A* es, Quad sum,
-                                                const char* ahead) const;
-  template <int kHint>
-  FUSEDLOSS_NOINLINE Quad lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, Quad sum,
-                                        const char* ahead, V* top) const;
+                                                const char* ahead, double* sd) const;
   template <int kHint>
   FUSEDLOSS_NOINLINE Quad capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m, A* es, A* tb,
-                                          Quad sum, const char* ahead, V* top) const;
+                                          Quad sum, const char* ahead, double* sd, V* top) const;
 
   // kSmoothRuns: rows with label smoothing and index targets, their common steps
   // by grad_run_smooth (an instantiation of their own: with that branch in the

@@ -31,18 +31,6 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   V lo = V::set1(inf);  // the full steps' minimum of z (see below)
   const bool fast = kZ || (!qr && !xf);  // index targets, and logits as they are or kZ's
   const int64_t e = fast ? c0 + (c1 - c0) / kStep * kStep : c0;
-  // [Note lead shift]: plain logits' full steps, shifted by the first step's
-  // max (not finite: the exact way).
-  A lead_shift = 0;
-  bool lead = false;
-  if constexpr (!kZ) {
-    if (fast && !exact && e > c0) {
-      V first[4];
-      load_step(xr, c0, c1, -inf, first);
-      lead_shift = hmax(max4(first));
-      lead = std::isfinite(lead_shift);
-    }
-  }
   // z at class `at` for those loops, as zof and zof_t make it, rounded as the
   // general loops and pass 2 round it; the factors held by value (the stores
   // into tb and es might alias the members).
@@ -71,7 +59,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       lo = r.lo;
     }
   }
-  for (int64_t c = kZ || lead ? e : c0; c < c1; c += kStep) {
+  for (int64_t c = kZ ? e : c0; c < c1; c += kStep) {
     V xv[4];
     if (xf) {
       V tv[4];
@@ -85,17 +73,16 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
     for (int k = 0; k < 4; ++k) mk[k] = vmax(mk[k], xv[k]);  // four chains: loads, not max latency, bound this
   }
   Part part;
-  part.m = hmax(max4(mk));  // fixed or lead: of the partial steps only, so far
+  part.m = hmax(max4(mk));  // fixed: of the partial steps only, so far
   if (part.m == -inf) part.m = std::numeric_limits<A>::lowest();  // all -inf: e = 0, not exp(-inf - -inf) = NaN
   part.top = part.m;
   if (fixed) part.m = fixed_at;
-  if (lead) part.m = lead_shift;
   const V m = V::set1(part.m);
   // Every z - m of the full steps within exp's normal range (z - m rounds
   // monotonically; NaN fails the test, as in exp's own): then their exps
   // take exp's fast path without testing each vector, the same bits. Fixed
   // shift: |z - shift| <= 2 cap always, and a NaN z gives a NaN e there too.
-  const bool in_range = fixed || (fast && !lead && exp_args_in_range(lo - m));
+  const bool in_range = fixed || (fast && exp_args_in_range(lo - m));
   // While the exps run, nothing else keeps memory busy: ask for what comes
   // next, the next chunk (rows are contiguous, so after a row's last chunk the
   // next row's first; prefetches never fault). With scratch (rows_pipelined,
@@ -108,40 +95,34 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
   const char* ahead = reinterpret_cast<const char*>(xr + c1);
   const bool near = (c1 - c0) * int64_t(sizeof(S)) <= (int64_t(1) << 14);
   Quad sum = {{V::set1(0), V::set1(0), V::set1(0), V::set1(0)}};
+  double sd = 0;  // the exp-sum's flushed blocks
   V qa = V::set1(0);
   double qd = 0;
   int64_t c = c0;
   if (fast) {
     const auto run = [&](auto z) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
       if (in_range) {
-        if (near) sum = exp_sums<3, true>(z, c0, c, e, m, es, sum, ahead);
-        else sum = exp_sums<2, true>(z, c0, c, e, m, es, sum, ahead);
+        if (near) sum = exp_sums<3, true>(z, c0, c, e, m, es, sum, ahead, &sd);
+        else sum = exp_sums<2, true>(z, c0, c, e, m, es, sum, ahead, &sd);
       } else {
-        if (near) sum = exp_sums<3, false>(z, c0, c, e, m, es, sum, ahead);
-        else sum = exp_sums<2, false>(z, c0, c, e, m, es, sum, ahead);
+        if (near) sum = exp_sums<3, false>(z, c0, c, e, m, es, sum, ahead, &sd);
+        else sum = exp_sums<2, false>(z, c0, c, e, m, es, sum, ahead, &sd);
       }
     };
     if constexpr (kZ) {
       if (fixed) {
         V top = V::set1(part.top);
-        if (near) sum = capped_exp_sums<3>(xr, c0, c, e, m, es, tb, sum, ahead, &top);
-        else sum = capped_exp_sums<2>(xr, c0, c, e, m, es, tb, sum, ahead, &top);
+        if (near) sum = capped_exp_sums<3>(xr, c0, c, e, m, es, tb, sum, ahead, &sd, &top);
+        else sum = capped_exp_sums<2>(xr, c0, c, e, m, es, tb, sum, ahead, &sd, &top);
         part.top = hmax(top);
-        // As for the lead shift: too far above the shift (or NaN), the exact way.
+        // Too far above the shift (or NaN): the exact way. Any exp past its
+        // range has not been used for anything else yet.
         if (!(part.top - fixed_at <= kShiftLead)) return chunk_stats_as<kZ>(xr, qr, c0, c1, es, tb, true);
       } else if (tb) {
         run(kept_t);
       } else {
         run(scaled_z);
       }
-    } else if (lead) {
-      V top = V::set1(part.top);
-      if (near) sum = lead_exp_sums<3>(xr, c0, c, e, m, es, sum, ahead, &top);
-      else sum = lead_exp_sums<2>(xr, c0, c, e, m, es, sum, ahead, &top);
-      part.top = hmax(top);
-      // Too far above the shift (or NaN): the exact way. Any exp past its range
-      // has not been used for anything else yet.
-      if (!(part.top - lead_shift <= kShiftLead)) return chunk_stats_as<kZ>(xr, qr, c0, c1, es, tb, true);
     } else {
       run([xr](int64_t at) { return vload(xr + at); });
     }
@@ -169,6 +150,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       sum.v[k] = sum.v[k] + e;
       if (es) e.store(es + c + k * W);
     }
+    if (last_of_flush_block(c, c0)) flush_sums(sum.v, sd);
     if (qr) {
       V qv[4];
       load_step(qr, c, c1, A(0), qv);
@@ -176,7 +158,7 @@ typename CrossEntropy<S>::Part CrossEntropy<S>::chunk_stats_as(const S* xr, cons
       if (last_of_flush_block(c, c0)) qd += double(hsum(qa)), qa = V::set1(0);
     }
   }
-  part.s = hsum((sum.v[0] + sum.v[1]) + (sum.v[2] + sum.v[3]));
+  part.s = sd + double(hsum((sum.v[0] + sum.v[1]) + (sum.v[2] + sum.v[3])));
   part.q = qd + double(hsum(qa));
   return part;
 }
@@ -200,7 +182,8 @@ typename CrossEntropy<S>::MaxMin CrossEntropy<S>::max_steps(Z z, int64_t c0, int
 
 // e = exp(z - m) over full steps [c, e) of index-target rows, z(at) the
 // vector of z from class at, added to sum as chunk_stats' loop adds them
-// (the same bits; the sums returned) and stored into es when given; ahead's lines (from c0)
+// (the same bits; the sums returned, each flush block's into *sd: see
+// flush_sums) and stored into es when given; ahead's lines (from c0)
 // asked for with locality kHint; kInRange: every z - m known to lie
 // in exp's normal range (chunk_stats tests that once). A loop of its own, the
 // sums and options in locals: in chunk_stats' general loop the sums lived on
@@ -208,77 +191,58 @@ typename CrossEntropy<S>::MaxMin CrossEntropy<S>::max_steps(Z z, int64_t c0, int
 template <class S>
 template <int kHint, bool kInRange, class Z>
 typename CrossEntropy<S>::Quad CrossEntropy<S>::exp_sums(Z z, int64_t c0, int64_t c, int64_t e, V m, A* es,
-                                                        Quad sum, const char* ahead) const {
+                                                        Quad sum, const char* ahead, double* sd) const {
   V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]};
+  double d = *sd;
   const auto run = [&](auto store) {
-    for (; c < e; c += kStep) {
-      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
-      for (int k = 0; k < 4; ++k) {
-        const V xm = z(c + k * W) - m;
-        const V ev = kInRange ? vexp_in_range(xm) : vexp_nonpos(xm);
-        s[k] = s[k] + ev;
-        store(c + k * W, ev);
+    while (c < e) {
+      for (const int64_t end = block_end(c0, c, e); c < end; c += kStep) {
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+          __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
+        for (int k = 0; k < 4; ++k) {
+          const V xm = z(c + k * W) - m;
+          const V ev = kInRange ? vexp_in_range(xm) : vexp_nonpos(xm);
+          s[k] = s[k] + ev;
+          store(c + k * W, ev);
+        }
       }
+      if (block_done(c0, c)) flush_sums(s, d);
     }
   };
   if (es) run([es](int64_t at, V v) { v.store(es + at); });
   else run([](int64_t, V) {});
+  *sd = d;
   return {{s[0], s[1], s[2], s[3]}};
 }
 
 // Pass 1 over full steps [c, e) with a shift chosen before the max ([Note
-// fixed shift], [Note lead shift]): step(c, ev) gives the step's four vectors
-// of e (and keeps its own max), each added to sum and kept in es when given.
+// fixed shift]): step(c, ev) gives the step's four vectors of e (and keeps
+// its own max), each added to sum as exp_sums adds them and kept in es when given.
 template <class S>
 template <int kHint, class Step>
 typename CrossEntropy<S>::Quad CrossEntropy<S>::shifted_exp_sums(Step step, int64_t c0, int64_t c, int64_t e,
-                                                                A* es, Quad sum, const char* ahead) const {
+                                                                A* es, Quad sum, const char* ahead, double* sd) const {
   V s[4] = {sum.v[0], sum.v[1], sum.v[2], sum.v[3]};
+  double d = *sd;
   const auto run = [&](auto store) {
-    for (; c < e; c += kStep) {
-      for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-        __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
-      V ev[4];
-      step(c, ev);
-      for (int k = 0; k < 4; ++k) {
-        s[k] = s[k] + ev[k];
-        store(c + k * W, ev[k]);
+    while (c < e) {
+      for (const int64_t end = block_end(c0, c, e); c < end; c += kStep) {
+        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+          __builtin_prefetch(ahead + (c - c0) * int64_t(sizeof(S)) + b, 0, kHint);
+        V ev[4];
+        step(c, ev);
+        for (int k = 0; k < 4; ++k) {
+          s[k] = s[k] + ev[k];
+          store(c + k * W, ev[k]);
+        }
       }
+      if (block_done(c0, c)) flush_sums(s, d);
     }
   };
   if (es) run([es](int64_t at, V v) { v.store(es + at); });
   else run([](int64_t, V) {});
+  *sd = d;
   return {{s[0], s[1], s[2], s[3]}};
-}
-
-// [Note lead shift]: a step of a plain index-target row, e = exp(x - m) and
-// the max of x into top. x - m may be positive (up to the lead, else the
-// caller starts again the exact way); a step with a lane below exp's normal
-// range takes the tested exp (vexp_nonpos: its bits for the lanes in range,
-// as pass 2's recomputation gives them).
-template <class S>
-template <int kHint>
-typename CrossEntropy<S>::Quad CrossEntropy<S>::lead_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e, V m,
-                                                             A* es, Quad sum, const char* ahead, V* top) const {
-  V mx = *top;
-  const V least = V::set1(MathConsts<A>::normal_lo);
-  const auto step = [&](int64_t at, V* ev) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
-    V d[4];
-    for (int k = 0; k < 4; ++k) {
-      const V xv = vload(xr + at + k * W);
-      mx = vmax(mx, xv);
-      d[k] = xv - m;
-    }
-    if (!any(nge(vmin(vmin(d[0], d[1]), vmin(d[2], d[3])), least))) {
-      for (int k = 0; k < 4; ++k) ev[k] = vexp_in_range(d[k]);
-    } else {
-      for (int k = 0; k < 4; ++k) ev[k] = vexp_nonpos(d[k]);
-    }
-  };
-  sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead);
-  *top = mx;
-  return sum;
 }
 
 // [Note fixed shift]: a step of a capped index-target row, t = tanh(zmul x)
@@ -289,7 +253,7 @@ template <class S>
 template <int kHint>
 typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int64_t c0, int64_t c, int64_t e,
                                                                V m, A* es, A* tb, Quad sum, const char* ahead,
-                                                               V* top) const {
+                                                               double* sd, V* top) const {
   const V zmulv = V::set1(zmul), capv = V::set1(cap);
   V mx = *top;
   const auto step = [&](int64_t at, V* ev) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
@@ -303,7 +267,7 @@ typename CrossEntropy<S>::Quad CrossEntropy<S>::capped_exp_sums(const S* xr, int
       ev[k] = vexp_in_range(z - m);
     }
   };
-  sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead);
+  sum = shifted_exp_sums<kHint>(step, c0, c, e, es, sum, ahead, sd);
   *top = mx;
   return sum;
 }
@@ -700,8 +664,9 @@ void CrossEntropy<S>::rows_small(int64_t r0, int64_t r1) const {
 
 // Rows [r0, r1) of medium_rows(), at most medium_block(): per row its max (and
 // min, for exp's range), then e = exp(x - M) summed as chunk_stats sums a
-// chunk (step vector k into accumulator k; each chunk's sum into double, as
-// combine() adds them: rows of several chunks on the baseline paths) and kept
+// chunk (step vector k into accumulator k, into double by flush_sums every
+// kFlushSteps steps: once a chunk, the gradient of a row whose max holds p =
+// 0.96 was 4.4 ULP off at C = 1000, 3.2x torch's float32 error) and kept
 // in eb; the logs and the divisions for the whole block; then each row's
 // gradient from eb. The row's max is the shift, so its e is exactly 1 (as
 // combine() counts it).
@@ -738,25 +703,23 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
     A* e = g ? eb + j * len : nullptr;
     V sum[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
     double sd = 0;
-    const auto flush = [&sum, &sd]() {
-      sd += double(hsum((sum[0] + sum[1]) + (sum[2] + sum[3])));
-      for (int k = 0; k < 4; ++k) sum[k] = V::set1(0);
-    };
     // While the exps run, nothing else keeps memory busy: ask for the next
     // row (rows are contiguous; prefetches never fault), as chunk_stats does
     // (without it 4096x1000 and 2048x2048 took 1.12-1.26x the chunk path's time).
     const char* ahead = reinterpret_cast<const char*>(xr + C);
     const auto full_steps = [&](auto in_range) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {
-      for (int64_t at = 0; at < full; at += kStep) {
-        for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
-          __builtin_prefetch(ahead + at * int64_t(sizeof(S)) + b, 0, 3);
-        for (int k = 0; k < 4; ++k) {
-          const V d = vload(xr + at + k * W) - m;
-          const V ek = decltype(in_range)::value ? vexp_in_range(d) : vexp_nonpos(d);
-          sum[k] = sum[k] + ek;
-          if (e) ek.store(e + at + k * W);
+      for (int64_t at = 0; at < full;) {
+        for (const int64_t end = block_end(0, at, full); at < end; at += kStep) {
+          for (int64_t b = 0; b < kStep * int64_t(sizeof(S)); b += 64)
+            __builtin_prefetch(ahead + at * int64_t(sizeof(S)) + b, 0, 3);
+          for (int k = 0; k < 4; ++k) {
+            const V d = vload(xr + at + k * W) - m;
+            const V ek = decltype(in_range)::value ? vexp_in_range(d) : vexp_nonpos(d);
+            sum[k] = sum[k] + ek;
+            if (e) ek.store(e + at + k * W);
+          }
         }
-        if ((at + kStep) % kChunk == 0 && at + kStep < C) flush();
+        if (block_done(0, at)) flush_sums(sum, sd);
       }
     };
     if (exp_args_in_range(lo - m)) full_steps(std::true_type{});
@@ -766,7 +729,7 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
       sum[k] = sum[k] + ek;
       if (e) ek.store(e + at);
     }
-    flush();
+    flush_sums(sum, sd);
     sumd[j] = sd;
     sums[j] = static_cast<A>(sd);
   }

@@ -81,13 +81,13 @@ def run_and_check(x, target, **kwargs):
     return ref
 
 
-def check_with_grad_output(rng, x, target, weight, reduction):
+def check_with_grad_output(rng, x, target, weight, reduction, **opts):
     """The fused call with a random grad_output against torch; returns the loss."""
     go = upstream_gradient(rng, target.shape, x.dtype, reduction)
     loss, grad = fl.cross_entropy_and_grad(x, target, weight=weight, reduction=reduction,
-                                           grad_output=go)
+                                           grad_output=go, **opts)
     check_against_torch(F.cross_entropy, loss, grad, x, target, weight=weight,
-                        reduction=reduction, grad_output=go)
+                        reduction=reduction, grad_output=go, **opts)
     return loss
 
 
@@ -128,30 +128,32 @@ def test_class_counts(capability, rng, dtype, classes):
     run_and_check(x, target, weight=weight, label_smoothing=0.05, reduction="mean")
 
 
-# Index-target rows without smoothing of up to 8 KiB take blocks of rows (the
-# kernel's rows_medium) past the small rows' 16 vectors (64 floats on the baseline,
-# 128 on AVX2, 256 on AVX-512): lengths around those and the 8 KiB bound, 37 rows
-# (several blocks and a partial one), some ignored, with and without class weights
-# and a per-position grad_output; NaN, +inf and all -inf rows.
+# Index-target rows of up to 8 KiB take blocks of rows (the kernel's rows_medium)
+# past the small rows' 16 vectors (64 floats on the baseline, 128 on AVX2, 256 on
+# AVX-512): lengths around those and the 8 KiB bound, 37 rows (several blocks and a
+# partial one), some ignored, with and without class weights, label smoothing and a
+# per-position grad_output; NaN, +inf and all -inf rows.
 @pytest.mark.parametrize("classes", [65, 129, 136, 257, 1000, 1024, 1025, 2047, 2048, 2049])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", REAL_DTYPES)
-def test_medium_rows(capability, rng, dtype, reduction, weighted, classes):
+def test_medium_rows(capability, rng, dtype, reduction, weighted, smoothing, classes):
     x, target, weight = cross_entropy_inputs(rng, (37, classes), dtype, weight=weighted,
                                              ignore_frac=0.2)
-    run_and_check(x, target, reduction=reduction, weight=weight)
-    loss = check_with_grad_output(rng, x, target, weight, reduction)
-    np.testing.assert_array_equal(fl.cross_entropy(x, target, weight=weight, reduction=reduction),
-                                  loss, err_msg="the loss alone differs from the fused call's")
+    opts = {"reduction": reduction, "weight": weight, "label_smoothing": smoothing}
+    run_and_check(x, target, **opts)
+    loss = check_with_grad_output(rng, x, target, **opts)
+    np.testing.assert_array_equal(fl.cross_entropy(x, target, **opts), loss,
+                                  err_msg="the loss alone differs from the fused call's")
     x[3, 5] = np.nan
     x[20, classes - 1] = np.inf
     x[33] = -np.inf
     target[[3, 20, 33]] = 0
-    run_and_check(x, target, reduction="none")
-    loss, grad = fl.cross_entropy_and_grad(x, target, reduction=reduction)
+    run_and_check(x, target, reduction="none", label_smoothing=smoothing)
+    loss, grad = fl.cross_entropy_and_grad(x, target, **opts)
     overwritten = x.copy()
-    loss_inplace, _ = fl.cross_entropy_and_grad(overwritten, target, reduction=reduction, inplace=True)
+    loss_inplace, _ = fl.cross_entropy_and_grad(overwritten, target, inplace=True, **opts)
     np.testing.assert_array_equal(overwritten, grad)
     np.testing.assert_array_equal(loss_inplace, loss)
 

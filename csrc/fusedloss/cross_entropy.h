@@ -435,8 +435,8 @@ template <class S> struct CrossEntropy {
     return fns[nv];
   }
 
-  // Medium rows: index targets without smoothing, transform, z-loss or
-  // lse_out (class weights and a per-row upstream gradient allowed, so that
+  // Medium rows: index targets without transform, z-loss or lse_out (class
+  // weights, label smoothing and a per-row upstream gradient allowed, so that
   // weight ones give the unweighted bits, as in the small rows, and the loss
   // alone the bits of loss and gradient together), longer than the small rows and up
   // to kMediumRowBytes of A, the gradient not streamed. The small
@@ -451,7 +451,7 @@ template <class S> struct CrossEntropy {
   // only 256x1000 and 4096x1000 0.87-0.90x.
   static constexpr int64_t kMediumRowBytes = int64_t(8) << 10;
   bool medium_rows() const {
-    return tgt && !smooth && !xf && !zloss && !lse_out && !stream && C > kSmallVectors * W &&
+    return tgt && !xf && !zloss && !lse_out && !stream && C > kSmallVectors * W &&
            C * int64_t(sizeof(A)) <= kMediumRowBytes;
   }
   // Rows a block: their e within kMediumBlockBytes, so that it stays in L1 for
@@ -464,6 +464,7 @@ template <class S> struct CrossEntropy {
   }
   // eb: this thread's scratch for e, medium_block() rows of padded() each.
   void rows_medium(int64_t r0, int64_t r1, A* eb) const;
+  double medium_smooth_row(const S* xr, const A* e, S* gr, const Pos& p) const;
   void rows_chunked(int nt);
   void rows(int nt);
 

@@ -745,17 +745,52 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
     }
     p.lse = lses[j];
     coefs(p, sumd[j]);
-    if (gr) {
-      const A* e = eb + j * len;
+    const A* e = eb + j * len;
+    double acc = 0;
+    if (smooth) {
+      acc = medium_smooth_row(x + r * C, e, gr, p);
+    } else if (gr) {
       const V ra = V::set1(p.ra);
       int64_t c = 0;
       for (; c < full; c += kStep)
         for (int k = 0; k < 4; ++k) vstore(gr + c + k * W, V::load(e + c + k * W) * ra);
       for (; c < C; c += W) stx(gr + c, C - c, V::load(e + c) * ra);
-      put(gr + p.t, lane0(target_grad(V::set1(e[p.t]), V::set1(p.rt), V::set1(p.rz), V::set1(p.bt))));
     }
-    finish(r, p, 0.0);
+    if (gr) put(gr + p.t, lane0(target_grad(V::set1(e[p.t]), V::set1(p.rt), V::set1(p.rz), V::set1(p.bt))));
+    finish(r, p, acc);
   }
+}
+
+// A medium row's label smoothing: its loss term sum_c w_c log p_c, as
+// sum_c w_c ((x_c - M) - lse) (chunk_grad's form; one accumulator per step
+// vector, into double by flush_sums), and with a gradient (gr) each
+// element's e ra - cw w_c; the target lane is rewritten after. x is read
+// before its gradient is written (in place safe); pads weigh 0.
+template <class S>
+double CrossEntropy<S>::medium_smooth_row(const S* xr, const A* e, S* gr, const Pos& p) const {
+  const int64_t C = this->C, full = C / kStep * kStep;
+  const V M = V::set1(p.M), lse = V::set1(p.lse), cw = V::set1(p.cw), ra = V::set1(p.ra);
+  V acc[4] = {V::set1(0), V::set1(0), V::set1(0), V::set1(0)};
+  double accd = 0;
+  int64_t c = 0;
+  while (c < full) {
+    for (const int64_t end = block_end(0, c, full); c < end; c += kStep)
+      for (int k = 0; k < 4; ++k) {
+        const int64_t off = c + k * W;
+        const V wq = ldw(off, W);
+        acc[k] = fmadd(wq, (vload(xr + off) - M) - lse, acc[k]);
+        if (gr) vstore(gr + off, fmsub(V::load(e + off), ra, cw * wq));
+      }
+    if (block_done(0, c)) flush_sums(acc, accd);
+  }
+  for (int k = 0; c < C; c += W, ++k) {  // the partial step
+    const int64_t n = C - c;
+    const V wq = ldw(c, n);
+    acc[k] = fmadd(wq, (ldx(xr + c, n, A(0)) - M) - lse, acc[k]);
+    if (gr) stx(gr + c, n, fmsub(V::load(e + c), ra, cw * wq));
+  }
+  flush_sums(acc, accd);
+  return accd;
 }
 
 // Few rows, many chunks: threads share each row chunk by chunk. Same chunk

@@ -34,7 +34,11 @@ template <class S> struct KLDivLogits {
   // 128 steps (as cross-entropy's chunks): the chunks of x and t fit in L1
   // together (16 KiB each, AVX-512 float).
   static constexpr int64_t kChunk = 128 * kStep;
-  static constexpr int64_t kFlushSteps = 32;  // the float sums go to double every 32 steps
+  // The float sums go to double every kFlushSteps steps (16 terms a lane): every
+  // 32 put a row's largest gradient error at 3.9x torch's float32 at C = 2049
+  // (a dominant logit's 1 in the exp-sum's lane, then many roundings at its
+  // scale); every 8 made it 1.2x, for 1.04-1.08x the time (AVX2, 1024x32000).
+  static constexpr int64_t kFlushSteps = 8;
   // Pass 1's prefetch distance, in classes: half a chunk (fwd+grad, 2 threads:
   // 1024x1001 0.89x (AVX2) / 0.91x (AVX-512), 128x8192 0.91x / 0.95x, 1024x32000
   // 0.93x / 0.99x; a whole chunk made the last 1.07x on AVX-512, a quarter gained less).
@@ -104,8 +108,8 @@ template <class S> struct KLDivLogits {
     // (one per vector) the loop's live vectors outnumbered AVX2's 16 registers
     // and the sums went through memory every step (in-process A/B, AVX2,
     // 1024x32000 and 64x8192: forward only 0.64-0.70x the time, fwd+grad
-    // 0.91-1.01x). Each goes into double every kFlushSteps steps, so a float
-    // sum holds at most 32 terms a lane; flush() inlined keeps them in registers.
+    // 0.91-1.01x). Each goes into double every kFlushSteps steps; flush()
+    // inlined keeps them in registers.
     V sx = V::set1(0), st = sx, bv = sx;
     double sxd = 0, std_ = 0, bd = 0;
     const auto flush = [&](V& s1, V& s2, V& s3) FUSEDLOSS_ALWAYS_INLINE_LAMBDA {

@@ -745,7 +745,7 @@ void CrossEntropy<S>::rows_medium(int64_t r0, int64_t r1, A* eb) const {
     }
     p.lse = lses[j];
     coefs(p, sumd[j]);
-    const A* e = eb + j * len;
+    const A* e = gr ? eb + j * len : nullptr;  // (no scratch without a gradient)
     double acc = 0;
     if (smooth) {
       acc = medium_smooth_row(x + r * C, e, gr, p);
